@@ -1,0 +1,225 @@
+"""CIFAR-10 as in-memory uint8 tensors: reading, validating, splitting, normalising and batching.
+
+The whole dataset is ~180 MB, so it is read once into tensors and every batch is cut, augmented and
+normalised as a tensor operation: no per-image PIL work and no DataLoader workers in the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from cifarlab.errors import DataError
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class Cifar10:
+    """The official training and test sets, as (N, 3, 32, 32) uint8 images and int64 labels."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: list[str]
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """--data-dir, else $CIFARLAB_DATA_DIR, else ./data."""
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get("CIFARLAB_DATA_DIR")
+    return Path(env) if env else Path("data")
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one official batch file and check everything about it; errors name the file."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-10 file: {path}")
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
+        raise DataError(f"{path} is truncated or corrupt (cannot unpickle: {type(exc).__name__}: {exc})") from None
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
+    data, labels = batch["data"], batch["labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: 'labels' must be a list of integers") from None
+    if labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: {len(data)} images but {labels.size} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{path}: label out of range 0-9 (min {labels.min()}, max {labels.max()})")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_classes(path: Path) -> list[str]:
+    if not path.is_file():
+        return list(CLASSES)
+    try:
+        with open(path, "rb") as f:
+            meta = pickle.load(f, encoding="latin1")
+        names = [str(n) for n in meta["label_names"]]
+    except Exception as exc:  # a broken meta file is as fatal as a broken batch
+        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    if len(names) != NUM_CLASSES:
+        raise DataError(f"{path}: expected 10 label names, found {len(names)}")
+    return names
+
+
+def download(root: Path) -> None:
+    """Fetch the official archive with checksum verification; offline, explain how to fix it."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(CIFAR_URL, download_root=str(root), md5=CIFAR_MD5, remove_finished=True)
+    except Exception as exc:
+        raise DataError(
+            f"CIFAR-10 not found in {root.resolve()} (looked for {root.resolve() / BATCH_DIR}), and downloading "
+            f"{CIFAR_URL} failed: {type(exc).__name__}: {exc}\n"
+            "Fix: point cifarlab at a folder that holds cifar-10-batches-py/ with --data-dir DIR or "
+            "CIFARLAB_DATA_DIR=DIR, or download and extract cifar-10-python.tar.gz into it."
+        ) from None
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Cifar10:
+    """Read the official python-version batches from ``data_dir/cifar-10-batches-py`` into uint8 tensors."""
+    root = resolve_data_dir(data_dir)
+    folder = root / BATCH_DIR
+    if not folder.is_dir():
+        if not allow_download:
+            raise DataError(f"CIFAR-10 not found: no {BATCH_DIR}/ folder in {root.resolve()}")
+        download(root)
+    train = [_read_batch(folder / name) for name in TRAIN_FILES]
+    test_images, test_labels = _read_batch(folder / TEST_FILE)
+    return Cifar10(
+        train_images=torch.from_numpy(np.concatenate([x for x, _ in train])),
+        train_labels=torch.from_numpy(np.concatenate([y for _, y in train])),
+        test_images=torch.from_numpy(test_images),
+        test_labels=torch.from_numpy(test_labels),
+        classes=_read_classes(folder / META_FILE),
+    )
+
+
+def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a train/validation split with val_size/10 images of each class in validation.
+
+    Reproducible from the seed alone; both index tensors are sorted so the split is easy to compare and save.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    per_class = val_size // NUM_CLASSES
+    train_idx, val_idx = [], []
+    for c in range(NUM_CLASSES):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        if len(idx) <= per_class:
+            raise DataError(f"class {c} has only {len(idx)} images; cannot hold out {per_class} for validation")
+        val_idx.append(idx[:per_class])
+        train_idx.append(idx[per_class:])
+    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
+
+
+def balanced_subset(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """A class-balanced random subset of ``indices`` with n images (n/10 per class, remainder spread)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    chosen = []
+    for c in range(NUM_CLASSES):
+        idx = indices[labels[indices] == c]
+        take = n // NUM_CLASSES + (1 if c < n % NUM_CLASSES else 0)
+        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:take]])
+    return torch.cat(chosen).sort().values
+
+
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, on the [0, 1] scale. Computed on the training split only."""
+    x = images.to(torch.float64).div_(255)
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).tolist()
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised per channel."""
+    x = images.float().div_(255)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
+
+def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Pad every image by ``padding`` zeros and cut a random 32x32 window from each, in one gather."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(images.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (n, h, 1)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (n, 1, w)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(len(images), generator=gen) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class Batches:
+    """Iterate over (normalised float images, labels) batches cut from in-memory uint8 tensors.
+
+    Shuffling and augmentation draw from a CPU generator that lives with the object, so a seeded run
+    gives the same batches in the same order, and the generator's state can be checkpointed.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: torch.Tensor,
+                 std: torch.Tensor, shuffle: bool = False, augment: str = "none", crop_padding: int = 4,
+                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.mean = mean.to(device)
+        self.std = std.to(device)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.crop_padding = crop_padding
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rank = rank
+        self.world_size = world_size
+
+    def __len__(self) -> int:
+        n = len(self.images) // self.world_size
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.images)
+        # Every rank draws the same permutation (same seed), then keeps its own interleaved shard:
+        # no overlap between ranks, and the same number of batches on each.
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            order = order[: n - n % self.world_size][self.rank::self.world_size]
+            n = len(order)
+        order = order.to(self.images.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x, y = self.images[idx], self.labels[idx]
+            if self.augment == "crop-flip":
+                x = random_flip(random_crop(x, self.crop_padding, self.generator), self.generator)
+            yield normalize(x, self.mean, self.std), y

@@ -1,0 +1,26 @@
+"""``cifarlab evaluate``: rebuild a model and its normalisation from a checkpoint alone and score a split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cifarlab.checkpoint import load_checkpoint
+from cifarlab.data import load_cifar10
+from cifarlab.errors import UsageError
+from cifarlab.train import evaluate_checkpoint, pick_device, write_test_results
+
+
+def evaluate(run_or_checkpoint: str | Path, split: str = "test", data_dir: str | None = None,
+             device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
+    """Write ``<split>_metrics.json`` and ``<split>_predictions.npz`` beside the checkpoint (or into ``out``)."""
+    if split not in ("test", "val"):
+        raise UsageError(f"--split must be 'test' or 'val' (got {split!r})")
+    state = load_checkpoint(run_or_checkpoint)
+    out_dir = Path(out) if out else Path(state["path"]).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_cifar10(data_dir or state["config"].get("data_dir"))
+    probs, y, index = evaluate_checkpoint(state, data, split, pick_device(device))
+    checkpoint = Path(state["path"]).name
+    return write_test_results(out_dir, split, probs, y, index, list(data.classes),
+                              {"checkpoint": checkpoint, "epoch": state["epoch"]})

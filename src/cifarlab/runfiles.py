@@ -1,0 +1,108 @@
+"""The run folder: where each file lives, and writing files so that a crash never leaves a broken one.
+
+A run folder ``runs/<name>/`` holds ``config.json``, ``split.json``, ``normalization.json``, ``metrics.csv``,
+``best.pt``, ``last.pt``, ``run.json``, ``test_metrics.json``, ``test_predictions.npz`` and ``analysis/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cifarlab.errors import CifarlabError, UsageError
+
+METRICS_COLUMNS = [
+    "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr", "epoch_seconds",
+    "images_per_second",
+]
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it into place.
+
+    The rename is atomic, so readers see either the old file or the complete new one. On any error the
+    temporary file is removed, the old file is untouched, and the error is reported in plain words.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise CifarlabError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"), binary=False)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CifarlabError(f"missing file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CifarlabError(f"{path} is not valid JSON: {exc}") from None
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole per-epoch table atomically (it is small), so it always matches the checkpoint."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row[k] for k in METRICS_COLUMNS})
+    atomic_write(path, lambda f: f.write(buf.getvalue()), binary=False)
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """The per-epoch table as a list of dicts of numbers."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def new_run_dir(out: str | Path, name: str | None, model: str) -> Path:
+    """Create ``out/name`` (a timestamped name by default). Never reuses an existing folder."""
+    out = Path(out)
+    if name is None:
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
+        candidate, k = name, 1
+        while (out / candidate).exists():
+            k += 1
+            candidate = f"{name}-{k}"
+        name = candidate
+    run_dir = out / name
+    if run_dir.exists():
+        raise UsageError(f"run folder {run_dir} already exists; choose another --name (runs are never overwritten)")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise CifarlabError(f"cannot create run folder {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
+
+
+def resolve_checkpoint(run_or_file: str | Path, name: str = "best.pt") -> Path:
+    """A run folder means its ``best.pt`` (or ``last.pt`` if there is no best yet); a file means itself."""
+    path = Path(run_or_file)
+    if path.is_dir():
+        for candidate in (path / name, path / "last.pt"):
+            if candidate.is_file():
+                return candidate
+        raise UsageError(f"no checkpoint ({name} or last.pt) in run folder {path}")
+    if not path.exists():
+        raise UsageError(f"no such run folder or checkpoint: {path}")
+    return path
