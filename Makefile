@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (install, run the quick study) and `make test` (install, run the tests).
+# Both create .venv and install everything they need into it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The PyTorch wheels that lie on this project's machines (see README, "Installing"); elsewhere pip fetches them.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test study clean
+
+$(BIN)/cifarlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(BIN)/cifarlab
+
+install: $(BIN)/cifarlab
+
+demo: install
+	$(BIN)/cifarlab study --quick
+
+study: install
+	$(BIN)/cifarlab study
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
