@@ -44,7 +44,8 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    keys = ("epochs", "batch_size", "lr", "seed", "data_dir", "out", "name", "limit_train", "device")
+    keys = ("epochs", "batch_size", "lr", "seed", "data_dir", "out", "name", "limit_train", "device", "time_budget",
+            "model_width")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -58,7 +59,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = Path(args.resume)
         if not (run / "last.pt").is_file():
             raise UsageError(f"cannot resume {run}: no last.pt there (is it a cifarlab run folder?)")
-        train(TrainConfig.load(run / "config.json"), resume=run)
+        changed = [k for k in overrides_from(args) if k not in ("data_dir", "device")]
+        changed += [k for k in ("model", "recipe", "config") if getattr(args, k, None)]
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise UsageError(f"--resume continues {run} exactly as it was configured; drop {flags} "
+                             "(only --data-dir and --device may change)")
+        config = TrainConfig.load(run / "config.json")
+        config.data_dir = args.data_dir or config.data_dir
+        config.device = args.device or config.device
+        train(config, resume=run)
         return 0
     if args.config:
         if args.recipe:
@@ -68,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             base["model"] = args.model
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
     else:
-        config = make_config(args.recipe or "seed", model=args.model or "mycnn", **overrides_from(args))
+        config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
     train(config)
     return 0
 
@@ -117,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("train", help="train one model, then evaluate it once on the test set")
-    p.add_argument("--model", help="model name (see `cifarlab models`); default: mycnn")
+    p.add_argument("--model", help="model name (see `cifarlab models`); default: the recipe's, else mycnn")
     add_common_run_flags(p)
     p.add_argument("--config", metavar="RUN/config.json", help="replay a saved run's config (flags still override)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last.pt")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
+                   help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
+                        "resnet18-cifar; docs/fast.md)")
+    p.add_argument("--width", dest="model_width", type=positive_int, metavar="N",
+                   help="channel width of models that take one (fastcnn; default 64, or the budget planner's)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a checkpoint on the test (or validation) set")
@@ -150,6 +165,65 @@ def build_parser() -> argparse.ArgumentParser:
 # Further sub-commands register themselves here: each entry is a function(subparsers) that adds one parser
 # and sets its ``func``.
 EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+# Error analysis, comparison and report (issue 3). These modules load torch only when a command runs.
+from cifarlab.analysis import register_analysis_commands  # noqa: E402
+from cifarlab.compare import register_compare_commands  # noqa: E402
+from cifarlab.report import register_report_commands  # noqa: E402
+
+EXTRA_COMMANDS += [register_analysis_commands, register_compare_commands, register_report_commands]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cifarlab.predict import predict_files, render
+
+    results = predict_files(args.checkpoint, args.images, top_k=args.top_k, device=args.device or "cpu")
+    print(render(results, args.json))
+    failed = [r for r in results if r.error is not None]
+    if failed and not args.json:
+        print(f"cifarlab: {len(failed)} of {len(results)} files could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register_predict_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify your own images (any format and size) with a trained model")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE", help="a run folder (uses best.pt) or a .pt")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
+    p.add_argument("--device", help="cpu (default), auto, cuda or mps")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cifarlab.export import export, sidecar
+
+    info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir)
+    check = info["check"]
+    print(f"wrote {args.out} ({info['format']}; input float32 N x 3 x 32 x 32 RGB in [0, 1], normalisation inside; "
+          f"output logits) and {sidecar(Path(args.out))}")
+    print(f"checked on {check['images']} with {check['runtime']}: max |logit difference| "
+          f"{check['max_abs_logit_diff']:.1e} (tolerance {check['tolerance']:g})")
+    return 0
+
+
+def register_export_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained model as ONNX or TorchScript, normalisation inside")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
+    p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the --out suffix")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the model (FILE.json goes beside it)")
+    p.add_argument("--data-dir", help="CIFAR-10 folder for the check on 100 test images (else random images)")
+    p.set_defaults(func=cmd_export)
+
+
+EXTRA_COMMANDS += [register_predict_command, register_export_command]
+
+# Throughput and time-to-accuracy benchmark (issue 4); torch is loaded only when it runs.
+from cifarlab.benchmark import register_benchmark_command  # noqa: E402
+
+EXTRA_COMMANDS += [register_benchmark_command]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,11 +36,30 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing; 0 = plain cross-entropy as in the course
 
     # --- data ---
-    augment: str = "none"  # "none" (course: normalisation only), "crop-flip" (pad+random crop, flip)
-    crop_padding: int = 4  # pixels of padding for the random crop
+    augment: str = "none"  # "none" (course: normalisation only), "crop-flip" (pad+random crop, flip), or
+    # "translate-altflip" (shift by up to crop_padding px, reflect-filled; each image mirrored every other epoch)
+    crop_padding: int = 4  # pixels of padding for the random crop (crop-flip), largest shift (translate-altflip)
     val_size: int = 5000  # images held out of the official training set, stratified per class (10%)
     limit_train: int | None = None  # train on a class-balanced slice of this many images (demos, tests)
     eval_batch_size: int = 1000  # batch size for validation and test (no gradients, so larger is cheaper)
+
+    # --- fast training (docs/fast.md); every switch is off by default, the `fast` recipe turns them on ---
+    model_width: int | None = None  # channels of models that take a width (fastcnn: first group, 64); None = default
+    whiten: bool = False  # fastcnn: first conv set to whiten 2x2 patches of the training split, then frozen
+    dirac_init: bool = False  # fastcnn: each conv's first filters start as identity maps (trains like a skip)
+    frozen_bn_scale: bool = False  # fastcnn: BatchNorm scale fixed at 1, only its bias (shift) is learned
+    bias_lr_scale: float = 1.0  # SGD: LR multiplier for BatchNorm parameters (airbench: 64); their decay / by it
+    weight_averaging: str = "none"  # "none"; "ema" (score an average of the weights); "lookahead" (pull back to it)
+    average_decay: float = 0.95  # ema/lookahead: per-step decay, ramped in as progress^3 (early steps barely averaged)
+    average_every: int = 5  # ema/lookahead: optimiser steps between updates of the average
+    train_steps: int | None = None  # total optimiser steps, instead of whole epochs (set by the time-budget planner)
+    time_budget: float | None = None  # seconds for training + final test; the planner sets steps (and width)
+    budget_epochs: float = 10.0  # planner: widest width that still fits this many epochs (if model_width unset)
+    tta: int = 0  # final test with test-time augmentation: 0 none, 1 mirror, 2 mirror and 1-pixel translations
+    test_checkpoint: str = "best"  # checkpoint scored on the test set: "best" (val top-1) or "last" (schedule end)
+    channels_last: bool = False  # NHWC memory layout for the model (always used on CPUs, where oneDNN prefers it)
+    compile: bool = False  # torch.compile the model (the compile time counts against a --time-budget)
+    bf16: bool = False  # CUDA only: bf16 autocast of forward passes (ignored on CPU, where it measured slower)
 
     # --- reproducibility and placement ---
     seed: int = 0  # seeds the split, the model's initial weights, shuffling and augmentation
@@ -91,11 +110,27 @@ RECIPES: dict[str, dict[str, Any]] = {
         epochs=20, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
         step_size=10, gamma=0.1, augment="crop-flip", label_smoothing=0.0,
     ),
+    # airbench-style fast training of fastcnn (docs/fast.md). Nesterov SGD with large batches; LR 1.465e-3 per
+    # image of the batch (0.75 at 512); weight decay 0.0153/11.5; a 1,000-image validation split (monitoring only).
+    "fast": dict(
+        model="fastcnn", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, weight_decay=1.33e-3,
+        scheduler="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="translate-altflip", crop_padding=2,
+        val_size=1000, whiten=True, dirac_init=True, frozen_bn_scale=True, bias_lr_scale=64.0,
+        weight_averaging="lookahead", tta=2, test_checkpoint="last", channels_last=True, bf16=True,
+    ),
+    # ResNet-18 with the CIFAR stem, the standard strong baseline: SGD + Nesterov, one-cycle, crop and flip.
+    "resnet18-cifar": dict(
+        model="resnet18-cifar", epochs=30, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
+        weight_decay=5e-4, scheduler="onecycle", warmup_epochs=2.0, label_smoothing=0.1, augment="crop-flip",
+        crop_padding=4, tta=1, test_checkpoint="last", channels_last=True, bf16=True,
+    ),
 }
 
 RECIPE_HELP: dict[str, str] = {
     "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, no augmentation",
     "augment": "the course project plus random crop and horizontal flip",
+    "fast": "fastcnn, airbench-style: whitening, lookahead, Nesterov SGD, TTA; 10 epochs, or --time-budget",
+    "resnet18-cifar": "ResNet-18 (CIFAR stem), Nesterov SGD one-cycle, crop+flip, label smoothing; 30 epochs",
 }
 
 
@@ -130,7 +165,7 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"optimizer must be 'adam' or 'sgd' (got {config.optimizer!r})")
     if config.scheduler not in ("step", "onecycle", "cosine", "none"):
         raise UsageError(f"unknown scheduler {config.scheduler!r}")
-    if config.augment not in ("none", "crop-flip"):
+    if config.augment not in ("none", "crop-flip", "translate-altflip"):
         raise UsageError(f"unknown augmentation {config.augment!r}")
     if not 10 <= config.val_size <= 25000 or config.val_size % 10:
         raise UsageError(f"val_size must be a multiple of 10 between 10 and 25000 (got {config.val_size})")
@@ -140,3 +175,6 @@ def validate(config: TrainConfig) -> None:
         )
     if not 0 <= config.label_smoothing < 1:
         raise UsageError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
+    from cifarlab.fast import validate_fast  # local import: fast imports torch
+
+    validate_fast(config)

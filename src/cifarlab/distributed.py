@@ -33,11 +33,13 @@ def setup(device: torch.device) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":  # one GPU per process, chosen before NCCL starts
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
@@ -47,6 +49,13 @@ def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) ->
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics), which each updates locally."""
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier(info: DistInfo) -> None:

@@ -143,3 +143,75 @@ def count_macs(model: nn.Module, image_size: int = 32) -> int:
             h.remove()
         model.train(was_training)
     return int(total)
+
+
+class FastConvGroup(nn.Module):
+    """conv 3x3 -> max-pool 2x2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (pooling early makes BN/GELU 4x cheaper)."""
+
+    def __init__(self, c_in: int, c_out: int, dirac: bool, frozen_bn_scale: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = fast_batchnorm(c_out, frozen_bn_scale)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = fast_batchnorm(c_out, frozen_bn_scale)
+        self.act = nn.GELU()
+        if dirac:  # the first min(c_in, c_out) filters start as identity maps, so each group starts near a skip
+            for conv in (self.conv1, self.conv2):
+                nn.init.dirac_(conv.weight.data[:conv.in_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+def fast_batchnorm(channels: int, frozen_scale: bool) -> nn.BatchNorm2d:
+    """BatchNorm with fast-moving statistics (momentum 0.4: few epochs); a frozen scale leaves only the bias."""
+    bn = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
+    bn.weight.requires_grad_(not frozen_scale)
+    return bn
+
+
+class FastCNN(nn.Module):
+    """A VGG-like net built for accuracy per FLOP (after airbench): stem, three conv groups, max-pool, linear.
+
+    ===========  =====================================================  =====================
+    stage        layers                                                 output (width w=64)
+    ===========  =====================================================  =====================
+    stem         conv 2x2 (3->24, no padding; whitening-initialised     24 x 31 x 31
+                 when training with ``whiten``), GELU
+    group1       conv 3x3 (24->w), max-pool, BN, GELU, conv, BN, GELU   64 x 15 x 15
+    group2       conv 3x3 (w->4w), max-pool, BN, GELU, conv, BN, GELU   256 x 7 x 7
+    group3       conv 3x3 (4w->4w), max-pool, BN, GELU, conv, BN, GELU  256 x 3 x 3
+    head         max-pool 3x3, linear (4w->10, no bias), x 1/9          10 logits
+    ===========  =====================================================  =====================
+
+    The cost grows with the square of ``width``, which is what the time-budget planner trades against epochs.
+    The logit scale of 1/9 keeps the initial softmax soft at the large learning rates fast recipes use.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_bn_scale: bool = False,
+                 frozen_stem: bool = False) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be at least 1 (got {width})")
+        self.stem = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
+        self.stem.requires_grad_(not frozen_stem)
+        self.act = nn.GELU()
+        self.group1 = FastConvGroup(24, width, dirac, frozen_bn_scale)
+        self.group2 = FastConvGroup(width, 4 * width, dirac, frozen_bn_scale)
+        self.group3 = FastConvGroup(4 * width, 4 * width, dirac, frozen_bn_scale)
+        self.pool = nn.MaxPool2d(3)
+        self.head = nn.Linear(4 * width, num_classes, bias=False)
+        self.logit_scale = 1 / 9
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.group3(self.group2(self.group1(self.act(self.stem(x)))))
+        return self.head(self.pool(x).flatten(1)) * self.logit_scale
+
+
+@register("fastcnn")
+def fastcnn(num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_bn_scale: bool = False,
+            frozen_stem: bool = False) -> nn.Module:
+    """Fast VGG-like CNN (airbench-style): 2x2 stem, 3 conv-BN-GELU groups of width w/4w/4w (w=64), max-pools."""
+    return FastCNN(num_classes, width, dirac, frozen_bn_scale, frozen_stem)

@@ -46,6 +46,16 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) 
             os.unlink(tmp)
 
 
+def check_writable(folder: Path) -> None:
+    """Create and remove a scratch file, so an unwritable folder is reported before any work is done."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CifarlabError(f"run folder {folder} is not writable: {exc.strerror or exc}") from None
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"), binary=False)
 

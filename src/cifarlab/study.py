@@ -1,7 +1,8 @@
 """``cifarlab study``: the course project's whole study in one command.
 
-Trains ``mycnn`` and ``resnet18`` with the same recipe, seed and split, evaluates both once on the test set,
-and writes a side-by-side comparison.
+Trains ``mycnn`` and ``resnet18`` with the same recipe, seed and split, evaluates both once on the test set
+(each run analyses itself), then ends with ``cifarlab compare`` (``comparison/`` and ``comparison.md``) and
+``cifarlab report`` (``report.html``, self-contained, and ``report.md``) in the study folder.
 """
 
 from __future__ import annotations
@@ -9,32 +10,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config import make_config
 from cifarlab.data import load_cifar10
 from cifarlab.progress import log
-from cifarlab.runfiles import read_json, write_json
+from cifarlab.report import report
+from cifarlab.runfiles import atomic_write, write_json
 from cifarlab.train import train
 
 STUDY_MODELS = ("mycnn", "resnet18")
 # --quick: a class-balanced slice and a few epochs, so the whole study runs in minutes on 2 CPU cores.
 QUICK = dict(limit_train=5000, epochs=3)
-
-TABLE_COLUMNS = [
-    ("model", "model", "{}"), ("params", "parameters", "{:,}"), ("train_seconds", "train time (s)", "{:.0f}"),
-    ("images_per_second", "images/s", "{:.0f}"), ("best_val_top1", "best val top-1", "{:.2%}"),
-    ("test_top1", "test top-1", "{:.2%}"), ("test_top3", "test top-3", "{:.2%}"),
-    ("train_val_gap", "train-val gap", "{:+.2%}"),
-]
-
-
-def comparison_table(summaries: list[dict]) -> str:
-    """A Markdown table of the headline numbers of each run."""
-    lines = ["| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
-             "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|"]
-    for s in summaries:
-        lines.append("| " + " | ".join(fmt.format(s[key]) for key, _, fmt in TABLE_COLUMNS) + " |")
-    return "\n".join(lines)
-
 
 def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: str | None = None,
           models: tuple[str, ...] = STUDY_MODELS, **overrides) -> Path:
@@ -49,10 +35,12 @@ def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: st
     for config in configs:
         log(f"== study: training {config.model} ({config.epochs} epochs, recipe {recipe}) ==")
         run_dirs.append(train(config, data=data))
-    summaries = [read_json(d / "run.json") for d in run_dirs]
-    table = comparison_table(summaries)
-    (study_dir / "comparison.md").write_text(table + "\n")
+    comp = compare(run_dirs, out=study_dir / "comparison")
+    text = comparison_markdown(comp)
+    atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)
+    html = report(run_dirs, out=study_dir / "report.html")
     write_json(study_dir / "study.json", {"recipe": recipe, "quick": quick, "runs": [d.name for d in run_dirs],
                                           "seconds": time.perf_counter() - t0})
-    log("\n" + table + f"\n\nstudy written to {study_dir}")
+    log("\n" + text + f"\nstudy written to {study_dir}\nreport: {html} (open it in a browser) and "
+        f"{html.with_suffix('.md')}")
     return study_dir

@@ -1,0 +1,423 @@
+"""``cifarlab benchmark``: training throughput against the common PIL + DataLoader pipeline, and time to accuracy.
+
+Two measurements, written as ``benchmark.json`` and ``benchmark.md`` with a description of the machine:
+
+* **Throughput**: images per second of real training steps (forward, backward, SGD) for each registered model, fed
+  by cifarlab's pipeline (uint8 tensors in memory, whole-batch augmentation; channels-last on CPUs) and by a
+  reference pipeline built the common way (a torchvision-style dataset returning PIL images through
+  torchvision.transforms, a DataLoader with num_workers=0, a default-layout model). Same model, batch size and
+  augmentation (random crop + flip); medians of several repeats, and their ratio. A "data only" row times each
+  pipeline without a model.
+* **Time to accuracy**: wall time until test top-1 first reaches 75/85/90/93/94%: for the ``fast`` recipe, one
+  ``--time-budget`` run per budget (a budget run is only meaningful at its end, so each threshold gets the time
+  used by the shortest budget that reached it); for the ``seed`` recipe, the test set is scored after every epoch
+  (scoring time excluded) and the clock read when it first crosses the threshold. Seconds count from the data
+  being in memory, as a time budget does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from cifarlab.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported when a benchmark runs, so `cifarlab --help` stays quick
+    import torch
+    from torch import nn
+
+THRESHOLDS = (0.75, 0.85, 0.90, 0.93, 0.94)
+
+
+@dataclass
+class Settings:
+    """How much to measure. ``full()`` is what docs/benchmarks.md records; ``quick()`` runs in minutes."""
+
+    models: tuple[str, ...] = ("mycnn", "resnet18", "resnet18-cifar", "fastcnn")
+    batch_size: int = 128
+    steps: int = 5  # timed training steps per repeat (after one warm-up step)
+    repeats: int = 3
+    budgets: tuple[float, ...] = (150.0, 240.0, 600.0)  # seconds, for the fast recipe
+    seed_epochs: int | None = None  # None: the seed recipe as it is (20 epochs)
+    seed: bool = True  # include the seed recipe in the time-to-accuracy table
+    seed_limit_train: int | None = None
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(batch_size=32, steps=2, repeats=2, budgets=(60.0,), seed_epochs=2, seed_limit_train=10000)
+
+
+# --- the machine ---------------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on. The load average shows whether other processes shared the CPU."""
+    import torch
+
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version(),
+                            "platform": platform.platform(), "device": str(device),
+                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# --- throughput ----------------------------------------------------------------------------------------------------
+
+class ReferenceCifar:
+    """CIFAR-10 the common way (a map-style dataset): each item a PIL image through torchvision transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()  # HWC, as PIL wants
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def reference_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: list[float],
+                     std: list[float]) -> torch.utils.data.DataLoader:
+    """Random crop (pad 4) and flip per image with PIL, batched by a DataLoader in the main process."""
+    import torch
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return torch.utils.data.DataLoader(ReferenceCifar(images, labels, transform), batch_size=batch_size,
+                                       shuffle=True, num_workers=0)
+
+
+def endless(batches: Iterable) -> Iterator:
+    while True:
+        yield from batches
+
+
+def images_per_second(batches: Iterable, steps: int, device: torch.device,
+                      model: nn.Module | None) -> tuple[float, float]:
+    """Throughput of ``steps`` training steps (or, with no model, of just producing the batches).
+
+    Returns images per second of wall time and per second of this process's CPU time. On a machine shared with
+    other jobs the wall-time rate shrinks with the share of the CPU the process gets; the CPU-time rate (all
+    threads together) does not, so it shows what the pipeline costs."""
+    import torch
+    import torch.nn.functional as F
+
+    stream = endless(batches)
+    optimizer = None if model is None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step() -> int:
+        x, y = next(stream)
+        x, y = x.to(device), y.to(device)
+        if model is not None:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return len(y)
+
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0, c0, seen = time.perf_counter(), time.process_time(), 0
+    for _ in range(steps):
+        seen += step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return seen / (time.perf_counter() - t0), seen / max(1e-9, time.process_time() - c0)
+
+
+def throughput(data: Any, settings: Settings, device: torch.device, log: Callable[[str], None]) -> list[dict]:
+    """Median images/s of each model with cifarlab's pipeline and the reference one, and a data-only row."""
+    import torch
+
+    from cifarlab.data import Batches, channel_stats
+    from cifarlab.models import build_model
+
+    images, labels = data.train_images, data.train_labels
+    mean, std = channel_stats(images[:10000])
+    ours = Batches(images, labels, settings.batch_size, torch.tensor(mean), torch.tensor(std), shuffle=True,
+                   augment="crop-flip", seed=0, device=device)
+    reference = reference_loader(images, labels, settings.batch_size, mean, std)
+    rows = []
+    for name in (None, *settings.models):
+        label = name or "(data only)"
+        measured: dict[str, list[float]] = {"cifarlab": [], "reference": [], "cifarlab_cpu": [], "reference_cpu": []}
+        for _ in range(settings.repeats):
+            for pipeline, batches in (("cifarlab", ours), ("reference", reference)):
+                model = None
+                if name is not None:
+                    torch.manual_seed(0)
+                    model = build_model(name).to(device).train()
+                    if pipeline == "cifarlab" and device.type == "cpu":  # what `cifarlab train` does on CPUs
+                        model = model.to(memory_format=torch.channels_last)
+                wall, cpu = images_per_second(batches, settings.steps, device, model)
+                measured[pipeline].append(wall)
+                measured[pipeline + "_cpu"].append(cpu)
+        row = {"model": label, "repeats": measured}
+        row.update({key: statistics.median(values) for key, values in measured.items()})
+        row["ratio"] = row["cifarlab"] / row["reference"]
+        row["ratio_cpu"] = row["cifarlab_cpu"] / row["reference_cpu"]
+        rows.append(row)
+        log(f"throughput {label:<16} cifarlab {row['cifarlab']:8.0f} img/s   reference {row['reference']:8.0f} img/s"
+            f"   x{row['ratio']:.2f} (per CPU-second x{row['ratio_cpu']:.2f})")
+    return rows
+
+
+# --- time to accuracy ----------------------------------------------------------------------------------------------
+
+def first_reaching(curve: list[tuple[float, float]], threshold: float) -> float | None:
+    """The first time in a (seconds, top-1) curve at which top-1 is at least ``threshold``."""
+    for seconds, top1 in curve:
+        if top1 >= threshold:
+            return seconds
+    return None
+
+
+def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log: Callable[[str], None]) -> dict:
+    from cifarlab.config import make_config
+    from cifarlab.runfiles import read_json
+    from cifarlab.train import train
+
+    config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
+    run = train(config, data=data)
+    summary = read_json(run / "run.json")
+    result = {"run": f"fast, --time-budget {budget:g}", "recipe": "fast", "budget": budget, "run_dir": str(run),
+              "seconds": summary["seconds_used"], "test_top1": summary["test_top1"], "width": config.model_width,
+              "epochs": summary["train_steps"] / summary["budget_plan"]["steps_per_epoch"], "tta": config.tta}
+    result["reached"] = {f"{t:.2f}": (result["seconds"] if result["test_top1"] >= t else None) for t in THRESHOLDS}
+    log(f"time to accuracy: fast at {budget:g}s -> {100 * result['test_top1']:.2f}% in {result['seconds']:.0f}s")
+    return result
+
+
+def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any], device: torch.device,
+             log: Callable[[str], None]) -> dict:
+    """The seed recipe with the test set scored after each epoch; scoring time is taken off the clock."""
+    import torch
+
+    from cifarlab.config import make_config
+    from cifarlab.data import Batches
+    from cifarlab.train import predict, prepare_data, train
+
+    values = dict(overrides)
+    if settings.seed_epochs is not None:
+        values["epochs"] = settings.seed_epochs
+    if settings.seed_limit_train is not None:
+        values.setdefault("limit_train", settings.seed_limit_train)
+    config = make_config("seed", out=str(out), name="seed", **values)
+    prep = prepare_data(data, config)  # the same normalisation the run computes
+    test = Batches(data.test_images, data.test_labels, 1000, torch.tensor(prep.mean), torch.tensor(prep.std),
+                   device=device)
+    curve: list[tuple[float, float]] = []
+    scoring = 0.0
+    start = time.perf_counter()
+
+    def on_epoch(epoch: int, model: nn.Module) -> None:
+        nonlocal scoring
+        t0 = time.perf_counter()
+        logits, _, y = predict(model, test)
+        model.train()
+        curve.append((t0 - start - scoring, (logits.argmax(1) == y).float().mean().item()))
+        scoring += time.perf_counter() - t0
+
+    run = train(config, data=data, on_epoch=on_epoch)
+    result = {"run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train
+                                                        else ")"),
+              "recipe": "seed", "budget": None, "run_dir": str(run), "seconds": curve[-1][0],
+              "test_top1": curve[-1][1], "curve": curve, "epochs": config.epochs, "tta": 0}
+    result["reached"] = {f"{t:.2f}": first_reaching(curve, t) for t in THRESHOLDS}
+    log(f"time to accuracy: seed -> {100 * result['test_top1']:.2f}% after {result['seconds']:.0f}s")
+    return result
+
+
+# --- report --------------------------------------------------------------------------------------------------------
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "not reached"
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [
+        "# cifarlab benchmark", "",
+        f"Command: `{result['command']}`", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
+        f"device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+        + (f"; load average {m['load_average_at_start']} at the start, {m.get('load_average_at_end')} at the end"
+           if "load_average_at_start" in m else "")
+        + f"; OMP_WAIT_POLICY {m['omp_wait_policy']}. Started {result['started']}.", "",
+    ]
+    s = result["settings"]
+    if result["throughput"]:
+        lines += [f"## Training throughput (images/s; median of {s['repeats']} repeats of {s['steps']} steps, "
+                  f"batch {s['batch_size']}, random crop + flip)", "",
+                  "| model | cifarlab pipeline | reference pipeline (PIL + DataLoader) | ratio | "
+                  "cifarlab per CPU-s | reference per CPU-s | ratio per CPU-s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for row in result["throughput"]:
+            lines.append(f"| {row['model']} | {row['cifarlab']:,.0f} | {row['reference']:,.0f} | "
+                         f"{row['ratio']:.2f}x | {row['cifarlab_cpu']:,.0f} | {row['reference_cpu']:,.0f} | "
+                         f"{row['ratio_cpu']:.2f}x |")
+        lines += ["", "Images per second of wall time, and per second of CPU time of the benchmark process (all "
+                  "threads). On a machine shared with other jobs only the second is independent of the share of "
+                  "the CPU the benchmark got.", ""]
+    if result["accuracy"]:
+        heads = " | ".join(f"{100 * t:.0f}%" for t in THRESHOLDS)
+        lines += ["## Time to accuracy (test top-1; seconds from data in memory to the end of the test)", "",
+                  f"| run | time used | test top-1 | {heads} |",
+                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in THRESHOLDS) + " |"]
+        for row in result["accuracy"]:
+            reached = " | ".join(fmt_seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS)
+            lines.append(f"| {row['run']} | {fmt_seconds(row['seconds'])} | {100 * row['test_top1']:.2f}% | "
+                         f"{reached} |")
+        fast = [r for r in result["accuracy"] if r["recipe"] == "fast"]
+        if fast:
+            best = []
+            for t in THRESHOLDS:
+                times = [r["reached"][f"{t:.2f}"] for r in fast if r["reached"][f"{t:.2f}"] is not None]
+                best.append(fmt_seconds(min(times)) if times else "not reached")
+            lines.append(f"| fast, shortest budget reaching it | | | {' | '.join(best)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def benchmark(out: str | Path = "benchmarks/results", settings: Settings | None = None, data_dir: str | None = None,
+              device: str = "auto", throughput_only: bool = False, accuracy_only: bool = False,
+              overrides: dict[str, Any] | None = None, command: str = "cifarlab benchmark") -> dict[str, Any]:
+    """Run the measurements, write ``benchmark.json`` and ``benchmark.md`` into ``out``, return the results.
+
+    ``overrides`` go to every training config (tests use them to fit the fake data set)."""
+    from cifarlab.data import load_cifar10
+    from cifarlab.models import MODELS
+    from cifarlab.progress import log
+    from cifarlab.runfiles import write_json
+    from cifarlab.train import pick_device
+
+    settings = settings or Settings()
+    unknown = [m for m in settings.models if m not in MODELS]
+    if unknown:
+        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(sorted(MODELS))}")
+    if throughput_only and accuracy_only:
+        raise UsageError("--throughput-only and --accuracy-only exclude each other")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_device = pick_device(device)
+    overrides = {"device": device, **(overrides or {})}
+    result: dict[str, Any] = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                              "machine": machine(torch_device), "settings": vars(settings).copy(),
+                              "throughput": [], "accuracy": []}
+    data = load_cifar10(data_dir)
+    if not accuracy_only:
+        result["throughput"] = throughput(data, settings, torch_device, log)
+    if not throughput_only:
+        runs = out / "runs" / time.strftime("%Y%m%d-%H%M%S")
+        for budget in settings.budgets:
+            result["accuracy"].append(run_fast(data, budget, runs, overrides, log))
+        if settings.seed:
+            result["accuracy"].append(run_seed(data, settings, runs, overrides, torch_device, log))
+    if hasattr(os, "getloadavg"):
+        result["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    write_json(out / "benchmark.json", result)
+    (out / "benchmark.md").write_text(markdown(result) + "\n")
+    log(f"benchmark written to {out / 'benchmark.md'} and {out / 'benchmark.json'}")
+    return result
+
+
+def parse_list(text: str, kind: Callable[[str], Any]) -> tuple:
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    settings = Settings.quick() if args.quick else Settings()
+    if args.models:
+        settings.models = args.models
+    for key in ("batch_size", "steps", "repeats", "budgets", "seed_epochs"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
+    settings.seed = not args.no_seed
+    if any(b <= 0 for b in settings.budgets):
+        raise UsageError("--budgets must be positive numbers of seconds")
+    benchmark(args.out, settings, args.data_dir, args.device or "auto", args.throughput_only, args.accuracy_only,
+              command=command_line(args))
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, rebuilt from the parsed flags (for the record in the results)."""
+    parts = ["cifarlab benchmark"]
+    for key, value in sorted(vars(args).items()):
+        if key in ("func", "command") or value in (None, False):
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, tuple):
+            parts.append(f"{flag} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
+        elif not (key == "out" and value == "benchmarks/results"):
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab benchmark`` to the command line."""
+    from cifarlab.cli import positive_int
+
+    def budgets(text: str) -> tuple:
+        return parse_list(text, float)
+
+    def models(text: str) -> tuple:
+        return parse_list(text, str)
+
+    p = sub.add_parser("benchmark", help="throughput vs a PIL+DataLoader pipeline, and time to accuracy",
+                       description="Measure training throughput of each model with cifarlab's pipeline and with "
+                                   "the common PIL + DataLoader one, and the time the fast and seed recipes take "
+                                   "to reach 75-94%% test accuracy. Writes OUT/benchmark.json and OUT/benchmark.md.")
+    p.add_argument("--quick", action="store_true",
+                   help="small settings that finish in minutes (batch 32, 2 steps x 2 repeats, one 60 s budget, "
+                        "seed recipe for 2 epochs on 10,000 images)")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the results (default benchmarks/results)")
+    p.add_argument("--models", type=models, help="comma-separated models to time (default: all registered)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size for the throughput runs (default 128)")
+    p.add_argument("--steps", type=positive_int, help="timed steps per repeat (default 5)")
+    p.add_argument("--repeats", type=positive_int, help="repeats per measurement; the median is kept (default 3)")
+    p.add_argument("--budgets", type=budgets, metavar="S1,S2,...",
+                   help="time budgets in seconds for the fast recipe (default 150,240,600)")
+    p.add_argument("--seed-epochs", type=positive_int, help="epochs of the seed recipe (default: its 20)")
+    p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
+    p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")
+    p.add_argument("--accuracy-only", action="store_true", help="skip the throughput measurements")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/")
+    p.add_argument("--device", help="auto (default), cpu, cuda or mps")
+    p.set_defaults(func=cmd_benchmark)

@@ -1,0 +1,313 @@
+"""``cifarlab compare RUN... [--out DIR]``: finished runs side by side, seeds of one setup as mean +- std.
+
+Runs whose ``config.json`` is identical except for ``seed``, ``name`` and ``out`` are one *group*: the same
+experiment repeated with other seeds. Each group is one row of the table; with n > 1 runs a number reads
+``mean ± std`` (sample standard deviation, n - 1 in the denominator) and n is shown. Every number comes from
+the run's files, so nothing is retrained: cost, speed and the validation numbers from ``run.json``; test
+top-1, top-3, ECE and per-class accuracy recomputed from ``test_predictions.npz`` (the same numbers as the
+run's analysis); learning curves from ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cifarlab.errors import UsageError
+from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
+
+GROUP_IGNORES = ("seed", "name", "out")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One numeric column of the comparison: where its value comes from and how to print it."""
+
+    key: str
+    title: str
+    fmt: Callable[[float, float | None], str]
+
+
+def fmt_int(mean: float, std: float | None) -> str:
+    return f"{mean:,.0f}" if not std else f"{mean:,.0f} ± {std:,.0f}"
+
+
+def fmt_pct(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.2f}%" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
+
+
+def fmt_points(mean: float, std: float | None) -> str:
+    return f"{100 * mean:+.2f} pp" if std is None else f"{100 * mean:+.2f} ± {100 * std:.2f} pp"
+
+
+def fmt_ece(mean: float, std: float | None) -> str:
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+COLUMNS = [
+    Column("params", "parameters", fmt_int), Column("macs", "MACs/image", fmt_int),
+    Column("train_seconds", "train time (s)", fmt_int), Column("images_per_second", "images/s", fmt_int),
+    Column("best_val_top1", "best val top-1", fmt_pct), Column("test_top1", "test top-1", fmt_pct),
+    Column("test_top3", "test top-3", fmt_pct), Column("ece", "ECE", fmt_ece),
+    Column("train_val_gap", "train-val gap", fmt_points),
+]
+
+
+@dataclass
+class RunRecord:
+    """What the comparison needs from one finished run folder."""
+
+    path: Path
+    config: dict[str, Any]
+    values: dict[str, float]  # one number per Column key
+    per_class: np.ndarray  # test accuracy of each class (NaN where a class has no test image)
+    history: list[dict[str, float]]
+    y_pred: np.ndarray
+    y_true: np.ndarray
+    index: np.ndarray
+    classes: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class Group:
+    """Runs of one setup that differ only in seed (and folder name)."""
+
+    runs: list[RunRecord]
+    label: str = ""
+    stats: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [int(r.config.get("seed", 0)) for r in self.runs]
+
+    def per_class(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean and (with n > 1) std of per-class accuracy over the group's runs."""
+        stack = np.stack([r.per_class for r in self.runs])
+        return stack.mean(axis=0), (stack.std(axis=0, ddof=1) if self.n > 1 else None)
+
+
+def load_record(run: str | Path) -> RunRecord:
+    """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
+    from cifarlab.analysis import compute_metrics, load_predictions, require_run
+
+    path = require_run(run)
+    for needed in ("run.json", "config.json"):
+        if not (path / needed).is_file():
+            raise UsageError(f"{path} is not a finished cifarlab run: no {needed} (let `cifarlab train` finish)")
+    info, config = read_json(path / "run.json"), read_json(path / "config.json")
+    pred = load_predictions(path)
+    metrics = compute_metrics(pred)
+    values = {c.key: float(info[c.key]) for c in COLUMNS if c.key in info and info[c.key] is not None}
+    values.update(test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"],
+                  ece=metrics["calibration"]["ece"])
+    missing = [c.key for c in COLUMNS if c.key not in values]
+    if missing:
+        raise UsageError(f"{path}/run.json lacks {', '.join(missing)}; it is not from a finished cifarlab run")
+    per_class = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in metrics["per_class"]])
+    history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    return RunRecord(path, config, values, per_class, history, pred.y_pred, pred.y_true, pred.index,
+                     pred.classes)
+
+
+def group_key(config: dict[str, Any]) -> str:
+    """The config without the keys that may differ inside a group, as a canonical string."""
+    return json.dumps({k: v for k, v in config.items() if k not in GROUP_IGNORES}, sort_keys=True)
+
+
+def group_runs(records: Sequence[RunRecord]) -> list[Group]:
+    """Groups in order of first appearance. A single run is labelled by its folder name; a seed group by its
+    model and whatever else differs between the groups (for example ``mycnn epochs=3``)."""
+    groups: dict[str, Group] = {}
+    for record in records:
+        groups.setdefault(group_key(record.config), Group([])).runs.append(record)
+    result = list(groups.values())
+    configs = [g.runs[0].config for g in result]
+    keys = sorted({k for c in configs for k in c} - set(GROUP_IGNORES) - {"model"})
+    differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    for g, config in zip(result, configs):
+        extra = " ".join(f"{k}={config.get(k)}" for k in differing)
+        g.label = f"{config.get('model', '?')} {extra}".strip() if g.n > 1 else g.runs[0].name
+        g.stats = {c.key: mean_std([r.values[c.key] for r in g.runs]) for c in COLUMNS}
+    seen: dict[str, int] = {}
+    for g in result:
+        seen[g.label] = seen.get(g.label, 0) + 1
+        if seen[g.label] > 1:
+            g.label = f"{g.label} #{seen[g.label]}"
+    return result
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value, where it is undefined)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
+
+
+def markdown_table(groups: Sequence[Group]) -> str:
+    """The side-by-side table, one row per group, as Markdown."""
+    header = ["run(s)", "model", "n", "seeds"] + [c.title for c in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
+    for g in groups:
+        cells = [g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
+        cells += [c.fmt(*g.stats[c.key]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def disagreements(groups: Sequence[Group]) -> list[dict[str, Any]]:
+    """Per class: accuracy of each group, the spread between them, and how often the runs' predictions differ.
+
+    The spread is taken between groups when there are several, else between the runs of the one group.
+    Prediction disagreement is the share of the class's test images on which not every run gives the same
+    answer (only when all runs scored the same test images). Sorted by spread, largest first; classes
+    without test images are left out.
+    """
+    records = [r for g in groups for r in g.runs]
+    classes = records[0].classes
+    series = {g.label: g.per_class()[0] for g in groups} if len(groups) > 1 else \
+        {r.name: r.per_class for r in records}
+    if len(series) < 2:
+        return []
+    stack = np.stack(list(series.values()))
+    occurs = ~np.isnan(stack).any(axis=0)  # a class without test images has no accuracy to compare
+    spread = np.where(occurs, np.where(occurs, stack, 0).max(axis=0) - np.where(occurs, stack, 0).min(axis=0),
+                      np.nan)
+    same_images = all(np.array_equal(r.index, records[0].index) for r in records)
+    differ = None
+    if same_images:
+        preds = np.stack([r.y_pred for r in records])
+        differ = (preds != preds[:1]).any(axis=0)
+    rows = []
+    for k, name in enumerate(classes):
+        if not occurs[k]:
+            continue
+        row: dict[str, Any] = {"class": name, "spread": float(spread[k])}
+        row.update({f"accuracy {label}": float(v[k]) for label, v in series.items()})
+        if differ is not None:
+            members = records[0].y_true == k
+            row["prediction_disagreement"] = float(differ[members].mean()) if members.any() else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["spread"])
+
+
+@dataclass
+class Comparison:
+    """Everything ``compare`` computed: groups, the Markdown table, per-class disagreements."""
+
+    groups: list[Group]
+    table: str
+    disagreements: list[dict[str, Any]]
+
+    @property
+    def records(self) -> list[RunRecord]:
+        return [r for g in self.groups for r in g.runs]
+
+
+def build_comparison(runs: Sequence[str | Path]) -> Comparison:
+    """Load and group the runs; checks they are distinct and classify the same classes."""
+    if not runs:
+        raise UsageError("give at least one run folder")
+    paths = [Path(r) for r in runs]
+    resolved = [p.resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise UsageError("the same run folder was given twice")
+    records = [load_record(p) for p in paths]
+    if any(r.classes != records[0].classes for r in records):
+        raise UsageError("these runs classify different sets of classes; they cannot be compared")
+    groups = group_runs(records)
+    return Comparison(groups, markdown_table(groups), disagreements(groups))
+
+
+def disagreement_markdown(rows: Sequence[dict[str, Any]], top: int = 5) -> str:
+    """The classes with the largest spread in accuracy, as Markdown lines."""
+    lines = []
+    for row in rows[:top]:
+        accs = ", ".join(f"{k.removeprefix('accuracy ')} {100 * v:.1f}%" for k, v in row.items()
+                         if k.startswith("accuracy "))
+        extra = ""
+        if row.get("prediction_disagreement") is not None:
+            extra = f"; the runs' answers differ on {100 * row['prediction_disagreement']:.1f}% of its images"
+        lines.append(f"- **{row['class']}**: spread {100 * row['spread']:.1f} points ({accs}){extra}")
+    return "\n".join(lines)
+
+
+def comparison_markdown(comp: Comparison) -> str:
+    """Table, the grouping note and the disagreement list: what ``compare`` prints."""
+    text = comp.table + "\n\n"
+    if any(g.n > 1 for g in comp.groups):
+        text += "Runs with the same config except seed are grouped: mean ± sample std over the n seeds.\n\n"
+    if comp.disagreements:
+        text += "Classes where the runs disagree most (test accuracy):\n\n" + disagreement_markdown(comp.disagreements)
+        text += "\n"
+    return text
+
+
+def write_comparison(comp: Comparison, out: Path) -> list[Path]:
+    """comparison.md/.csv/.json, runs.csv, disagreements.csv and the two figures, into ``out``."""
+    from cifarlab import plots
+    from cifarlab.analysis import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "comparison.md", lambda f: f.write(comparison_markdown(comp)), binary=False)
+    header = ["group", "model", "n", "seeds", "runs"]
+    header += [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std")]
+    rows = [[g.label, g.runs[0].config.get("model"), g.n, " ".join(map(str, g.seeds)),
+             " ".join(r.name for r in g.runs), *(v for c in COLUMNS for v in g.stats[c.key])] for g in comp.groups]
+    write_csv(out / "comparison.csv", header, rows)
+    write_csv(out / "runs.csv", ["run", "group", "model", "seed", "path", *[c.key for c in COLUMNS]],
+              [[r.name, g.label, r.config.get("model"), r.config.get("seed"), str(r.path),
+                *(r.values[c.key] for c in COLUMNS)] for g in comp.groups for r in g.runs])
+    if comp.disagreements:
+        keys = list(comp.disagreements[0])
+        write_csv(out / "disagreements.csv", keys, [[row.get(k) for k in keys] for row in comp.disagreements])
+    write_json(out / "comparison.json", {
+        "groups": [{"label": g.label, "model": g.runs[0].config.get("model"), "n": g.n, "seeds": g.seeds,
+                    "runs": [str(r.path) for r in g.runs],
+                    "stats": {k: {"mean": m, "std": s} for k, (m, s) in g.stats.items()}} for g in comp.groups],
+        "disagreements": comp.disagreements, "grouped_ignoring": list(GROUP_IGNORES)})
+    files = [out / "comparison.md", out / "comparison.csv", out / "runs.csv"]
+    curves = {f"{r.name}": r.history for r in comp.records if r.history}
+    if curves:
+        files.append(plots.overlaid_learning_curves(curves, out / "learning_curves.png"))
+    classes = comp.records[0].classes
+    means = {g.label: g.per_class()[0] for g in comp.groups}
+    stds = {g.label: g.per_class()[1] for g in comp.groups}
+    files.append(plots.per_class_bars(classes, means, stds, out / "per_class_accuracy.png"))
+    return files
+
+
+def compare(runs: Sequence[str | Path], out: str | Path = "comparison") -> Comparison:
+    """Build the comparison and write its files into ``out``."""
+    comp = build_comparison(runs)
+    write_comparison(comp, Path(out))
+    return comp
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    comp = compare(args.runs, args.out)
+    print(comparison_markdown(comp), end="")
+    print(f"\nwritten to {args.out}/ (comparison.csv, runs.csv, figures)")
+    return 0
+
+
+def register_compare_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab compare`` to the command line."""
+    p = sub.add_parser("compare", help="finished runs side by side (seeds of one setup as mean ± std)",
+                       description="Compare finished runs: a table on stdout (Markdown) and CSV, overlaid "
+                                   "learning curves, per-class accuracy and the classes where runs disagree. "
+                                   "Runs with the same config except seed are grouped as mean ± std (n).")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
+    p.add_argument("--out", default="comparison", help="folder for the CSV files and figures (default: comparison)")
+    p.set_defaults(func=cmd_compare)

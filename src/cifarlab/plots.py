@@ -1,0 +1,197 @@
+"""The figures of the analysis, comparison and report, drawn with matplotlib's object API.
+
+Figures are built from ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no global figure
+state, no GUI backend to pick or switch (the Agg canvas is attached to each figure), nothing to close,
+and it works in threads, notebooks and headless CI alike. Every PNG is written atomically and without the
+``Software`` metadata entry, which would otherwise carry a web address into the self-contained HTML report.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cifarlab.runfiles import atomic_write
+
+DPI = 100
+RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#bcbd22", "#17becf"]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with an Agg canvas attached, so it can be saved without pyplot."""
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """Render to PNG in memory; no metadata, so the file holds pixels only."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: Path) -> Path:
+    """Write the figure as a PNG atomically (a crash never leaves half an image)."""
+    data = png_bytes(fig)
+    atomic_write(Path(path), lambda f: f.write(data))
+    return Path(path)
+
+
+def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, normalized: bool,
+                      title: str) -> Path:
+    """A 10x10 heatmap with class names on both axes and the value written in every cell."""
+    fig = new_figure(8.2, 7.0)
+    ax = fig.add_subplot()
+    shown = np.nan_to_num(matrix.astype(float))
+    vmax = 1.0 if normalized else max(1.0, float(shown.max()))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=vmax)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class" if normalized else "images")
+    n = len(classes)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    for i in range(n):
+        for j in range(n):
+            value = matrix[i, j]
+            text = ("-" if np.isnan(value) else f"{value:.2f}") if normalized else f"{int(value)}"
+            dark = shown[i, j] > 0.6 * vmax
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    return save_png(fig, path)
+
+
+def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | None = None) -> Path:
+    """Loss and top-1 per epoch, train and validation; the train-validation gap is shaded."""
+    epochs = [r["epoch"] for r in rows]
+    fig = new_figure(11, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train", color=RUN_COLORS[0])
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "s-", label="validation", color=RUN_COLORS[1])
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    train_top1 = np.array([100 * r["train_top1"] for r in rows])
+    val_top1 = np.array([100 * r["val_top1"] for r in rows])
+    ax_acc.plot(epochs, train_top1, "o-", label="train", color=RUN_COLORS[0])
+    ax_acc.plot(epochs, val_top1, "s-", label="validation", color=RUN_COLORS[1])
+    ax_acc.fill_between(epochs, val_top1, train_top1, where=train_top1 >= val_top1, color=RUN_COLORS[1],
+                        alpha=0.15, label="train - validation gap", interpolate=True)
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="top-1 accuracy")
+    if best_epoch is not None and best_epoch in epochs:
+        k = epochs.index(best_epoch)
+        gap = train_top1[k] - val_top1[k]
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
+        ax_acc.annotate(f"best epoch {best_epoch}\ngap {gap:+.1f} points", (best_epoch, val_top1[k]),
+                        textcoords="offset points", xytext=(-10, -38), ha="right", fontsize=9,
+                        arrowprops={"arrowstyle": "->", "color": "grey"})
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    return save_png(fig, path)
+
+
+def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) -> Path:
+    """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many per bin."""
+    fig = new_figure(6.2, 6.6)
+    ax, ax_count = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    lower = np.array([b["lower"] for b in bins])
+    width = np.array([b["upper"] - b["lower"] for b in bins])
+    count = np.array([b["count"] for b in bins])
+    acc = np.array([b["accuracy"] if b["accuracy"] is not None else 0.0 for b in bins])
+    conf = np.array([b["confidence"] if b["confidence"] is not None else 0.0 for b in bins])
+    filled = count > 0
+    ax.bar(lower[filled], acc[filled], width=width[filled], align="edge", color=RUN_COLORS[0],
+           edgecolor="black", linewidth=0.5, label="accuracy in bin")
+    ax.bar(lower[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], align="edge",
+           color=RUN_COLORS[1], alpha=0.35, edgecolor=RUN_COLORS[1], hatch="//", label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}\nECE {ece:.4f} ({len(bins)} bins)")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax_count.bar(lower, count, width=width, align="edge", color="grey", edgecolor="black", linewidth=0.5)
+    ax_count.set(xlabel="confidence (top predicted probability)", ylabel="images")
+    ax_count.grid(alpha=0.3)
+    return save_png(fig, path)
+
+
+def image_grid(images: np.ndarray, captions: list[str], colors: list[str], path: Path, title: str,
+               ncols: int = 6) -> Path:
+    """Images (N, 3, 32, 32 uint8) enlarged in a grid, each with a caption under it."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig = new_figure(2.0 * ncols, 2.45 * nrows + 0.5)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for k, ax in enumerate(axes):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(np.transpose(images[k], (1, 2, 0)), interpolation="nearest")
+            ax.set_title(captions[k], fontsize=8.5, color=colors[k])
+    fig.suptitle(title)
+    return save_png(fig, path)
+
+
+def gradcam_grid(images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarray, captions: list[str],
+                 path: Path, title: str) -> Path:
+    """One row per image: the image, Grad-CAM for the (wrong) predicted class, Grad-CAM for the true class."""
+    n = len(images)
+    fig = new_figure(7.5, 2.3 * n + 0.6)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for k in range(n):
+        rgb = np.transpose(images[k], (1, 2, 0))
+        axes[k, 0].imshow(rgb, interpolation="nearest")
+        axes[k, 0].set_title(captions[k], fontsize=8.5)
+        for col, (maps, label) in enumerate([(maps_pred, "evidence for predicted"), (maps_true, "for true")], 1):
+            axes[k, col].imshow(rgb, interpolation="nearest")
+            axes[k, col].imshow(maps[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
+            axes[k, col].set_title(label if maps[k].max() > 0 else f"{label}: none", fontsize=8.5)
+        for ax in axes[k]:
+            ax.axis("off")
+    fig.suptitle(title)
+    return save_png(fig, path)
+
+
+def overlaid_learning_curves(curves: dict[str, list[dict]], path: Path) -> Path:
+    """Validation loss and top-1 (solid) and train top-1 (dotted) of several runs on shared axes."""
+    fig = new_figure(11, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for k, (label, rows) in enumerate(curves.items()):
+        color = RUN_COLORS[k % len(RUN_COLORS)]
+        epochs = [r["epoch"] for r in rows]
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", color=color, label=f"{label} (val)")
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], ":", color=color, label=f"{label} (train)")
+        ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", color=color, label=f"{label} (val)")
+        ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], ":", color=color, label=f"{label} (train)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="top-1 accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return save_png(fig, path)
+
+
+def per_class_bars(classes: Sequence[str], values: dict[str, np.ndarray], errors: dict[str, np.ndarray | None],
+                   path: Path, ylabel: str = "test accuracy (%)") -> Path:
+    """One group of bars per class, one bar per run (or seed group, with its std as an error bar)."""
+    fig = new_figure(12, 4.5)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(values))
+    x = np.arange(len(classes))
+    for k, (label, v) in enumerate(values.items()):
+        err = errors.get(label)
+        ax.bar(x + (k - (len(values) - 1) / 2) * width, 100 * np.nan_to_num(v), width, label=label,
+               color=RUN_COLORS[k % len(RUN_COLORS)], yerr=None if err is None else 100 * err, capsize=2)
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set(ylabel=ylabel, ylim=(0, 100), title="per-class accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)

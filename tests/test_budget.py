@@ -1,0 +1,192 @@
+"""The time-budget planner: its accounting, and a tiny run that completes its schedule inside the budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cifarlab.budget import (WIDTHS, BudgetPlan, Probe, apply_plan, choose_tta, epoch_overhead, final_test_seconds,
+                             fit_steps)
+from cifarlab.config import make_config
+from cifarlab.errors import UsageError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared CPU, two OpenMP threads that spin-wait for each other stall tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_analysis(monkeypatch):
+    import cifarlab.analysis
+
+    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)
+
+
+PROBE = Probe(width=8, step_seconds=0.5, eval_image_seconds=0.001, save_seconds=0.1, probe_seconds=2.0)
+
+
+def cost(steps: int, steps_per_epoch: int, n_val: int) -> float:
+    epochs = -(-steps // steps_per_epoch)
+    return steps * PROBE.step_seconds + epochs * epoch_overhead(PROBE, n_val)
+
+
+@pytest.mark.parametrize("available", [0.4, 3.0, 10.0, 57.3, 600.0])
+def test_fit_steps_takes_the_most_steps_that_fit(available):
+    steps = fit_steps(available, PROBE.step_seconds, epoch_overhead(PROBE, 100), steps_per_epoch=10)
+    assert cost(steps, 10, 100) <= available or steps == 0
+    assert cost(steps + 1, 10, 100) > available
+
+
+def test_overheads_are_priced_from_the_probe():
+    assert epoch_overhead(PROBE, n_val=1000) == pytest.approx(1000 * 0.001 + 2 * 0.1)
+    assert final_test_seconds(PROBE, n_test=10000, tta=2) == pytest.approx(6 * 10.0 + 1.0)  # 6 views per image
+    assert final_test_seconds(PROBE, n_test=10000, tta=0) == pytest.approx(10.0 + 1.0)
+
+
+def test_tta_is_lowered_when_the_test_would_eat_the_budget():
+    # 10,000 test images at 1 ms per view: 61 s with TTA 2, 21 s with mirror only, 11 s without
+    assert choose_tta(PROBE, 10000, level=2, budget=1000.0) == 2
+    assert choose_tta(PROBE, 10000, level=2, budget=300.0) == 1
+    assert choose_tta(PROBE, 10000, level=2, budget=150.0) == 0
+    assert choose_tta(PROBE, 10000, level=0, budget=1000.0) == 0
+
+
+def test_apply_plan_scales_the_whole_schedule():
+    config = make_config("fast")  # 10 epochs, 2 of warm-up
+    plan = BudgetPlan(budget_seconds=60, width=24, train_steps=250, epochs=3, steps_per_epoch=100,
+                      warmup_epochs=2.0 * 2.5 / 10, tta=1, epoch_overhead_seconds=0.5, step_seconds=0.1,
+                      predicted_seconds=55)
+    apply_plan(config, plan)
+    assert (config.train_steps, config.epochs, config.model_width) == (250, 3, 24)
+    assert config.warmup_epochs == pytest.approx(0.5)  # a fifth of the 2.5 planned epochs, as in the recipe
+    assert config.tta == 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("slowdown", [0.5, 1.0, 2.0, 3.0])
+def test_pacer_refits_the_steps_so_the_schedule_ends_on_time(monkeypatch, slowdown):
+    """Planned at 0.5 s/step; the machine then runs at slowdown x that. Training must end by budget - reserves."""
+    import cifarlab.budget as budget_module
+
+    clock = FakeClock()
+    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
+    config = make_config("fast", model_width=8)
+    plan = BudgetPlan(budget_seconds=100.0, width=8, train_steps=150, epochs=3, steps_per_epoch=50,
+                      warmup_epochs=0.6, tta=0, epoch_overhead_seconds=1.0, step_seconds=0.5, predicted_seconds=95,
+                      reserved_seconds={"margin": 5.0, "test": 10.0})
+    apply_plan(config, plan)
+    clock.now = 5.0  # probes and setup
+    pacer = budget_module.Pacer(config, plan, started=0.0)
+    done = 0
+    while done < config.train_steps:
+        clock.now += 0.5 * slowdown
+        done += 1
+        pacer.step()
+        if done % 50 == 0 and done < config.train_steps:
+            clock.now += 1.0 * slowdown  # validation and checkpoints at each epoch's end
+    clock.now += 1.0 * slowdown  # the last epoch's validation
+    assert done == config.train_steps == plan.train_steps  # the schedule's end moved with the plan
+    assert clock.now <= 100.0 - 5.0 - 10.0 + 0.5 * slowdown  # on time, within one step
+    assert clock.now >= 0.8 * (100.0 - 5.0 - 10.0)  # and the time was used
+    assert config.epochs == -(-done // 50)
+    if slowdown != 1.0:
+        assert plan.replans and (done < 150) == (slowdown > 1.0)
+
+
+def budget_config(fake_cifar, tmp_path, name: str, **overrides):
+    values = dict(batch_size=100, val_size=100, data_dir=str(fake_cifar), out=str(tmp_path), name=name,
+                  device="cpu", tta=1)
+    values.update(overrides)
+    return make_config("fast", **values)
+
+
+def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_path, no_analysis):
+    from cifarlab.checkpoint import load_checkpoint
+    from cifarlab.train import train
+
+    budget = 30.0
+    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8))
+    summary = json.loads((run / "run.json").read_text())
+    plan = summary["budget_plan"]
+    assert summary["time_budget"] == budget
+    assert plan["predicted_seconds"] <= budget  # the planner's own accounting fits
+    assert summary["seconds_used"] <= 1.5 * budget  # wall clock: generous margin for a shared machine
+    assert summary["train_steps"] == plan["train_steps"] >= 1
+    state = load_checkpoint(run, "last.pt")
+    assert state["scheduler"]["last_epoch"] == plan["train_steps"]  # every planned step ran
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == plan["epochs"] == state["config"]["epochs"]
+    assert float(rows[-1]["lr"]) == 0.0  # the one-cycle schedule reached its final value
+    assert state["model_kwargs"]["width"] == 8
+
+
+def test_planner_takes_the_widest_width_that_fits_the_epochs(monkeypatch):
+    """Probes are replaced by costs in proportion to each width's MACs: the choice is pure accounting."""
+    import time as real_time
+
+    import cifarlab.budget as budget_module
+    from cifarlab.models import build_model, count_macs
+
+    macs = {w: count_macs(build_model("fastcnn", width=w)) for w in WIDTHS}
+    probed = []
+
+    def fake_probe(config, width, batches, num_classes, make_optimizer, device):
+        probed.append(width)
+        return Probe(width, step_seconds=0.01 * macs[width] / macs[16], eval_image_seconds=1e-5,
+                     save_seconds=0.01, probe_seconds=0.0)
+
+    monkeypatch.setattr(budget_module, "time_probe", fake_probe)
+    batches = list(range(100))  # only its length (steps per epoch) is used
+    config = make_config("fast", time_budget=60.0, budget_epochs=4.0)
+    plan = budget_module.plan_budget(config, batches, n_val=1000, n_test=10000, num_classes=10,
+                                     make_optimizer=None, device=torch.device("cpu"), started=real_time.perf_counter())
+
+    def epochs_that_fit(width: int) -> float:
+        left = 60.0 - 3.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # margin, setup, test with TTA 2 (0.6 s: under 10%)
+        probe = fake_probe(config, width, None, 10, None, None)
+        return fit_steps(left, probe.step_seconds, epoch_overhead(probe, 1000), 100) / 100
+
+    fitting = [w for w in WIDTHS if epochs_that_fit(w) >= 4.0]
+    assert plan.width == max(fitting) and plan.width != WIDTHS[-1]
+    assert probed[:2] == [16, plan.width]  # the cheap probe, then the chosen width
+    assert plan.tta == 2 and plan.train_steps / 100 >= 4.0
+    assert plan.predicted_seconds <= 60.0
+    apply_plan(config, plan)
+    assert config.model_width == plan.width and config.epochs == plan.epochs
+
+
+def test_too_short_a_budget_is_a_usage_error(fake_cifar, tmp_path):
+    from cifarlab.train import train
+
+    with pytest.raises(UsageError, match="too short"):
+        train(budget_config(fake_cifar, tmp_path, "short", time_budget=0.5, model_width=8))
+
+
+def test_time_budget_needs_a_per_step_schedule():
+    with pytest.raises(UsageError, match="per-step schedule"):
+        make_config("seed", time_budget=60.0)
+
+
+def test_cli_time_budget_must_be_positive(capsys):
+    from cifarlab.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", "fast", "--time-budget", "0"])
+    assert exc.value.code == 2
+    assert "must be positive" in capsys.readouterr().err

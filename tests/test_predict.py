@@ -1,0 +1,156 @@
+"""``cifarlab predict`` on the user's own files: any format, size and mode; bad files reported, others classified."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.cli import main
+from cifarlab.data import load_cifar10, normalize
+from cifarlab.predict import load_image, predict_files
+
+
+def as_pil(image: torch.Tensor) -> Image.Image:
+    return Image.fromarray(image.permute(1, 2, 0).numpy())
+
+
+def enlarge(image: Image.Image, size: int, width: int) -> Image.Image:
+    """Blow a 32x32 image up to size x size, centred on a wider grey canvas: a 'photo' of another shape."""
+    canvas = Image.new("RGB", (width, size), (128, 128, 128))
+    canvas.paste(image.resize((size, size), Image.Resampling.NEAREST), ((width - size) // 2, 0))
+    return canvas
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, fake_cifar) -> tuple[Path, list[str]]:
+    """One test image of each class, saved in assorted formats, sizes and modes; the class is the file name."""
+    data = load_cifar10(fake_cifar)
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "more").mkdir()
+    labels = []
+    for c, name in enumerate(data.classes):
+        i = int(torch.nonzero(data.test_labels == c)[0])
+        image, stem = as_pil(data.test_images[i]), f"{c}-{name}"
+        if c % 4 == 0:
+            enlarge(image, 256, 400).save(folder / f"{stem}.jpg", quality=95)
+        elif c % 4 == 1:
+            enlarge(image, 96, 96).convert("RGBA").save(folder / f"{stem}.png")
+        elif c % 4 == 2:
+            image.save(folder / "more" / f"{stem}.webp", lossless=True)
+        else:
+            enlarge(image, 64, 100).save(folder / f"{stem}.bmp")
+        labels.append(name)
+    (folder / "readme.txt").write_text("not an image, and skipped: folders are scanned by extension")
+    (folder / ".hidden.png").write_bytes(b"skipped too")
+    return folder, labels
+
+
+def test_a_folder_of_photos_gets_sensible_top3_lists(tiny_run, photos):
+    folder, labels = photos
+    results = predict_files(tiny_run, [folder], top_k=3)
+    assert len(results) == 10 and all(r.error is None for r in results)
+    correct = 0
+    for r in results:
+        truth = Path(r.file).stem.split("-", 1)[1]
+        assert len(r.top) == 3
+        probs = [p for _, p in r.top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        correct += r.top[0][0] == truth
+    assert correct >= 9  # the tiny run scores 100% on this generated data; one JPEG may blur past it
+
+
+def test_a_32x32_png_is_classified_exactly_as_in_evaluation(tiny_run, fake_cifar, tmp_path):
+    """No resize happens at 32x32, so predict must give the evaluation pipeline's probabilities."""
+    data = load_cifar10(fake_cifar)
+    as_pil(data.test_images[0]).save(tmp_path / "x.png")
+    assert torch.equal(load_image(tmp_path / "x.png"), data.test_images[0])
+    state = load_checkpoint(tiny_run)
+    model = model_from_checkpoint(state)
+    with torch.no_grad():
+        x = normalize(data.test_images[:1], torch.tensor(state["mean"]), torch.tensor(state["std"]))
+        expected = model(x).softmax(1)[0]
+    (result,) = predict_files(tiny_run, [tmp_path / "x.png"], top_k=10)
+    got = {c: p for c, p in result.top}
+    for j, name in enumerate(state["classes"]):
+        assert got[name] == pytest.approx(float(expected[j]), abs=1e-6)
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    Image.new("RGBA", (40, 40), (10, 20, 30, 0)).save(tmp_path / "clear.png")  # fully transparent
+    Image.new("L", (50, 20), 77).save(tmp_path / "grey.png")
+    Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")  # 16-bit grey
+    Image.new("CMYK", (33, 33), (0, 255, 255, 0)).save(tmp_path / "print.jpg")
+    Image.new("P", (10, 10), 3).save(tmp_path / "palette.gif")
+    assert torch.all(load_image(tmp_path / "clear.png") == 255)  # transparency shows the white background
+    assert torch.all(load_image(tmp_path / "grey.png") == 77)
+    assert torch.all(load_image(tmp_path / "deep.png") == 255)
+    red = load_image(tmp_path / "print.jpg").float().mean(dim=(1, 2))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    for name in ("clear.png", "grey.png", "deep.png", "print.jpg", "palette.gif"):
+        image = load_image(tmp_path / name)
+        assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways: red left half, blue right, with 'rotate 90 degrees clockwise' in EXIF."""
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    x = load_image(tmp_path / "phone.jpg").float()
+    assert x[0, :12].mean() > 200 and x[2, :12].mean() < 60  # upright: red on top
+    assert x[2, -12:].mean() > 200 and x[0, -12:].mean() < 60  # blue below
+
+
+def test_bad_files_get_their_own_line_and_the_others_are_still_classified(tiny_run, photos, tmp_path, capsys):
+    folder, _ = photos
+    good = next(p for p in sorted(folder.glob("*.png")) if not p.name.startswith("."))
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "fake.jpg").write_text("not really a jpeg")
+    (tmp_path / "cut.jpg").write_bytes((sorted(folder.glob("*.jpg"))[0]).read_bytes()[:400])
+    (tmp_path / "empty").mkdir()
+    inputs = [tmp_path / "notes.txt", good, tmp_path / "fake.jpg", tmp_path / "missing.png", tmp_path / "cut.jpg",
+              tmp_path / "empty"]
+    code = main(["predict", "--checkpoint", str(tiny_run), *map(str, inputs)])
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert code == 1 and "Traceback" not in err
+    assert "5 of 6 files could not be classified" in err
+    assert lines[0] == f"{tmp_path / 'notes.txt'}: error: not an image (Pillow cannot read this format)"
+    assert lines[1].startswith(f"{good}: ") and "error" not in lines[1] and lines[1].count(",") == 2
+    assert lines[2] == f"{tmp_path / 'fake.jpg'}: error: not an image (Pillow cannot read this format)"
+    assert lines[3] == f"{tmp_path / 'missing.png'}: error: no such file"
+    assert lines[4].startswith(f"{tmp_path / 'cut.jpg'}: error: damaged or unreadable image")
+    assert lines[5] == f"{tmp_path / 'empty'}: error: no image files in this folder"
+
+
+def test_json_output_and_exit_code_0_when_all_succeed(tiny_run, photos, capsys):
+    folder, _ = photos
+    assert main(["predict", "--checkpoint", str(tiny_run), str(folder), "--json", "--top-k", "5"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 10
+    for r in results:
+        assert set(r) == {"file", "predictions"} and len(r["predictions"]) == 5
+        assert set(r["predictions"][0]) == {"class", "probability"}
+
+
+def test_json_reports_errors_too(tiny_run, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["predict", "--checkpoint", str(tiny_run), str(tmp_path / "a.txt"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == [
+        {"file": str(tmp_path / "a.txt"), "error": "not an image (Pillow cannot read this format)"}]
+
+
+@pytest.mark.parametrize("k", ["0", "11", "x"])
+def test_a_bad_top_k_is_a_usage_error(tiny_run, photos, k, capsys):
+    folder, _ = photos
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(["predict", "--checkpoint", str(tiny_run), str(folder), "--top-k", k]))
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
