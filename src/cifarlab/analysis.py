@@ -249,7 +249,7 @@ def caption(pred: Predictions, pos: int, with_true_prob: bool = False) -> str:
     t, p = pred.y_true[pos], pred.y_pred[pos]
     text = f"true: {pred.classes[t]}\npred: {pred.classes[p]} ({pred.probs[pos, p]:.0%})"
     if with_true_prob:
-        text += f"\np(true) = {pred.probs[pos, t]:.1%}"
+        text += f"\np(true) = {100 * pred.probs[pos, t]:.2g}%"
     return text
 
 
@@ -403,6 +403,11 @@ def gradcam_analysis(out: Path, run: Path, pred: Predictions, images: torch.Tens
             "centre_share_uniform": 0.25}
 
 
+def run_title(name: str, model: str | None) -> str:
+    """'NAME (MODEL)', or just the name when it already is the model's (as in a study)."""
+    return name if model in (None, name) else f"{name} ({model})"
+
+
 def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers for tools (summary.json)."""
     run_info = read_json(run / "run.json") if (run / "run.json").is_file() else {}
@@ -442,7 +447,7 @@ def analyze(run: str | Path, data: Any = None, data_dir: str | None = None, imag
     write_metric_files(out, metrics, pred.classes)
     summary = summary_of(run, pred, metrics)
     config = read_json(run / "config.json") if (run / "config.json").is_file() else {}
-    seed, title = int(config.get("seed", 0)), f"{run.name} ({summary['model'] or 'model'})"
+    seed, title = int(config.get("seed", 0)), run_title(run.name, summary["model"])
     files = draw_metric_figures(out, run, metrics, pred.classes, title, summary["best_epoch"])
     skipped: list[str] = []
     gradcam = None

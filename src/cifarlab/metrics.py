@@ -5,23 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassStatScores
+
+
+def topk_hits(probs: torch.Tensor, y_true: torch.Tensor, k: int) -> torch.Tensor:
+    """Per class, how many of its samples have the true class among the k highest scores (integer counts).
+
+    torchmetrics counts; the fractions are taken in float64 here, so 8540/10000 is stored as 0.854 exactly
+    and anyone recomputing from the saved predictions gets the same number.
+    """
+    stats = MulticlassStatScores(num_classes=probs.shape[1], top_k=k, average=None)
+    return stats(probs, y_true)[:, 0].long()  # columns: tp, fp, tn, fn, support
 
 
 def topk_accuracy(probs: torch.Tensor, y_true: torch.Tensor, k: int) -> float:
     """Fraction of samples whose true class is among the k highest scores."""
-    num_classes = probs.shape[1]
-    metric = MulticlassAccuracy(num_classes=num_classes, top_k=k, average="micro")
-    return float(metric(probs, y_true))
+    return int(topk_hits(probs, y_true, k).sum()) / len(y_true)
 
 
 def per_class_accuracy(probs: torch.Tensor, y_true: torch.Tensor) -> list[float]:
     """Top-1 accuracy (recall) of each class; NaN for a class with no samples."""
-    num_classes = probs.shape[1]
-    metric = MulticlassAccuracy(num_classes=num_classes, average=None)
-    acc = metric(probs, y_true)
-    present = torch.bincount(y_true, minlength=num_classes) > 0
-    return [float(a) if p else float("nan") for a, p in zip(acc.tolist(), present.tolist())]
+    support = torch.bincount(y_true, minlength=probs.shape[1]).tolist()
+    hits = topk_hits(probs, y_true, 1).tolist()
+    return [h / s if s else float("nan") for h, s in zip(hits, support)]
 
 
 def nll(probs: torch.Tensor, y_true: torch.Tensor) -> float:

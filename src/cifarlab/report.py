@@ -145,7 +145,9 @@ class RunView:
 
     @property
     def title(self) -> str:
-        return f"{self.name} ({self.info.get('model', '?')})"
+        from cifarlab.analysis import run_title
+
+        return run_title(self.name, self.info.get("model"))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:

@@ -355,6 +355,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
             if epoch > config.epochs:  # checked each time: a --time-budget run re-plans it as it goes
                 break
             t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]  # the epoch's LR (a per-batch schedule: its starting LR)
             sums = train_one_epoch(model, train_batches, optimizer, scheduler, config, epoch, dist, device,
                                    step_hooks)
             loss_sum, correct, seen = distributed.all_reduce_sum(
@@ -365,7 +366,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
             train_seconds += epoch_seconds
             row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen,
                    "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": epoch_seconds,
+                   "lr": lr, "epoch_seconds": epoch_seconds,
                    "images_per_second": seen / t_train}
             history.append(row)
             improved = val["top1"] > best_top1

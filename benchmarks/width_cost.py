@@ -1,0 +1,61 @@
+"""What one training image costs fastcnn at each width, in CPU time (so a busy machine does not skew it).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/width_cost.py [--threads 1] [--batch-size 256]
+
+Times three training steps (after a warm-up step) and one forward pass per width with time.process_time(): images
+per CPU-second is what one core would do alone. The time-budget planner prices widths by their multiply-accumulates;
+this shows where that estimate is off (small widths cost more than their MACs suggest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cifarlab.config import make_config
+from cifarlab.fast import model_kwargs
+from cifarlab.models import build_model, count_macs
+from cifarlab.train import make_optimizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--widths", default="12,16,24,32,48,64")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = make_config("fast")
+    x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,))
+    print("| width | MACs/image | train images per CPU-s | eval images per CPU-s |")
+    print("| ---: | ---: | ---: | ---: |")
+    for width in (int(w) for w in args.widths.split(",")):
+        model = build_model("fastcnn", **model_kwargs(config, width)).to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, config)
+
+        def step() -> None:
+            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        step()
+        c0 = time.process_time()
+        for _ in range(3):
+            step()
+        train_rate = 3 * args.batch_size / (time.process_time() - c0)
+        model.eval()
+        with torch.no_grad():
+            model(x)
+            c0 = time.process_time()
+            model(x)
+            eval_rate = args.batch_size / (time.process_time() - c0)
+        print(f"| {width} | {count_macs(model) / 1e6:.1f} M | {train_rate:,.0f} | {eval_rate:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
