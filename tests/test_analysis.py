@@ -167,7 +167,7 @@ def test_per_class_metrics_match_numpy_on_random_input():
     ref = np_per_class(y, probs.argmax(1), 6)
     for key in ("precision", "recall", "f1"):
         got = np.array([np.nan if r[key] is None else r[key] for r in rows])
-        np.testing.assert_allclose(got, ref[key], atol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(got, ref[key], rtol=0, atol=1e-12, equal_nan=True)
     assert [r["support"] for r in rows] == ref["support"]
 
 

@@ -120,3 +120,13 @@ def test_other_seed_other_split(fake_cifar, tmp_path, tiny_run):
     run = train(config)
     assert json.loads((run / "split.json").read_text())["val"] != json.loads((tiny_run / "split.json").read_text())["val"]
     assert len(json.loads((run / "split.json").read_text())["train"]) == 100
+
+
+def test_run_files_get_ordinary_permissions(tiny_run):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("best.pt", "metrics.csv", "config.json"):
+        assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask, name

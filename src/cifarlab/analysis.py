@@ -133,28 +133,25 @@ def row_normalize(counts: np.ndarray) -> np.ndarray:
 
 
 def per_class_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """Precision, recall, F1, support and accuracy of each class; ``None`` where a value is 0/0."""
-    import torch
-    from torchmetrics.classification import MulticlassF1Score, MulticlassPrecision, MulticlassRecall
+    """Precision, recall, F1, support and accuracy of each class; ``None`` where a value is 0/0.
 
-    c = probs.shape[1]
-    p, y = torch.as_tensor(probs), torch.as_tensor(y_true)
-    precision = MulticlassPrecision(num_classes=c, average=None)(p, y).double().numpy()
-    recall = MulticlassRecall(num_classes=c, average=None)(p, y).double().numpy()
-    f1 = MulticlassF1Score(num_classes=c, average=None)(p, y).double().numpy()
-    support = np.bincount(y_true, minlength=c)
-    predicted = np.bincount(probs.argmax(1), minlength=c)
+    torchmetrics counts true/false positives and false negatives per class (as ``cifarlab.metrics`` does);
+    the ratios are taken here in float64, so 9/20 is written as 0.45 and matches any recomputation exactly.
+    """
+    import torch
+    from torchmetrics.classification import MulticlassStatScores
+
+    stats = MulticlassStatScores(num_classes=probs.shape[1], average=None)
+    counts = stats(torch.as_tensor(probs), torch.as_tensor(y_true)).long().tolist()  # tp, fp, tn, fn, support
+
+    def ratio(num: int, den: int) -> float | None:
+        return num / den if den else None
+
     rows = []
-    for k, name in enumerate(classes):
-        rec = float(recall[k]) if support[k] else None
-        rows.append({
-            "class": name,
-            "precision": float(precision[k]) if predicted[k] else None,
-            "recall": rec,
-            "f1": float(f1[k]) if support[k] or predicted[k] else None,
-            "support": int(support[k]),
-            "accuracy": rec,
-        })
+    for name, (tp, fp, _tn, fn, support) in zip(classes, counts):
+        recall = ratio(tp, tp + fn)
+        rows.append({"class": name, "precision": ratio(tp, tp + fp), "recall": recall,
+                     "f1": ratio(2 * tp, 2 * tp + fp + fn), "support": support, "accuracy": recall})
     return rows
 
 

@@ -13,7 +13,8 @@ on time: the LR still warms up and decays to its final value. What is planned an
 The budget clock starts once the data is in memory (reading it from disk is reported, not counted); the probes
 count against it. For models with a width (fastcnn) and no width fixed in the config, the planner also picks the
 widest width that still fits ``budget_epochs`` epochs: at short budgets a narrower net trained for more epochs
-beats a wide one that sees each image once.
+beats a wide one that sees each image once. While training, the :class:`Pacer` re-fits the remaining steps to
+the time left whenever the machine turns out slower or faster than the probes said.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 from cifarlab.errors import CifarlabError, UsageError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 METRICS_COLUMNS = [
     "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr", "epoch_seconds",
     "images_per_second",
@@ -33,6 +36,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) 
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give run files the usual permissions
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
