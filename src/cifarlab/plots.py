@@ -68,6 +68,16 @@ def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, no
     return save_png(fig, path)
 
 
+def epoch_ticks(ax, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis (every epoch when there are few, so one epoch is not drawn as 0.96-1.04)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(epochs) <= 12:
+        ax.set_xticks(list(epochs))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | None = None) -> Path:
     """Loss and top-1 per epoch, train and validation; the train-validation gap is shaded."""
     epochs = [r["epoch"] for r in rows]
@@ -89,12 +99,12 @@ def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | 
         for ax in (ax_loss, ax_acc):
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
         ax_acc.annotate(f"best epoch {best_epoch}\ngap {gap:+.1f} points", (best_epoch, val_top1[k]),
-                        textcoords="offset points", xytext=(-10, -38), ha="right", fontsize=9,
+                        xytext=(0.03, 0.95), textcoords="axes fraction", ha="left", va="top", fontsize=9,
                         arrowprops={"arrowstyle": "->", "color": "grey"})
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=9, loc="lower right" if ax is ax_acc else "upper right")
+        epoch_ticks(ax, epochs)
     fig.suptitle(title)
     return save_png(fig, path)
 
@@ -175,7 +185,7 @@ def overlaid_learning_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epoch_ticks(ax, sorted({r["epoch"] for rows in curves.values() for r in rows}))
     return save_png(fig, path)
 
 

@@ -204,9 +204,10 @@ def gap_words(gap: float) -> str:
 def run_reading(view: RunView) -> list[str]:
     """Sentences about one run, each from one number of its files."""
     s, info = view.summary, view.info
+    epochs = info.get("epochs", "?")
     out = [f"<b>{esc(view.title)}</b> reaches {pct(s['top1'])} test top-1 and {pct(s['top3'])} top-3 after "
-           f"{esc(info.get('epochs', '?'))} epochs; validation top-1 peaked at {pct(info.get('best_val_top1'))} "
-           f"in epoch {esc(info.get('best_epoch', '?'))}."]
+           f"{esc(epochs)} epoch{'' if epochs == 1 else 's'}; validation top-1 peaked at "
+           f"{pct(info.get('best_val_top1'))} in epoch {esc(info.get('best_epoch', '?'))}."]
     if info.get("train_val_gap") is not None:
         gap = info["train_val_gap"]
         side = "above" if gap >= 0 else "below"
@@ -215,8 +216,8 @@ def run_reading(view: RunView) -> list[str]:
     pair = s.get("most_confused")
     if pair:
         support = next((int(r["support"]) for r in view.per_class if r["class"] == pair["true"]), None)
-        reverse = next((p for p in view.pairs if p["true"] == pair["predicted"] and p["predicted"] == pair["true"]),
-                       None)
+        reverse = next((p for p in view.pairs
+                        if p["true"] == pair["predicted"] and p["predicted"] == pair["true"]), None)
         text = (f"The most frequent confusion is {esc(pair['true'])} &rarr; {esc(pair['predicted'])}: "
                 f"{pair['count']} of {support} {esc(pair['true'])} test images ({pct(pair['share_of_true'])})")
         if reverse:
