@@ -68,3 +68,20 @@ def tiny_run(tmp_path_factory, fake_cifar) -> Path:
     config = make_config("seed", model="mycnn", epochs=2, batch_size=50, val_size=100, data_dir=str(fake_cifar),
                          out=str(tmp_path_factory.mktemp("runs")), name="tiny", device="cpu")
     return train(config)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared CPU, two OpenMP threads that spin-wait for each other stall tiny models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_analysis(monkeypatch):
+    """Skip the error analysis that train() runs after the test (slow, and tested elsewhere)."""
+    import cifarlab.analysis
+
+    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)

@@ -11,20 +11,7 @@ from cifarlab.benchmark import THRESHOLDS, Settings, benchmark, first_reaching, 
 from cifarlab.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, two OpenMP threads that spin-wait for each other stall tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_analysis(monkeypatch):
-    import cifarlab.analysis
-
-    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 def test_first_reaching_reads_the_curve_in_order():

@@ -14,20 +14,7 @@ from cifarlab.config import make_config
 from cifarlab.errors import UsageError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, two OpenMP threads that spin-wait for each other stall tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_analysis(monkeypatch):
-    import cifarlab.analysis
-
-    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 PROBE = Probe(width=8, step_seconds=0.5, eval_image_seconds=0.001, save_seconds=0.1, probe_seconds=2.0)

@@ -16,21 +16,7 @@ from cifarlab.fast import WeightAverager, init_whitening, model_kwargs, param_gr
 from cifarlab.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared CPU, two OpenMP threads that spin-wait for each other stall tiny models."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_analysis(monkeypatch):
-    """Skip the error analysis that train() runs after the test (slow, and tested elsewhere)."""
-    import cifarlab.analysis
-
-    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)
+pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 def correlated_images(n: int = 400, seed: int = 0) -> torch.Tensor:
