@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CifarlabError
+from cifarlab.models import probe_forward
 
 MIN_SPATIAL = 4
 
@@ -41,17 +42,7 @@ def find_target_layer(model: nn.Module, image_size: int = 32) -> TargetLayer:
     def hook(module: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         seen.append(TargetLayer(names[module], module, int(out.shape[-2]), int(out.shape[-1])))
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe_forward(model, {nn.Conv2d: hook}, image_size)
     usable = [t for t in seen if t.height >= MIN_SPATIAL and t.width >= MIN_SPATIAL]
     if not usable:
         raise CifarlabError(f"{type(model).__name__} has no convolution with an output of at least "

@@ -126,22 +126,7 @@ def count_macs(model: nn.Module, image_size: int = 32) -> int:
         nonlocal total
         total += out[0].numel() * module.in_features
 
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    probe_forward(model, {nn.Conv2d: conv_hook, nn.Linear: linear_hook}, image_size)
     return int(total)
 
 
@@ -215,3 +200,22 @@ def fastcnn(num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_
             frozen_stem: bool = False) -> nn.Module:
     """Fast VGG-like CNN (airbench-style): 2x2 stem, 3 conv-BN-GELU groups of width w/4w/4w (w=64), max-pools."""
     return FastCNN(num_classes, width, dirac, frozen_bn_scale, frozen_stem)
+
+
+def probe_forward(model: nn.Module, hooks: dict[type, Callable], image_size: int = 32) -> None:
+    """Run one blank image through ``model`` (eval mode, no gradients) with ``hooks[type]`` attached as a forward
+    hook to every layer of that type; the model's mode is restored and the hooks removed afterwards.
+
+    Used to measure what a forward pass really does (MACs, layer output sizes) without reading the code."""
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               for kind, hook in hooks.items() if isinstance(m, kind)]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
