@@ -38,7 +38,6 @@ from cifarlab.models import build_model, count_macs
 WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (12 costs nearly as much as 16)
 PROBE_WIDTH = 16  # cheap width timed first to gauge the machine when the planner chooses the width
 PROBE_STEPS = 3  # timed steps per probe (their median), after one untimed warm-up step
-PROBE_EVAL_IMAGES = 256  # images in the timed forward pass that prices validation and the test
 MARGIN = 0.05  # share of the budget kept free for timing noise
 TTA_SHARE = 0.1  # the most of the budget the final test may take; a lower TTA level is used beyond it
 TEST_FIXED_SECONDS = 1.0  # loading the checkpoint, writing predictions and metrics after the test pass
@@ -135,7 +134,7 @@ def time_probe(config: Any, width: int | None, batches: Batches, num_classes: in
     step_seconds = statistics.median(times)  # the median shrugs off one step slowed by another process
 
     model.eval()
-    x = next(stream)[0][:PROBE_EVAL_IMAGES]
+    x = next(stream)[0][:config.eval_batch_size]  # the batch size validation and the test will use
     with torch.no_grad():
         model(x)
         synchronize(device)

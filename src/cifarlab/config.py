@@ -115,8 +115,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(
         model="fastcnn", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, weight_decay=1.33e-3,
         scheduler="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="translate-altflip", crop_padding=2,
-        val_size=1000, whiten=True, dirac_init=True, frozen_bn_scale=True, bias_lr_scale=64.0,
+        val_size=1000, eval_batch_size=250, whiten=True, dirac_init=True, frozen_bn_scale=True, bias_lr_scale=64.0,
         weight_averaging="lookahead", tta=2, test_checkpoint="last", channels_last=True, bf16=True,
+        budget_epochs=8.0,  # at 10 min on 2 cores: width 24 x 12.6 epochs 90.9% > width 16 x 25 epochs 90.3%
     ),
     # ResNet-18 with the CIFAR stem, the standard strong baseline: SGD + Nesterov, one-cycle, crop and flip.
     "resnet18-cifar": dict(
