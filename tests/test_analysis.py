@@ -376,3 +376,15 @@ def test_cli_analyze_bad_run_is_one_line_exit_2(tmp_path, capsys, setup, message
     assert main(["analyze", str(setup(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("error", [ImportError("No module named 'captum'"), CifarlabError("unreadable predictions")])
+def test_a_failed_analysis_after_training_is_reported_not_raised(monkeypatch, tmp_path, capsys, error):
+    def broken(run_dir, data=None, **kwargs):
+        raise error
+
+    monkeypatch.setattr(analysis, "analyze", broken)
+    analysis.analyze_after_training(tmp_path, data=None)  # must not raise: the run itself is finished and saved
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "analysis not written" in text and type(error).__name__ in text and f"cifarlab analyze {tmp_path}" in text

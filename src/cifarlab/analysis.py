@@ -495,8 +495,8 @@ def analyze_after_training(run_dir: Path, data: Any) -> None:
 
     try:
         summary = analyze(run_dir, data=data)
-    except CifarlabError as exc:
-        log(f"analysis not written ({exc}); retry with: cifarlab analyze {run_dir}")
+    except Exception as exc:  # noqa: BLE001 - the run is finished and saved; a missing figure must not undo it
+        log(f"analysis not written ({type(exc).__name__}: {exc}); retry with: cifarlab analyze {run_dir}")
         return
     log(describe(summary, run_dir / ANALYSIS_DIR))
 

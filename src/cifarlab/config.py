@@ -100,14 +100,16 @@ class TrainConfig:
 
 # Each recipe is a set of overrides of the TrainConfig defaults above.
 RECIPES: dict[str, dict[str, Any]] = {
-    # The course project: Adam 1e-3, StepLR (x0.1 after epoch 10), 20 epochs, normalisation only.
+    # The course project: Adam 1e-3, StepLR (x0.1 after epoch 10), 20 epochs, normalisation only. The course fixed
+    # neither batch size nor StepLR's step: batch 64 lifts ResNet-18 from 77.6% to 78.4% (mean of 3 seeds each,
+    # benchmarks/seed_sweep.py, docs/benchmarks.md "Choosing the seed recipe"); step 7 instead of 10 gained nothing.
     "seed": dict(
-        epochs=20, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
+        epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
         step_size=10, gamma=0.1, augment="none", label_smoothing=0.0,
     ),
     # The course setup plus the two standard augmentations (random crop, horizontal flip): less overfitting.
     "augment": dict(
-        epochs=20, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
+        epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
         step_size=10, gamma=0.1, augment="crop-flip", label_smoothing=0.0,
     ),
     # airbench-style fast training of fastcnn (docs/fast.md). Nesterov SGD with large batches; LR 1.465e-3 per
@@ -128,7 +130,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 RECIPE_HELP: dict[str, str] = {
-    "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, no augmentation",
+    "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, no augmentation",
     "augment": "the course project plus random crop and horizontal flip",
     "fast": "fastcnn, airbench-style: whitening, lookahead, Nesterov SGD, TTA; 10 epochs, or --time-budget",
     "resnet18-cifar": "ResNet-18 (CIFAR stem), Nesterov SGD one-cycle, crop+flip, label smoothing; 30 epochs",
