@@ -50,9 +50,9 @@ def main() -> int:
 
     out = Path(args.out)
     (out / "configs").mkdir(parents=True, exist_ok=True)
+    variants = [parse_variant(v) for v in args.variant]
     runs = []
-    for variant in args.variant:
-        name, overrides = parse_variant(variant)
+    for name, overrides in variants:
         for seed in (int(s) for s in args.seeds.split(",")):
             config = make_config(args.recipe, model=args.model, seed=seed, data_dir=args.data_dir,
                                  device=args.device, out=str(out), **overrides)
@@ -64,9 +64,9 @@ def main() -> int:
     while pending or active:
         while pending and len(active) < args.jobs:
             name, seed, path, run = pending.pop(0)
-            log = open(out / f"{run}.log", "w")
             cmd = [sys.executable, "-m", "cifarlab", "train", "--config", str(path), "--name", run]
-            active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+            with open(out / f"{run}.log", "w") as log:  # the child keeps its own copy of the handle
+                active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(1)
         for run, proc in [a for a in active if a[1].poll() is not None]:
             active.remove((run, proc))
@@ -74,8 +74,7 @@ def main() -> int:
 
     rows, lines = [], ["| variant | overrides | test top-1 per seed | mean | std | best epochs |",
                        "| --- | --- | --- | ---: | ---: | --- |"]
-    for variant in args.variant:
-        name, overrides = parse_variant(variant)
+    for name, overrides in variants:
         results = []
         for run_name in [r[3] for r in runs if r[0] == name]:
             summary = out / run_name / "run.json"
