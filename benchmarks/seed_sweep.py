@@ -20,20 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from cifarlab.config import TrainConfig, make_config
+from cifarlab.config import make_config, parse_overrides
+from cifarlab.errors import CifarlabError
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
-    """'b64:batch_size=64,step_size=7' -> ('b64', {'batch_size': 64, 'step_size': 7}); values parsed as JSON."""
+    """'b64:batch_size=64,step_size=7' -> ('b64', {'batch_size': 64, 'step_size': 7})."""
     name, _, rest = text.partition(":")
-    overrides = {}
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return name, overrides
+    return name, parse_overrides([item for item in rest.split(",") if item])
 
 
 def main() -> int:
@@ -94,4 +88,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CifarlabError as exc:  # a bad --set / --variant or missing data: one line, no traceback
+        sys.exit(f"{Path(__file__).name}: error: {exc}")

@@ -78,10 +78,3 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-@pytest.fixture
-def no_analysis(monkeypatch):
-    """Skip the error analysis that train() runs after the test (slow, and tested elsewhere)."""
-    import cifarlab.analysis
-
-    monkeypatch.setattr(cifarlab.analysis, "analyze_after_training", lambda run_dir, data: None)

@@ -39,7 +39,7 @@ def test_quick_throughput_from_the_command_line_writes_both_files(fake_cifar, tm
     assert result["machine"]["cpu"] in text
 
 
-def test_time_to_accuracy_runs_fast_budgets_and_the_seed_recipe(fake_cifar, tmp_path, no_analysis, monkeypatch):
+def test_time_to_accuracy_runs_fast_budgets_and_the_seed_recipe(fake_cifar, tmp_path, monkeypatch):
     import cifarlab.budget
     from cifarlab.budget import Probe
 

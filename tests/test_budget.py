@@ -102,12 +102,12 @@ def budget_config(fake_cifar, tmp_path, name: str, **overrides):
     return make_config("fast", **values)
 
 
-def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_path, no_analysis):
+def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_path):
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.train import train
 
     budget = 30.0
-    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8))
+    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8), analyze=False)
     summary = json.loads((run / "run.json").read_text())
     plan = summary["budget_plan"]
     assert summary["time_budget"] == budget

@@ -232,14 +232,14 @@ def test_cli_rejects_width_for_models_without_one(capsys):
     assert "only apply to fastcnn" in capsys.readouterr().err
 
 
-def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path, no_analysis):
+def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.evaluate import evaluate
     from cifarlab.train import train
 
     config = make_config("fast", model_width=8, epochs=2, batch_size=100, val_size=100, data_dir=str(fake_cifar),
                          out=str(tmp_path), name="fast", device="cpu", weight_averaging="ema", tta=2)
-    run = train(config)
+    run = train(config, analyze=False)
     summary = json.loads((run / "run.json").read_text())
     assert summary["tta"] == 2 and summary["test_checkpoint"] == "last.pt"
     state = load_checkpoint(run, "last.pt")

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.config import TrainConfig, make_config
+from cifarlab.config import TrainConfig, make_config, parse_overrides
 from cifarlab.data import CLASSES
+from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model
 from cifarlab.runfiles import METRICS_COLUMNS, read_metrics_csv
@@ -102,8 +103,10 @@ def test_learns_the_generated_data(tiny_run):
 def test_same_seed_same_metrics_and_replay_from_config(fake_cifar, tmp_path, tiny_run):
     from cifarlab.cli import main
 
-    assert main(["train", "--config", str(tiny_run / "config.json"), "--out", str(tmp_path), "--name", "replay"]) == 0
+    assert main(["train", "--config", str(tiny_run / "config.json"), "--out", str(tmp_path), "--name", "replay",
+                 "--no-analysis"]) == 0
     run = tmp_path / "replay"
+    assert (tiny_run / "analysis" / "summary.json").is_file() and not (run / "analysis").exists()
     assert TrainConfig.load(run).to_dict() == {**TrainConfig.load(tiny_run).to_dict(), "out": str(tmp_path),
                                                "name": "replay"}
     a, b = read_metrics_csv(tiny_run / "metrics.csv"), read_metrics_csv(run / "metrics.csv")
@@ -130,3 +133,13 @@ def test_run_files_get_ordinary_permissions(tiny_run):
     os.umask(umask)
     for name in ("best.pt", "metrics.csv", "config.json"):
         assert stat.S_IMODE((tiny_run / name).stat().st_mode) == 0o666 & ~umask, name
+
+
+def test_key_value_overrides_read_json_else_text():
+    overrides = parse_overrides(["batch_size=64", "bf16=false", "weight_averaging=ema", "lr=1e-3"])
+    assert overrides == {"batch_size": 64, "bf16": False, "weight_averaging": "ema", "lr": 0.001}
+    assert make_config("fast", **overrides).batch_size == 64
+    with pytest.raises(UsageError, match="KEY=VALUE"):
+        parse_overrides(["batch_size"])
+    with pytest.raises(UsageError, match="unknown config key 'batchsize'"):
+        parse_overrides(["batchsize=64"])

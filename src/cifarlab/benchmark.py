@@ -204,7 +204,7 @@ def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log
     from cifarlab.train import train
 
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
-    run = train(config, data=data)
+    run = train(config, data=data, analyze=False)  # figures are not timed or needed here
     summary = read_json(run / "run.json")
     result = {"run": f"fast, --time-budget {budget:g}", "recipe": "fast", "budget": budget, "run_dir": str(run),
               "seconds": summary["seconds_used"], "test_top1": summary["test_top1"], "width": config.model_width,
@@ -244,7 +244,7 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
         curve.append((t0 - start - scoring, (logits.argmax(1) == y).float().mean().item()))
         scoring += time.perf_counter() - t0
 
-    run = train(config, data=data, on_epoch=on_epoch)
+    run = train(config, data=data, on_epoch=on_epoch, analyze=False)
     result = {"run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train
                                                         else ")"),
               "recipe": "seed", "budget": None, "run_dir": str(run), "seconds": curve[-1][0],

@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = TrainConfig.load(run / "config.json")
         config.data_dir = args.data_dir or config.data_dir
         config.device = args.device or config.device
-        train(config, resume=run)
+        train(config, resume=run, analyze=not args.no_analysis)
         return 0
     if args.config:
         if args.recipe:
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
     else:
         config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
-    train(config)
+    train(config, analyze=not args.no_analysis)
     return 0
 
 
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
                    help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
                         "resnet18-cifar; docs/fast.md)")
+    p.add_argument("--no-analysis", action="store_true",
+                   help="skip the error analysis written after the test (figures, Grad-CAM; slow on a CPU): "
+                        "`cifarlab analyze RUN` writes it later")
     p.add_argument("--width", dest="model_width", type=positive_int, metavar="N",
                    help="channel width of models that take one (fastcnn; default 64, or the budget planner's)")
     p.set_defaults(func=cmd_train)

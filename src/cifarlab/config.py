@@ -148,6 +148,23 @@ def make_config(recipe: str, **overrides: Any) -> TrainConfig:
     return config
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Config overrides written KEY=VALUE (the benchmark scripts' --set / --variant): a VALUE is read as JSON
+    (numbers, true/false, null, lists), and kept as text if it is not JSON ("sgd", "ema")."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected KEY=VALUE, got {item!r}")
+        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise UsageError(f"unknown config key {key!r} in {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def validate(config: TrainConfig) -> None:
     """Reject values that would fail later with an obscure error."""
     from cifarlab.models import MODELS  # local import: models imports torch

@@ -230,11 +230,12 @@ def environment() -> dict[str, Any]:
 
 
 def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
-          on_epoch: Callable[[int, nn.Module], None] | None = None) -> Path:
+          on_epoch: Callable[[int, nn.Module], None] | None = None, analyze: bool = True) -> Path:
     """Train one model as ``config`` says, evaluate its best checkpoint on the test set, return the run folder.
 
     ``on_epoch(epoch, model)``, if given, is called after each epoch with the scored model (the benchmark uses it
-    to measure test accuracy over time; it must not train the model)."""
+    to measure test accuracy over time; it must not train the model). ``analyze=False`` skips the error analysis
+    written after the test (figures, Grad-CAM: slow on a CPU); ``cifarlab analyze RUN`` writes it later."""
     # --- setup: device, processes, seed, data ------------------------------------------------------------
     validate(config)
     device = pick_device(config.device)
@@ -388,7 +389,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
     # --- the test set, once, with the best-validation (or last, see test_checkpoint) checkpoint ---------
     if dist.is_main:
         finish_run(run_dir, data, config, device, params, macs, train_seconds, load_seconds,
-                   budget_start=budget_start, plan=None if plan is None else plan.to_dict())
+                   budget_start=budget_start, plan=None if plan is None else plan.to_dict(), analyze=analyze)
     distributed.barrier(dist)
     distributed.teardown(dist)
     return run_dir
@@ -416,7 +417,7 @@ def evaluate_checkpoint(state: dict[str, Any], data: Cifar10, split: str, device
 
 def finish_run(run_dir: Path, data: Cifar10, config: TrainConfig, device: torch.device, params: int, macs: int,
                train_seconds: float, load_seconds: float, budget_start: float | None = None,
-               plan: dict[str, Any] | None = None) -> None:
+               plan: dict[str, Any] | None = None, analyze: bool = True) -> None:
     """Evaluate best.pt (or last.pt, per ``test_checkpoint``) on the test set, once, and write the run summary.
 
     ``budget_start`` is when the budget clock started (data in memory); the time used up to the end of the test
@@ -448,6 +449,7 @@ def finish_run(run_dir: Path, data: Cifar10, config: TrainConfig, device: torch.
     write_json(run_dir / "run.json", summary)
     log(f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
         f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run_dir}/test_metrics.json")
-    from cifarlab.analysis import analyze_after_training
+    if analyze:
+        from cifarlab.analysis import analyze_after_training
 
-    analyze_after_training(run_dir, data)
+        analyze_after_training(run_dir, data)
