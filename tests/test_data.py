@@ -96,7 +96,7 @@ def test_label_out_of_range_is_reported(fake_cifar, tmp_path):
         load_cifar10(root, allow_download=False)
 
 
-def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch):
+def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch, capsys):
     import torchvision.datasets.utils as tv_utils
 
     def offline(*args, **kwargs):
@@ -108,6 +108,8 @@ def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch):
     text = str(info.value)
     assert "nowhere" in text and "cifar-10-python.tar.gz" in text and "--data-dir" in text
     assert "Network is unreachable" in text
+    assert "downloading" in capsys.readouterr().out  # said before the (possibly slow) attempt
+    assert not (tmp_path / "nowhere").exists()  # no empty folder left behind
 
 
 def test_split_is_stratified_disjoint_and_reproducible():

@@ -121,7 +121,8 @@ def test_other_seed_other_split(fake_cifar, tmp_path, tiny_run):
     config = make_config("seed", model="mycnn", epochs=1, batch_size=50, val_size=100, data_dir=str(fake_cifar),
                          out=str(tmp_path), name="s1", seed=1, limit_train=100, device="cpu")
     run = train(config)
-    assert json.loads((run / "split.json").read_text())["val"] != json.loads((tiny_run / "split.json").read_text())["val"]
+    split, other = (json.loads((r / "split.json").read_text()) for r in (run, tiny_run))
+    assert split["val"] != other["val"]
     assert len(json.loads((run / "split.json").read_text())["train"]) == 100
 
 

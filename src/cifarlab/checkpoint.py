@@ -1,7 +1,8 @@
 """Checkpoints: one dict with everything needed to resume or evaluate, saved atomically, loaded safely.
 
-Keys: ``model`` (state dict), ``model_name``, ``model_kwargs`` (factory arguments, optional), ``optimizer``, ``scheduler``, ``epoch`` (epochs completed),
-``config`` (the TrainConfig as a dict), ``mean``/``std`` (training-split normalisation), ``classes``,
+Keys: ``model`` (state dict), ``model_name``, ``model_kwargs`` (factory arguments, optional), ``optimizer``,
+``scheduler``, ``epoch`` (epochs completed), ``config`` (the TrainConfig as a dict), ``mean``/``std``
+(training-split normalisation), ``classes``,
 ``rng`` (torch RNG states and the batch generator's state), ``best_val_top1``, ``history`` (metrics rows).
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` can read it:
 unpickling never runs code from the file.

@@ -31,7 +31,8 @@ def positive_float(text: str) -> float:
 
 def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``train`` and ``study``. Defaults of None mean 'take the recipe's value'."""
-    p.add_argument("--recipe", default=None, help="named set of hyperparameters (see `cifarlab recipes`); default: seed")
+    p.add_argument("--recipe", default=None,
+                   help="named set of hyperparameters (see `cifarlab recipes`); default: seed")
     p.add_argument("--epochs", type=positive_int, help="number of epochs (recipe default)")
     p.add_argument("--batch-size", type=positive_int, help="training batch size (recipe default)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (recipe default)")

@@ -92,10 +92,18 @@ def download(root: Path) -> None:
     """Fetch the official archive with checksum verification; offline, explain how to fix it."""
     from torchvision.datasets.utils import download_and_extract_archive
 
+    from cifarlab.progress import log
+
+    # said first: offline, the name lookup alone can take a minute to fail, which would look like a hang
+    log(f"CIFAR-10 not found in {root.resolve()}: downloading {CIFAR_URL} (170 MB). To use a copy you already "
+        "have, give --data-dir DIR or set CIFARLAB_DATA_DIR=DIR.")
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(CIFAR_URL, download_root=str(root), md5=CIFAR_MD5, remove_finished=True)
     except Exception as exc:
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # leave no empty folder behind from a download that never started
         raise DataError(
             f"CIFAR-10 not found in {root.resolve()} (looked for {root.resolve() / BATCH_DIR}), and downloading "
             f"{CIFAR_URL} failed: {type(exc).__name__}: {exc}\n"
