@@ -26,7 +26,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", 
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (a JSON value, else text)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/gpu-fast")

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import torch
 
-from cifarlab import budget
-from cifarlab.budget import PROBE_WIDTH, time_probe
+from cifarlab.budget import PROBE_STEPS, PROBE_WIDTH, time_probe
 from cifarlab.config import make_config
-from cifarlab.data import Batches, load_cifar10
+from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
-from cifarlab.train import make_optimizer, prepare_data
+from cifarlab.train import make_optimizer, prepare_data, probe_batches
 
 
 def main() -> int:
@@ -30,7 +29,7 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2", help="each seed's split and batch stream, probed in turn")
     p.add_argument("--repeats", type=int, default=6, help="probes per seed")
     p.add_argument("--width", type=int, default=PROBE_WIDTH)
-    p.add_argument("--steps", default=str(budget.PROBE_STEPS),
+    p.add_argument("--steps", default=str(PROBE_STEPS),
                    help="timed steps per probe; a list (3,9) compares them side by side, interleaved")
     args = p.parse_args()
     step_counts = [int(n) for n in args.steps.split(",")]
@@ -40,16 +39,12 @@ def main() -> int:
     every: dict[int, list[float]] = {n: [] for n in step_counts}
     for seed in (int(s) for s in args.seeds.split(",")):
         config = make_config("fast", seed=seed)
-        prep = prepare_data(data, config)
-        batches = Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx], config.batch_size,
-                          torch.tensor(prep.mean), torch.tensor(prep.std), shuffle=True, augment=config.augment,
-                          crop_padding=config.crop_padding, seed=seed + 1, device=device)
+        batches = probe_batches(data, prepare_data(data, config), config, device)  # the planner's own stream
         times: dict[int, list[float]] = {n: [] for n in step_counts}
         for _ in range(args.repeats):
             for n in step_counts:
-                budget.PROBE_STEPS = n  # read by time_probe at each call
                 times[n].append(time_probe(config, args.width, batches, len(data.classes),
-                                           lambda m: make_optimizer(m, config), device).step_seconds)
+                                           lambda m: make_optimizer(m, config), device, steps=n).step_seconds)
         for n in step_counts:
             every[n] += times[n]
             print(f"seed {seed}, {n} timed steps: width-{args.width} probe, seconds per step in order: "

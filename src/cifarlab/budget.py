@@ -102,7 +102,8 @@ def fit_steps(available: float, step_seconds: float, overhead_per_epoch: float, 
 
 
 def time_probe(config: Any, width: int | None, batches: Batches, num_classes: int,
-               make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], device: torch.device) -> Probe:
+               make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], device: torch.device,
+               steps: int = PROBE_STEPS) -> Probe:
     """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded)."""
     from cifarlab.fast import model_kwargs
 
@@ -126,7 +127,7 @@ def time_probe(config: Any, width: int | None, batches: Batches, num_classes: in
     step()  # warm-up: memory allocation and kernel selection make the first step slow
     synchronize(device)
     times = []
-    for _ in range(PROBE_STEPS):
+    for _ in range(steps):
         t0 = time.perf_counter()
         step()
         synchronize(device)

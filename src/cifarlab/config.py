@@ -75,9 +75,12 @@ class TrainConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - cls.field_names())
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**values)
@@ -151,12 +154,13 @@ def make_config(recipe: str, **overrides: Any) -> TrainConfig:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Config overrides written KEY=VALUE (the benchmark scripts' --set / --variant): a VALUE is read as JSON
     (numbers, true/false, null, lists), and kept as text if it is not JSON ("sgd", "ema")."""
+    known = TrainConfig.field_names()
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"expected KEY=VALUE, got {item!r}")
-        if key not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        if key not in known:
             raise UsageError(f"unknown config key {key!r} in {item!r}")
         try:
             overrides[key] = json.loads(value)

@@ -73,6 +73,14 @@ def prepare_data(data: Cifar10, config: TrainConfig) -> Prepared:
     return Prepared(train_idx, val_idx, mean, std)
 
 
+def probe_batches(data: Cifar10, prep: Prepared, config: TrainConfig, device: torch.device) -> Batches:
+    """The training stream the time-budget planner times its probes on: the run's own images and augmentation,
+    shuffled with a seed of its own so that probing leaves the run's batch order untouched."""
+    return Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx], config.batch_size,
+                   torch.tensor(prep.mean), torch.tensor(prep.std), shuffle=True, augment=config.augment,
+                   crop_padding=config.crop_padding, seed=config.seed + 1, device=device)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, config)  # trainable parameters; BatchNorm's at bias_lr_scale x the LR
     if config.optimizer == "adam":
@@ -261,10 +269,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
     if config.time_budget is not None and resume is None:
         if dist.enabled:
             raise UsageError("--time-budget plans for one process; run it without torchrun")
-        probe_batches = Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx],
-                                config.batch_size, mean, std, shuffle=True, augment=config.augment,
-                                crop_padding=config.crop_padding, seed=config.seed + 1, device=device)
-        plan = plan_budget(config, probe_batches, len(prep.val_idx), len(data.test_labels), len(data.classes),
+        plan = plan_budget(config, probe_batches(data, prep, config, device), len(prep.val_idx), len(data.test_labels), len(data.classes),
                            lambda m: make_optimizer(m, config), device, budget_start)
         apply_plan(config, plan)
         log(f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
