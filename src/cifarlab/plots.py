@@ -2,16 +2,21 @@
 
 Figures are built from ``matplotlib.figure.Figure`` directly, never through ``pyplot``: no global figure
 state, no GUI backend to pick or switch (the Agg canvas is attached to each figure), nothing to close,
-and it works in threads, notebooks and headless CI alike. Every PNG is written atomically and without the
+and it works in notebooks and headless CI alike. Every PNG is written atomically and without the
 ``Software`` metadata entry, which would otherwise carry a web address into the self-contained HTML report.
+Names from run files (run folders, class names, captions) are drawn as typed: every figure is made with
+math-text parsing off, so ``$``, ``\\``, ``{`` or ``%`` in a name is neither interpreted nor an error
+(a process-wide matplotlib setting while the figure is made: draw figures from one thread at a time).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -21,6 +26,16 @@ from cifarlab.runfiles import atomic_write
 DPI = 100
 RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
               "#bcbd22", "#17becf"]
+Draw = TypeVar("Draw", bound=Callable[..., Any])
+
+
+def literal_text(draw: Draw) -> Draw:
+    """Make a figure function create and save all its text as typed: never parsed as math text or LaTeX."""
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -44,6 +59,7 @@ def save_png(fig: Figure, path: Path) -> Path:
     return Path(path)
 
 
+@literal_text
 def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, normalized: bool,
                       title: str) -> Path:
     """A 10x10 heatmap with class names on both axes and the value written in every cell."""
@@ -78,6 +94,7 @@ def epoch_ticks(ax, epochs: Sequence[int]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+@literal_text
 def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | None = None) -> Path:
     """Loss and top-1 per epoch, train and validation; the train-validation gap is shaded."""
     epochs = [r["epoch"] for r in rows]
@@ -109,6 +126,7 @@ def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | 
     return save_png(fig, path)
 
 
+@literal_text
 def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) -> Path:
     """Accuracy against confidence per bin (a calibrated model follows the diagonal), and how many per bin."""
     fig = new_figure(6.2, 6.6)
@@ -133,6 +151,7 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) ->
     return save_png(fig, path)
 
 
+@literal_text
 def image_grid(images: np.ndarray, captions: list[str], colors: list[str], path: Path, title: str,
                ncols: int = 6) -> Path:
     """Images (N, 3, 32, 32 uint8) enlarged in a grid, each with a caption under it."""
@@ -149,6 +168,7 @@ def image_grid(images: np.ndarray, captions: list[str], colors: list[str], path:
     return save_png(fig, path)
 
 
+@literal_text
 def gradcam_grid(images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarray, captions: list[str],
                  path: Path, title: str) -> Path:
     """One row per image: the image, Grad-CAM for the (wrong) predicted class, Grad-CAM for the true class."""
@@ -169,26 +189,31 @@ def gradcam_grid(images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarra
     return save_png(fig, path)
 
 
+@literal_text
 def overlaid_learning_curves(curves: dict[str, list[dict]], path: Path) -> Path:
     """Validation loss and top-1 (solid) and train top-1 (dotted) of several runs on shared axes."""
     fig = new_figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
+    lines: dict[Any, list] = {ax_loss: [], ax_acc: []}
+    labels: list[str] = []
     for k, (label, rows) in enumerate(curves.items()):
         color = RUN_COLORS[k % len(RUN_COLORS)]
         epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", color=color, label=f"{label} (val)")
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], ":", color=color, label=f"{label} (train)")
-        ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", color=color, label=f"{label} (val)")
-        ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], ":", color=color, label=f"{label} (train)")
+        lines[ax_loss] += ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", color=color)
+        lines[ax_loss] += ax_loss.plot(epochs, [r["train_loss"] for r in rows], ":", color=color)
+        lines[ax_acc] += ax_acc.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", color=color)
+        lines[ax_acc] += ax_acc.plot(epochs, [100 * r["train_top1"] for r in rows], ":", color=color)
+        labels += [f"{label} (val)", f"{label} (train)"]
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="top-1 accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(lines[ax], labels, fontsize=7)  # explicit labels: a name starting with '_' is still listed
         epoch_ticks(ax, sorted({r["epoch"] for rows in curves.values() for r in rows}))
     return save_png(fig, path)
 
 
+@literal_text
 def per_class_bars(classes: Sequence[str], values: dict[str, np.ndarray], errors: dict[str, np.ndarray | None],
                    path: Path, ylabel: str = "test accuracy (%)") -> Path:
     """One group of bars per class, one bar per run (or seed group, with its std as an error bar)."""
@@ -196,12 +221,14 @@ def per_class_bars(classes: Sequence[str], values: dict[str, np.ndarray], errors
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(values))
     x = np.arange(len(classes))
+    bars = []
     for k, (label, v) in enumerate(values.items()):
         err = errors.get(label)
-        ax.bar(x + (k - (len(values) - 1) / 2) * width, 100 * np.nan_to_num(v), width, label=label,
-               color=RUN_COLORS[k % len(RUN_COLORS)], yerr=None if err is None else 100 * err, capsize=2)
+        bars.append(ax.bar(x + (k - (len(values) - 1) / 2) * width, 100 * np.nan_to_num(v), width,
+                           color=RUN_COLORS[k % len(RUN_COLORS)], yerr=None if err is None else 100 * err,
+                           capsize=2))
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set(ylabel=ylabel, ylim=(0, 100), title="per-class accuracy")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(bars, list(values), fontsize=8)  # explicit labels: a name starting with '_' is still listed
     return save_png(fig, path)
