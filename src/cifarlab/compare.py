@@ -5,23 +5,43 @@ experiment repeated with other seeds. Each group is one row of the table; with n
 ``mean ± std`` (sample standard deviation, n - 1 in the denominator) and n is shown. Every number comes from
 the run's files, so nothing is retrained: cost, speed and the validation numbers from ``run.json``; test
 top-1, top-3, ECE and per-class accuracy recomputed from ``test_predictions.npz`` (the same numbers as the
-run's analysis); learning curves from ``metrics.csv``.
+run's analysis); learning curves from ``metrics.csv``. Text from the runs' files (folder and class names,
+config values) is escaped in the Markdown output, so it never becomes markup, a link or a table cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cifarlab.errors import UsageError
+from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
 
 GROUP_IGNORES = ("seed", "name", "out")
+# What Markdown (CommonMark, GitHub tables, math, strikethrough) reads as syntax, escaped with a backslash.
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~$#])")
+HTML_IN_MARKDOWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal Markdown text on one line: no HTML, link, emphasis, code or table cell break."""
+    text = re.sub(r"\r\n|\r|\n", " ", str(value))
+    text = MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    return re.sub("[&<>]", lambda m: HTML_IN_MARKDOWN[m.group(0)], text)
+
+
+def as_number(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else (text, bool, null, lists)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,7 @@ class RunRecord:
     y_true: np.ndarray
     index: np.ndarray
     classes: list[str]
+    texts: dict[str, str] = field(default_factory=dict)  # run.json fields that hold text, not a number (NaN)
 
     @property
     def name(self) -> str:
@@ -90,13 +111,33 @@ class Group:
         return len(self.runs)
 
     @property
-    def seeds(self) -> list[int]:
-        return [int(r.config.get("seed", 0)) for r in self.runs]
+    def seeds(self) -> list[int | str]:
+        return [seed_of(r.config) for r in self.runs]
 
     def per_class(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean and (with n > 1) std of per-class accuracy over the group's runs."""
         stack = np.stack([r.per_class for r in self.runs])
         return stack.mean(axis=0), (stack.std(axis=0, ddof=1) if self.n > 1 else None)
+
+
+def seed_of(config: dict[str, Any]) -> int | str:
+    """The run's seed; shown as given when config.json holds something other than a whole number."""
+    seed = config.get("seed", 0)
+    number = as_number(seed)
+    return int(number) if number is not None and number.is_integer() else str(seed)
+
+
+def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """The run.json numbers of the columns; a field holding something else is NaN, its text kept to show."""
+    values, texts = {}, {}
+    for c in COLUMNS:
+        if info.get(c.key) is None:
+            continue
+        number = as_number(info[c.key])
+        values[c.key] = math.nan if number is None else number
+        if number is None:
+            texts[c.key] = str(info[c.key])
+    return values, texts
 
 
 def load_record(run: str | Path) -> RunRecord:
@@ -108,18 +149,24 @@ def load_record(run: str | Path) -> RunRecord:
         if not (path / needed).is_file():
             raise UsageError(f"{path} is not a finished cifarlab run: no {needed} (let `cifarlab train` finish)")
     info, config = read_json(path / "run.json"), read_json(path / "config.json")
+    for name, data in (("run.json", info), ("config.json", config)):
+        if not isinstance(data, dict):
+            raise CifarlabError(f"{path / name}: not a JSON object")
     pred = load_predictions(path)
     metrics = compute_metrics(pred)
-    values = {c.key: float(info[c.key]) for c in COLUMNS if c.key in info and info[c.key] is not None}
+    values, texts = run_values(info)
     values.update(test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"],
                   ece=metrics["calibration"]["ece"])
     missing = [c.key for c in COLUMNS if c.key not in values]
     if missing:
         raise UsageError(f"{path}/run.json lacks {', '.join(missing)}; it is not from a finished cifarlab run")
     per_class = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in metrics["per_class"]])
-    history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    try:
+        history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+    except (ValueError, TypeError) as exc:
+        raise CifarlabError(f"{path / 'metrics.csv'}: not a table of numbers ({exc})") from None
     return RunRecord(path, config, values, per_class, history, pred.y_pred, pred.y_true, pred.index,
-                     pred.classes)
+                     pred.classes, texts)
 
 
 def group_key(config: dict[str, Any]) -> str:
@@ -155,14 +202,29 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(arr.mean()), (float(arr.std(ddof=1)) if len(arr) > 1 else None)
 
 
-def markdown_table(groups: Sequence[Group]) -> str:
-    """The side-by-side table, one row per group, as Markdown."""
+def stat_cell(group: Group, column: Column) -> str:
+    """A column's value for a group: mean (± std); a lone run's text as written; n/a when not a number."""
+    mean, std = group.stats[column.key]
+    if math.isnan(mean):
+        texts = [r.texts[column.key] for r in group.runs if column.key in r.texts]
+        return texts[0] if group.n == 1 and texts else "n/a"
+    return column.fmt(mean, std)
+
+
+def table_cells(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table, as plain text (one row per group)."""
     header = ["run(s)", "model", "n", "seeds"] + [c.title for c in COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
-    for g in groups:
-        cells = [g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
-        cells += [c.fmt(*g.stats[c.key]) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    rows = [[g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
+            + [stat_cell(g, c) for c in COLUMNS] for g in groups]
+    return header, rows
+
+
+def markdown_table(groups: Sequence[Group], escape: Callable[[Any], str] = markdown_text) -> str:
+    """The side-by-side table, one row per group, as Markdown (every cell passed through ``escape``)."""
+    header, rows = table_cells(groups)
+    lines = ["| " + " | ".join(map(escape, header)) + " |",
+             "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
+    lines += ["| " + " | ".join(map(escape, cells)) + " |" for cells in rows]
     return "\n".join(lines)
 
 
@@ -230,17 +292,23 @@ def build_comparison(runs: Sequence[str | Path]) -> Comparison:
     return Comparison(groups, markdown_table(groups), disagreements(groups))
 
 
-def disagreement_markdown(rows: Sequence[dict[str, Any]], top: int = 5) -> str:
-    """The classes with the largest spread in accuracy, as Markdown lines."""
-    lines = []
+def disagreement_items(rows: Sequence[dict[str, Any]], top: int = 5) -> list[tuple[str, str]]:
+    """The classes with the largest spread in accuracy: (class name, what differs) as plain text."""
+    items = []
     for row in rows[:top]:
         accs = ", ".join(f"{k.removeprefix('accuracy ')} {100 * v:.1f}%" for k, v in row.items()
                          if k.startswith("accuracy "))
         extra = ""
         if row.get("prediction_disagreement") is not None:
             extra = f"; the runs' answers differ on {100 * row['prediction_disagreement']:.1f}% of its images"
-        lines.append(f"- **{row['class']}**: spread {100 * row['spread']:.1f} points ({accs}){extra}")
-    return "\n".join(lines)
+        items.append((str(row["class"]), f"spread {100 * row['spread']:.1f} points ({accs}){extra}"))
+    return items
+
+
+def disagreement_markdown(rows: Sequence[dict[str, Any]], top: int = 5) -> str:
+    """The classes with the largest spread in accuracy, as Markdown lines."""
+    return "\n".join(f"- **{markdown_text(name)}**: {markdown_text(text)}"
+                     for name, text in disagreement_items(rows, top))
 
 
 def comparison_markdown(comp: Comparison) -> str:
@@ -275,7 +343,8 @@ def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     write_json(out / "comparison.json", {
         "groups": [{"label": g.label, "model": g.runs[0].config.get("model"), "n": g.n, "seeds": g.seeds,
                     "runs": [str(r.path) for r in g.runs],
-                    "stats": {k: {"mean": m, "std": s} for k, (m, s) in g.stats.items()}} for g in comp.groups],
+                    "stats": {k: {"mean": finite(m), "std": finite(s)} for k, (m, s) in g.stats.items()}}
+                   for g in comp.groups],
         "disagreements": comp.disagreements, "grouped_ignoring": list(GROUP_IGNORES)})
     files = [out / "comparison.md", out / "comparison.csv", out / "runs.csv"]
     curves = {f"{r.name}": r.history for r in comp.records if r.history}
@@ -286,6 +355,11 @@ def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     stds = {g.label: g.per_class()[1] for g in comp.groups}
     files.append(plots.per_class_bars(classes, means, stds, out / "per_class_accuracy.png"))
     return files
+
+
+def finite(value: float | None) -> float | None:
+    """None for NaN, so comparison.json stays strict JSON."""
+    return None if value is None or math.isnan(value) else value
 
 
 def compare(runs: Sequence[str | Path], out: str | Path = "comparison") -> Comparison:
