@@ -6,14 +6,19 @@ print stylesheet keeps figures and tables whole on paper. ``report.md`` (beside 
 table, the generated reading and links to the figure files, for pasting into a README or an assignment.
 
 The report is built from the runs' files: their analyses are (re)computed when missing or stale, and
-several runs are compared with :mod:`cifarlab.compare`.
+several runs are compared with :mod:`cifarlab.compare`. Both files are rendered from the Jinja2 templates in
+``cifarlab/templates``; everything read from the runs' files (numbers, CSV cells, run, class and layer names,
+config values, paths) reaches them as data and is escaped there (HTML autoescaping; literal Markdown text),
+and a field that should hold a number but does not is shown as the text it holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import html
+import math
 import os
 import platform
 import re
@@ -23,6 +28,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json
@@ -35,35 +44,27 @@ SECTIONS = [
 ]
 GENERATED_NOTE = ("This reading was generated automatically from the numbers in this report, by fixed rules; "
                   "it is not a person's interpretation. Check it against the tables before quoting it.")
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1150px; margin: 0 auto;
-       padding: 1.5em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-h3 { margin-bottom: 0.3em; } .muted { color: #666; font-size: 0.92em; }
-nav ol { columns: 2; } table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-table.setup td { text-align: left; }
-figure { margin: 0.8em 0 1.4em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9em; } .generated { border-left: 4px solid #e0a800; background: #fff8e1;
-padding: 0.6em 1em; } .note { color: #8a5a00; }
-@page { size: A4; margin: 14mm; }
-@media print {
-  body { max-width: none; padding: 0; font-size: 10pt; } nav { display: none; }
-  h2 { break-before: page; } h2, h3 { break-after: avoid; }
-  figure, table, .generated { break-inside: avoid; } figure img { max-height: 240mm; }
-}
-"""
+# The first letter of a web scheme's name; the report files never spell that word (see ``esc``).
+WEB_WORD = re.compile(r"(?i)h(?=ttp)")
+FIGURES = [("learning_curves.png", "learning curves"), ("confusion_matrix.png", "confusion matrix"),
+           ("confusion_matrix_normalized.png", "confusion matrix, row-normalised"),
+           ("misclassified.png", "misclassified"), ("top_losses.png", "top losses"),
+           ("reliability_diagram.png", "reliability diagram"), ("gradcam.png", "Grad-CAM")]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Self-contained pieces
 # ---------------------------------------------------------------------------------------------------------
 
+def hide_web_word(markup: str) -> str:
+    """Escaped HTML with the 'h' of a web scheme written as a character reference (same text when shown)."""
+    return WEB_WORD.sub(lambda m: f"&#{ord(m.group(0))};", markup)
+
+
 def esc(text: Any) -> str:
     """HTML-escape text. The 'h' of a web scheme becomes a character reference, so the file never holds
     that word even when a run name or a platform string contains it; browsers show the text unchanged."""
-    return re.sub(r"(?i)h(?=ttp)", lambda m: f"&#{ord(m.group(0))};", html.escape(str(text)))
+    return hide_web_word(html.escape(str(text)))
 
 
 def png_with_padding(png: bytes, pad: int) -> bytes:
@@ -90,34 +91,64 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + re.sub(r"(?i)h(?=ttp)", "h\n", text)
 
 
-def figure(path: Path, caption: str) -> str:
-    """An embedded figure with its caption, or a note when the file is absent."""
-    if not path.is_file():
-        return f'<p class="note">Figure not available: {esc(path.name)} was not produced.</p>'
-    return (f'<figure><img src="{data_uri(path.read_bytes())}" alt="{esc(caption)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+def figure(path: Path, caption: str) -> dict[str, Any]:
+    """A figure for the template: its data URI (None when the file is absent), caption and file name."""
+    uri = data_uri(path.read_bytes()) if path.is_file() else None
+    return {"uri": uri, "caption": caption, "file": path.name}
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain HTML table; cells are escaped."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+# ---------------------------------------------------------------------------------------------------------
+# Numbers from files, shown defensively: a value that is not a number is shown as the text it is
+# ---------------------------------------------------------------------------------------------------------
+
+def number(value: Any) -> float | None:
+    """A JSON number (not a bool, not NaN) as a float; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
 
 
-def markdown_to_html_table(markdown: str) -> str:
-    """The comparison's Markdown table as an HTML table."""
-    lines = [ln.strip().strip("|").split("|") for ln in markdown.strip().splitlines() if ln.startswith("|")]
-    header, rows = [c.strip() for c in lines[0]], [[c.strip() for c in ln] for ln in lines[2:]]
-    return html_table(header, rows)
+def shown(value: Any) -> str:
+    """Any value from a file as text; a missing one (null, NaN) as 'n/a'."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
-def pct(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{100 * value:.{digits}f}%"
+def pct(value: Any, digits: int = 1) -> str:
+    """A share as a percentage ('12.5%'); anything that is not a number is shown as its text."""
+    n = number(value)
+    return shown(value) if n is None else f"{100 * n:.{digits}f}%"
 
 
-def num(value: float | None, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def num(value: Any, digits: int = 3) -> str:
+    """A number with ``digits`` decimals; anything that is not a number is shown as its text."""
+    n = number(value)
+    return shown(value) if n is None else f"{n:.{digits}f}"
+
+
+def count(value: Any) -> str:
+    """A whole number with thousands separators ('11,181,642'); anything else is shown as its text."""
+    n = number(value)
+    return shown(value) if n is None else f"{n:,.0f}"
+
+
+def csv_number(cell: str | None, as_pct: bool = False) -> str:
+    """A CSV cell of the analysis: empty means undefined (0/0); a cell that is not a number is shown as is."""
+    if cell is None:
+        return "n/a"
+    if cell == "":
+        return "undefined"
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell
+    return pct(value) if as_pct else num(value)
+
+
+def both(value: Any, joiner: str) -> str:
+    """A pair from a file ('8x8', '5 and 7'); anything else as its text."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return f"{value[0]}{joiner}{value[1]}"
+    return shown(value)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,12 +188,20 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def json_object(path: Path, data: Any) -> dict[str, Any]:
+    """``data`` read from ``path``, which must be a JSON object."""
+    if not isinstance(data, dict):
+        raise CifarlabError(f"{path}: not a JSON object")
+    return data
+
+
 def load_view(run: Path, data_dir: str | None) -> RunView:
     """A run with an up-to-date analysis (computed now if missing or older than the predictions)."""
     from cifarlab.analysis import ensure_analysis
 
-    summary = ensure_analysis(run, data_dir)
-    return RunView(run, read_json(run / "run.json"), read_json(run / "config.json"), summary,
+    summary = json_object(run / "analysis" / "summary.json", ensure_analysis(run, data_dir))
+    return RunView(run, json_object(run / "run.json", read_json(run / "run.json")),
+                   json_object(run / "config.json", read_json(run / "config.json")), summary,
                    read_csv_rows(run / "analysis" / "per_class.csv"),
                    read_csv_rows(run / "analysis" / "confused_pairs.csv"))
 
@@ -185,7 +224,7 @@ def resolve_out(out: str | Path | None, runs: Sequence[Path]) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The reading of the numbers (generated by rules)
+# The reading of the numbers (generated by rules), as plain text: (bold lead, rest of the sentence)
 # ---------------------------------------------------------------------------------------------------------
 
 def gap_words(gap: float) -> str:
@@ -201,47 +240,74 @@ def gap_words(gap: float) -> str:
     return "strong overfitting: the model fits its training images much better than new ones"
 
 
-def run_reading(view: RunView) -> list[str]:
-    """Sentences about one run, each from one number of its files."""
+def headline_sentence(view: RunView) -> tuple[str, str]:
+    """Test top-1/top-3 and the best validation epoch of one run."""
     s, info = view.summary, view.info
     epochs = info.get("epochs", "?")
-    out = [f"<b>{esc(view.title)}</b> reaches {pct(s['top1'])} test top-1 and {pct(s['top3'])} top-3 after "
-           f"{esc(epochs)} epoch{'' if epochs == 1 else 's'}; validation top-1 peaked at "
-           f"{pct(info.get('best_val_top1'))} in epoch {esc(info.get('best_epoch', '?'))}."]
-    if info.get("train_val_gap") is not None:
-        gap = info["train_val_gap"]
-        side = "above" if gap >= 0 else "below"
-        out.append(f"At that epoch training top-1 is {abs(100 * gap):.1f} points {side} validation top-1: "
-                   f"{gap_words(gap)}.")
-    pair = s.get("most_confused")
-    if pair:
-        support = next((int(r["support"]) for r in view.per_class if r["class"] == pair["true"]), None)
-        reverse = next((p for p in view.pairs
-                        if p["true"] == pair["predicted"] and p["predicted"] == pair["true"]), None)
-        text = (f"The most frequent confusion is {esc(pair['true'])} &rarr; {esc(pair['predicted'])}: "
-                f"{pair['count']} of {support} {esc(pair['true'])} test images ({pct(pair['share_of_true'])})")
-        if reverse:
-            text += f", and {reverse['count']} the other way"
-        out.append(text + ".")
-    if s.get("best_class") and s.get("worst_class") and s["best_class"]["f1"] == s["worst_class"]["f1"]:
-        out.append(f"Every class has the same F1 ({num(s['best_class']['f1'], 2)}).")
-    elif s.get("best_class") and s.get("worst_class"):
-        out.append(f"By F1 the easiest class is {esc(s['best_class']['class'])} ({num(s['best_class']['f1'], 2)}) "
-                   f"and the hardest is {esc(s['worst_class']['class'])} ({num(s['worst_class']['f1'], 2)}).")
-    over = s["overconfidence"]
+    rest = (f" reaches {pct(s.get('top1'))} test top-1 and {pct(s.get('top3'))} top-3 after {shown(epochs)} "
+            f"epoch{'' if epochs == 1 else 's'}; validation top-1 peaked at {pct(info.get('best_val_top1'))} in "
+            f"epoch {shown(info.get('best_epoch', '?'))}.")
+    return view.title, rest
+
+
+def confusion_sentence(view: RunView) -> str | None:
+    """The most frequent confusion, and how often it happens the other way."""
+    pair = view.summary.get("most_confused")
+    if not isinstance(pair, dict):
+        return None
+    true, predicted = shown(pair.get("true")), shown(pair.get("predicted"))
+    support = next((r.get("support") for r in view.per_class if r.get("class") == true), None)
+    reverse = next((p for p in view.pairs if p.get("true") == predicted and p.get("predicted") == true), None)
+    text = (f"The most frequent confusion is {true} → {predicted}: {shown(pair.get('count'))} of {shown(support)} "
+            f"{true} test images ({pct(pair.get('share_of_true'))})")
+    if reverse:
+        text += f", and {shown(reverse.get('count'))} the other way"
+    return text + "."
+
+
+def class_f1_sentence(summary: dict[str, Any]) -> str | None:
+    """The easiest and hardest class by F1."""
+    best, worst = summary.get("best_class"), summary.get("worst_class")
+    if not isinstance(best, dict) or not isinstance(worst, dict):
+        return None
+    if best.get("f1") == worst.get("f1"):
+        return f"Every class has the same F1 ({num(best.get('f1'), 2)})."
+    return (f"By F1 the easiest class is {shown(best.get('class'))} ({num(best.get('f1'), 2)}) "
+            f"and the hardest is {shown(worst.get('class'))} ({num(worst.get('f1'), 2)}).")
+
+
+def calibration_sentence(summary: dict[str, Any]) -> str:
+    """ECE, and over- or under-confidence when the file gives it as a number."""
+    text = (f"Expected calibration error is {num(summary.get('ece'))}: mean confidence "
+            f"{pct(summary.get('mean_confidence'))} against accuracy {pct(summary.get('top1'))}")
+    over = number(summary.get("overconfidence"))
+    if over is None:
+        return text + "."
     direction = "over-confident" if over > 0 else "under-confident"
-    out.append(f"Expected calibration error is {num(s['ece'])}: mean confidence {pct(s['mean_confidence'])} against "
-               f"accuracy {pct(s['top1'])}, so the model is {direction} by {abs(100 * over):.1f} points on average.")
-    out.extend(gradcam_reading(s.get("gradcam")))
-    return out
+    return text + f", so the model is {direction} by {abs(100 * over):.1f} points on average."
 
 
-def gradcam_reading(g: dict[str, Any] | None) -> list[str]:
+def run_reading(view: RunView) -> list[tuple[str, str]]:
+    """Sentences about one run, each from one number of its files."""
+    out = [headline_sentence(view)]
+    gap = number(view.info.get("train_val_gap"))
+    if gap is not None:
+        side = "above" if gap >= 0 else "below"
+        out.append(("", (f"At that epoch training top-1 is {abs(100 * gap):.1f} points {side} validation "
+                         f"top-1: {gap_words(gap)}.")))
+    sentences = [confusion_sentence(view), class_f1_sentence(view.summary), calibration_sentence(view.summary)]
+    sentences += gradcam_reading(view.summary.get("gradcam"))
+    return out + [("", s) for s in sentences if s]
+
+
+def gradcam_reading(g: Any) -> list[str]:
     """What the centre shares say about the 'background dominance' guess."""
-    if not g or g.get("centre_share_wrong") is None or g.get("centre_share_right") is None:
+    if not isinstance(g, dict):
         return []
-    wrong, right = g["centre_share_wrong"], g["centre_share_right"]
-    text = (f"Grad-CAM ({esc(g['layer'])}, {g['map_size'][0]}x{g['map_size'][1]} maps): on misclassified images "
+    wrong, right = number(g.get("centre_share_wrong")), number(g.get("centre_share_right"))
+    if wrong is None or right is None:
+        return []
+    text = (f"Grad-CAM ({shown(g.get('layer'))}, {both(g.get('map_size'), 'x')} maps): on misclassified images "
             f"{pct(wrong, 0)} of the evidence for the predicted class lies in the central quarter of the image, "
             f"against {pct(right, 0)} on correctly classified ones (an even spread would put 25% there). ")
     if wrong < right - 0.05:
@@ -261,14 +327,14 @@ def comparison_reading(comp: Any) -> list[str]:
     if len(groups) < 2:
         if groups and groups[0].n > 1:
             m, sd = groups[0].stats["test_top1"]
-            return [f"Over {groups[0].n} seeds test top-1 is {pct(m, 2)} with a standard deviation of "
-                    f"{100 * sd:.2f} points: differences smaller than that are within seed noise."]
+            return [(f"Over {groups[0].n} seeds test top-1 is {pct(m, 2)} with a standard deviation of "
+                     f"{100 * sd:.2f} points: differences smaller than that are within seed noise.")]
         return []
     ranked = sorted(groups, key=lambda g: -g.stats["test_top1"][0])
     best, second = ranked[0], ranked[1]
     diff = best.stats["test_top1"][0] - second.stats["test_top1"][0]
-    out = [f"{esc(best.label)} has the highest test top-1 ({pct(best.stats['test_top1'][0], 2)}), "
-           f"{100 * diff:.1f} points above {esc(second.label)}."]
+    out = [(f"{best.label} has the highest test top-1 ({pct(best.stats['test_top1'][0], 2)}), "
+            f"{100 * diff:.1f} points above {second.label}.")]
     stds = [g.stats["test_top1"][1] for g in (best, second) if g.stats["test_top1"][1] is not None]
     if stds:
         noise = max(stds)
@@ -277,23 +343,23 @@ def comparison_reading(comp: Any) -> list[str]:
     else:
         out.append("Each configuration ran with one seed, so a difference of a point or two may be seed noise; "
                    "repeat with other --seed values to know.")
-    p_best, p_second = best.stats["params"][0], second.stats["params"][0]
+    p_best, p_second = number(best.stats["params"][0]), number(second.stats["params"][0])
     if p_best and p_second:
         ratio = p_best / p_second
         size = f"{ratio:.1f} times as many" if ratio >= 1 else f"{1 / ratio:.1f} times fewer"
-        out.append(f"{esc(best.label)} has {size} parameters as {esc(second.label)} and trained at "
-                   f"{best.stats['images_per_second'][0]:,.0f} images/s against "
-                   f"{second.stats['images_per_second'][0]:,.0f}.")
+        out.append(f"{best.label} has {size} parameters as {second.label} and trained at "
+                   f"{count(best.stats['images_per_second'][0])} images/s against "
+                   f"{count(second.stats['images_per_second'][0])}.")
     if comp.disagreements:
         row = comp.disagreements[0]
-        accs = ", ".join(f"{esc(k.removeprefix('accuracy '))} {pct(v)}" for k, v in row.items()
+        accs = ", ".join(f"{k.removeprefix('accuracy ')} {pct(v)}" for k, v in row.items()
                          if k.startswith("accuracy "))
-        out.append(f"The runs disagree most on {esc(row['class'])} ({accs}).")
+        out.append(f"The runs disagree most on {row['class']} ({accs}).")
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Sections
+# What the templates show
 # ---------------------------------------------------------------------------------------------------------
 
 def versions() -> dict[str, str]:
@@ -309,178 +375,201 @@ def versions() -> dict[str, str]:
     return found
 
 
-def setup_section(views: Sequence[RunView]) -> str:
+def split_sizes(run: Path) -> tuple[str, str]:
+    """Training and validation image counts from split.json (as text; '?' when it has no such lists)."""
+    split = read_json(run / "split.json") if (run / "split.json").is_file() else {}
+    sizes = []
+    for key in ("train", "val"):
+        part = split.get(key, []) if isinstance(split, dict) else None
+        sizes.append(count(len(part)) if isinstance(part, list) else "?")
+    return sizes[0], sizes[1]
+
+
+def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
     """Data, split, recipe, hardware and versions of every run, in one table (a column per run)."""
     def row(label: str, get) -> list[str]:
-        return [label] + [str(get(v)) for v in views]
+        return [label] + [get(v) for v in views]
 
-    split_sizes = []
-    for v in views:
-        split = read_json(v.path / "split.json") if (v.path / "split.json").is_file() else {}
-        split_sizes.append((len(split.get("train", [])), len(split.get("val", []))))
+    def value_of(key: str, source: str = "config"):
+        return lambda v: shown(getattr(v, source).get(key))
+
+    sizes = [split_sizes(v.path) for v in views]
     rows = [
-        row("model", lambda v: v.info.get("model")),
-        row("recipe", lambda v: v.config.get("recipe")),
-        row("seed (split, weights, shuffling)", lambda v: v.config.get("seed")),
-        ["training images"] + [f"{t:,}" for t, _ in split_sizes],
-        ["validation images (held out, stratified)"] + [f"{val:,}" for _, val in split_sizes],
-        row("test images (official test set)", lambda v: f"{v.summary.get('n', 0):,}"),
-        row("data folder", lambda v: v.config.get("data_dir") or "default ($CIFARLAB_DATA_DIR or ./data)"),
+        row("model", value_of("model", "info")),
+        row("recipe", value_of("recipe")),
+        row("seed (split, weights, shuffling)", value_of("seed")),
+        ["training images"] + [t for t, _ in sizes],
+        ["validation images (held out, stratified)"] + [val for _, val in sizes],
+        row("test images (official test set)", lambda v: count(v.summary.get("n", 0))),
+        row("data folder", lambda v: shown(v.config.get("data_dir") or "default ($CIFARLAB_DATA_DIR or ./data)")),
     ]
     hyper = ["epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "scheduler", "step_size",
              "gamma", "warmup_epochs", "label_smoothing", "augment", "limit_train"]
-    rows += [row(k, lambda v, k=k: v.config.get(k)) for k in hyper if any(k in v.config for v in views)]
+    rows += [row(k, value_of(k)) for k in hyper if any(k in v.config for v in views)]
     rows += [
-        row("parameters", lambda v: f"{v.info.get('params', 0):,}"),
-        row("MACs per image", lambda v: f"{v.info.get('macs', 0):,}"),
-        row("device", lambda v: v.info.get("device")),
-        row("CPU", lambda v: v.info.get("cpu")),
-        row("threads", lambda v: v.info.get("threads")),
-        row("platform", lambda v: v.info.get("platform")),
-        row("python (training)", lambda v: v.info.get("python")),
-        row("torch (training)", lambda v: v.info.get("torch")),
-        row("training time (s)", lambda v: f"{v.info.get('train_seconds', 0):.0f}"),
+        row("parameters", lambda v: count(v.info.get("params", 0))),
+        row("MACs per image", lambda v: count(v.info.get("macs", 0))),
+        row("device", value_of("device", "info")),
+        row("CPU", value_of("cpu", "info")),
+        row("threads", value_of("threads", "info")),
+        row("platform", value_of("platform", "info")),
+        row("python (training)", value_of("python", "info")),
+        row("torch (training)", value_of("torch", "info")),
+        row("training time (s)", lambda v: num(v.info.get("train_seconds", 0), 0)),
     ]
-    made_with = ", ".join(f"{k} {val}" for k, val in versions().items())
-    return (html_table(["", *[v.name for v in views]], rows).replace("<table>", '<table class="setup">', 1)
-            + f'<p class="muted">Report made with {esc(made_with)} on {esc(platform.platform())}.</p>')
+    return {"header": ["", *[v.name for v in views]], "rows": rows, "platform": platform.platform(),
+            "made_with": ", ".join(f"{k} {val}" for k, val in versions().items())}
 
 
-def per_run(views: Sequence[RunView], body) -> str:
-    """A sub-section per run (no sub-heading when there is only one run)."""
-    parts = []
-    for v in views:
-        heading = f"<h3>{esc(v.title)}</h3>" if len(views) > 1 else ""
-        parts.append(heading + body(v))
-    return "".join(parts)
+def per_class_rows(v: RunView) -> list[list[str]]:
+    """class, precision, recall, F1, support, accuracy of each class, from per_class.csv."""
+    return [[shown(r.get("class")), csv_number(r.get("precision")), csv_number(r.get("recall")),
+             csv_number(r.get("f1")), shown(r.get("support")), csv_number(r.get("accuracy"), True)]
+            for r in v.per_class]
 
 
-def per_class_html(v: RunView) -> str:
-    def show(value: str, as_pct: bool = False) -> str:
-        if value == "":
-            return "undefined"
-        return pct(float(value)) if as_pct else f"{float(value):.3f}"
-
-    rows = [[r["class"], show(r["precision"]), show(r["recall"]), show(r["f1"]), r["support"],
-             show(r["accuracy"], True)] for r in v.per_class]
-    return html_table(["class", "precision", "recall", "F1", "support", "accuracy"], rows)
+def pair_rows(v: RunView) -> list[list[str]]:
+    """'true → predicted', count and share of the true class of each confused pair, from confused_pairs.csv."""
+    return [[f"{shown(p.get('true'))} → {shown(p.get('predicted'))}", shown(p.get("count")),
+             csv_number(p.get("share_of_true"), True)] for p in v.pairs]
 
 
-def pairs_html(v: RunView) -> str:
-    if not v.pairs:
-        return "<p>No mistakes: no confused pairs.</p>"
-    rows = [[f"{p['true']} → {p['predicted']}", p["count"], pct(float(p["share_of_true"]))] for p in v.pairs]
-    return html_table(["true → predicted", "images", "share of the true class"], rows)
-
-
-def gradcam_html(v: RunView) -> str:
+def gradcam_view(v: RunView) -> dict[str, Any] | None:
+    """The Grad-CAM paragraph's values, or None when the analysis has none."""
     g = v.summary.get("gradcam")
-    if not g:
-        notes = "; ".join(v.summary.get("skipped", [])) or "not computed"
-        return f'<p class="note">Grad-CAM not available: {esc(notes)}</p>'
-    text = (f"<p>Target layer <code>{esc(g['layer'])}</code> ({g['map_size'][0]}x{g['map_size'][1]} before "
-            f"upsampling). Share of the evidence in the central quarter of the image: misclassified "
-            f"{pct(g['centre_share_wrong'])}, correctly classified {pct(g['centre_share_right'])} "
-            f"({g['centre_share_images'][0]} and {g['centre_share_images'][1]} images; 25% = evenly spread).</p>")
-    return text + figure(v.analysis / "gradcam.png", "Grad-CAM on misclassified test images: the image, the "
-                         "evidence for the (wrong) predicted class, and the evidence for the true class")
+    if not isinstance(g, dict):
+        return None
+    return {"layer": shown(g.get("layer")), "size": both(g.get("map_size"), "x"),
+            "wrong": pct(g.get("centre_share_wrong")), "right": pct(g.get("centre_share_right")),
+            "images": both(g.get("centre_share_images"), " and "),
+            "figure": figure(v.analysis / "gradcam.png", "Grad-CAM on misclassified test images: the image, the "
+                             "evidence for the (wrong) predicted class, and the evidence for the true class")}
 
 
-def sections_html(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> dict[str, str]:
-    """The body of every section, by id."""
-    many = comp_dir is not None
-    reading = "".join(f"<li>{s}</li>" for v in views for s in run_reading(v))
-    reading += "".join(f"<li>{s}</li>" for s in comparison_reading(comp))
-    grouped = any(g.n > 1 for g in comp.groups)
-    results = markdown_to_html_table(comp.table) + (
-        '<p class="muted">Runs with the same config except seed are grouped: mean ± sample std over n seeds.</p>'
-        if grouped else "")
-    learning = (figure(comp_dir / "learning_curves.png", "Learning curves of all runs (solid: validation, "
-                       "dotted: training)") if many else "")
-    learning += per_run(views, lambda v: figure(v.analysis / "learning_curves.png",
-                                                f"{v.title}: loss and top-1 per epoch; shaded: train - validation gap"))
-    per_class = ""
-    if many:
-        from cifarlab.compare import disagreement_markdown
+def skipped_note(summary: dict[str, Any]) -> str:
+    """Why the analysis skipped Grad-CAM, as one line."""
+    skipped = summary.get("skipped")
+    notes = "; ".join(map(str, skipped)) if isinstance(skipped, list) else shown(skipped or "")
+    return notes or "not computed"
 
-        per_class += figure(comp_dir / "per_class_accuracy.png", "Test accuracy of each class, every run")
-        lines = disagreement_markdown(comp.disagreements).splitlines()
-        if lines:
-            items = "".join("<li>" + esc(ln.removeprefix("- ")).replace("**", "") + "</li>" for ln in lines)
-            per_class += f"<p>Classes where the runs disagree most:</p><ul>{items}</ul>"
-    per_class += per_run(views, per_class_html)
+
+def run_context(v: RunView) -> dict[str, Any]:
+    """Everything the HTML template shows of one run."""
+    s, a, t = v.summary, v.analysis, v.title
     return {
-        "setup": setup_section(views),
-        "results": results,
-        "learning-curves": learning,
-        "confusion": per_run(views, lambda v: figure(v.analysis / "confusion_matrix.png", f"{v.title}: counts")
-                             + figure(v.analysis / "confusion_matrix_normalized.png",
-                                      f"{v.title}: each row divided by the number of test images of that class")),
-        "per-class": '<p class="muted">Accuracy of a class is the share of its test images classified '
-                     "correctly (equal to its recall). Undefined: 0/0, e.g. precision of a class never "
-                     "predicted.</p>" + per_class,
-        "confused-pairs": per_run(views, pairs_html),
-        "galleries": per_run(views, lambda v: figure(v.analysis / "misclassified.png", f"{v.title}: misclassified "
-                                                     "test images, a reproducible sample")
-                             + figure(v.analysis / "top_losses.png", f"{v.title}: top losses, the most confidently "
-                                      "wrong predictions")),
-        "calibration": per_run(views, lambda v: f"<p>Expected calibration error (top-label, 15 equal-width bins): "
-                               f"<b>{num(v.summary['ece'], 4)}</b>; mean confidence {pct(v.summary['mean_confidence'])}"
-                               f", accuracy {pct(v.summary['top1'])}.</p>"
-                               + figure(v.analysis / "reliability_diagram.png", f"{v.title}: reliability diagram")),
-        "gradcam": '<p class="muted">Grad-CAM weighs a convolution layer\'s feature maps by the gradient of a class '
-                   "score: bright areas raised the score of that class. Compare the evidence for the wrong answer "
-                   "with the evidence for the true class.</p>" + per_run(views, gradcam_html),
-        "reading": f'<div class="generated"><p><b>Automatically generated.</b> {esc(GENERATED_NOTE)}</p>'
-                   f"<ul>{reading}</ul></div>",
+        "title": t,
+        "learning": figure(a / "learning_curves.png", f"{t}: loss and top-1 per epoch; shaded: train - validation "
+                                                      "gap"),
+        "confusion": [figure(a / "confusion_matrix.png", f"{t}: counts"),
+                      figure(a / "confusion_matrix_normalized.png",
+                             f"{t}: each row divided by the number of test images of that class")],
+        "per_class": per_class_rows(v),
+        "pairs": pair_rows(v),
+        "galleries": [figure(a / "misclassified.png", f"{t}: misclassified test images, a reproducible sample"),
+                      figure(a / "top_losses.png", f"{t}: top losses, the most confidently wrong predictions")],
+        "calibration": {"ece": num(s.get("ece"), 4), "confidence": pct(s.get("mean_confidence")),
+                        "accuracy": pct(s.get("top1")),
+                        "figure": figure(a / "reliability_diagram.png", f"{t}: reliability diagram")},
+        "gradcam": gradcam_view(v),
+        "gradcam_note": skipped_note(s),
     }
+
+
+def page_title(views: Sequence[RunView]) -> str:
+    return "cifarlab report: " + " vs ".join(dict.fromkeys(shown(v.info.get("model", "?")) for v in views))
+
+
+def reading(views: Sequence[RunView], comp: Any) -> list[tuple[str, str]]:
+    """The generated sentences of every run and of the comparison."""
+    return [s for v in views for s in run_reading(v)] + [("", s) for s in comparison_reading(comp)]
+
+
+def html_context(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> dict[str, Any]:
+    """Everything the HTML template shows."""
+    from cifarlab.compare import disagreement_items, table_cells
+
+    header, rows = table_cells(comp.groups)
+    comparison = None
+    if comp_dir is not None:
+        comparison = {"learning": figure(comp_dir / "learning_curves.png", "Learning curves of all runs (solid: "
+                                         "validation, dotted: training)"),
+                      "per_class": figure(comp_dir / "per_class_accuracy.png",
+                                          "Test accuracy of each class, every run"),
+                      "disagreements": disagreement_items(comp.disagreements)}
+    return {"title": page_title(views), "run_names": [v.name for v in views],
+            "generated": time.strftime("%Y-%m-%d %H:%M"), "sections": SECTIONS, "setup": setup_table(views),
+            "results": {"header": header, "rows": rows, "grouped": any(g.n > 1 for g in comp.groups)},
+            "comparison": comparison, "runs": [run_context(v) for v in views],
+            "reading": reading(views, comp), "note": GENERATED_NOTE}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------
+
+class Verbatim(str):
+    """Markdown the report wrote itself (an escaped table, a percent-encoded link): put into report.md as is."""
+
+
+def html_value(value: Any) -> Markup:
+    """How the HTML template writes a value: escaped (template-made markup kept), the web word hidden."""
+    if value is None:
+        return Markup("n/a")
+    if hasattr(value, "__html__"):
+        return Markup(hide_web_word(value.__html__()))
+    return Markup(esc(value))
+
+
+def markdown_value(value: Any) -> str:
+    """How the Markdown template writes a value: literal text, the web word hidden, unless Verbatim."""
+    from cifarlab.compare import markdown_text
+
+    if isinstance(value, Verbatim):
+        return value
+    return hide_web_word(markdown_text(shown(value)))
+
+
+@functools.cache
+def environment(markdown: bool) -> Environment:
+    """The Jinja2 environment of the HTML template (autoescaping) or of the Markdown one (its own escaping)."""
+    loader = PackageLoader("cifarlab", "templates")
+    if markdown:
+        return Environment(loader=loader, autoescape=False, finalize=markdown_value, undefined=StrictUndefined,
+                           trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return Environment(loader=loader, autoescape=True, finalize=html_value, undefined=StrictUndefined,
+                       keep_trailing_newline=True)
 
 
 def render_html(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> str:
     """The whole page."""
-    bodies = sections_html(views, comp, comp_dir)
-    title = "cifarlab report: " + " vs ".join(dict.fromkeys(v.info.get("model", "?") for v in views))
-    nav = "".join(f'<li><a href="#{sid}">{esc(name)}</a></li>' for sid, name in SECTIONS)
-    sections = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{bodies[sid]}</section>' for sid, name in SECTIONS)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{esc(title)}</h1><p class=\"muted\">Runs: {esc(', '.join(v.name for v in views))}. "
-            f"Generated {esc(time.strftime('%Y-%m-%d %H:%M'))} by cifarlab from the run folders; every figure is "
-            f"embedded in this file.</p><nav><b>Contents</b><ol>{nav}</ol></nav>{sections}</body></html>\n")
+    return environment(False).get_template("report.html").render(html_context(views, comp, comp_dir))
 
 
-def plain(text: str) -> str:
-    """Generated HTML sentences as plain text for Markdown."""
-    return html.unescape(re.sub("<[^>]+>", "", text))
+def link_target(path: Path, md_path: Path) -> Verbatim:
+    """``path`` relative to the Markdown file, percent-encoded (no space, bracket or markup left in it)."""
+    target = quote(Path(os.path.relpath(path, md_path.parent)).as_posix(), safe="/")
+    return Verbatim(WEB_WORD.sub(lambda m: f"%{ord(m.group(0)):02X}", target))
+
+
+def figure_links(files: Sequence[tuple[Path, str]], md_path: Path) -> list[dict[str, Any]]:
+    """Markdown image links to the figures that exist."""
+    return [{"caption": caption, "target": link_target(path, md_path)} for path, caption in files if path.is_file()]
 
 
 def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, md_path: Path) -> str:
     """report.md: table, generated reading and links to the figure files (relative to the .md file)."""
-    def link(path: Path, caption: str) -> str:
-        return f"![{caption}]({Path(os.path.relpath(path, md_path.parent)).as_posix()})" if path.is_file() else ""
+    from cifarlab.compare import markdown_table
 
-    lines = ["# cifarlab report", "", "Runs: " + ", ".join(f"`{v.name}`" for v in views), "", "## Results", "",
-             comp.table, ""]
-    if any(g.n > 1 for g in comp.groups):
-        lines += ["Runs with the same config except seed are grouped: mean ± sample std over n seeds.", ""]
-    lines += ["## Reading of the numbers (automatically generated)", "", f"_{GENERATED_NOTE}_", ""]
-    lines += [f"- {plain(s)}" for v in views for s in run_reading(v)]
-    lines += [f"- {plain(s)}" for s in comparison_reading(comp)]
-    lines += ["", "## Figures", ""]
-    if comp_dir is not None:
-        lines += [link(comp_dir / "learning_curves.png", "learning curves, all runs"), "",
-                  link(comp_dir / "per_class_accuracy.png", "per-class accuracy, all runs"), ""]
-    for v in views:
-        lines += [f"### {v.title}", ""]
-        for name, caption in [("learning_curves.png", "learning curves"), ("confusion_matrix.png", "confusion matrix"),
-                              ("confusion_matrix_normalized.png", "confusion matrix, row-normalised"),
-                              ("misclassified.png", "misclassified"), ("top_losses.png", "top losses"),
-                              ("reliability_diagram.png", "reliability diagram"), ("gradcam.png", "Grad-CAM")]:
-            shown = link(v.analysis / name, f"{v.name}: {caption}")
-            if shown:
-                lines += [shown, ""]
-    return "\n".join(lines) + "\n"
+    comparison = [] if comp_dir is None else [(comp_dir / "learning_curves.png", "learning curves, all runs"),
+                                              (comp_dir / "per_class_accuracy.png", "per-class accuracy, all runs")]
+    runs = [{"title": v.title,
+             "links": figure_links([(v.analysis / name, f"{v.name}: {caption}") for name, caption in FIGURES],
+                                   md_path)} for v in views]
+    context = {"run_names": [v.name for v in views], "grouped": any(g.n > 1 for g in comp.groups),
+               "table": Verbatim(markdown_table(comp.groups, markdown_value)),
+               "note": GENERATED_NOTE, "reading": reading(views, comp),
+               "comparison_links": figure_links(comparison, md_path), "runs": runs}
+    return environment(True).get_template("report.md").render(context)
 
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
