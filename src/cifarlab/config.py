@@ -290,7 +290,7 @@ def validate(config: TrainConfig) -> None:
     combinations. Reads the fields only, so it works on frozen and mutable configs alike."""
     from cifarlab.models import MODELS  # local import: models imports torch
 
-    check_values(config.to_dict())
+    check_values(dataclasses.asdict(config))
     if config.model not in MODELS:
         raise UsageError(f"model: unknown model {config.model!r}; choose from: {', '.join(sorted(MODELS))}")
     if config.recipe not in RECIPES:

@@ -11,15 +11,24 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
 from cifarlab.errors import DataError
 
-# ndarray.__reduce__ names numpy's array-rebuilding function; taking it from there avoids importing a private
-# module whose path changed between numpy 1 (numpy.core) and numpy 2 (numpy._core).
-_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(0))[0]
+
+def _rebuilder(protocol: int) -> Callable[..., np.ndarray]:
+    """The function numpy's pickles of this protocol call to rebuild an array.
+
+    Taken from what numpy itself writes, rather than imported from a private module whose path changed between
+    numpy 1 (numpy.core) and numpy 2 (numpy._core)."""
+    reduced = cast(tuple, np.zeros(1).__reduce_ex__(protocol))
+    return cast(Callable[..., np.ndarray], reduced[0])
+
+
+_RECONSTRUCT = _rebuilder(2)  # protocols 0-4: _reconstruct(ndarray, shape, dtype), then __setstate__
+_FROMBUFFER = _rebuilder(5)  # protocol 5: _frombuffer(buffer, dtype, shape, order)
 
 
 def _dtype(*args: Any) -> np.dtype:
@@ -37,6 +46,13 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return _RECONSTRUCT(subtype, shape, dtype)
 
 
+def _frombuffer(buffer: Any, dtype: Any, *layout: Any) -> np.ndarray:
+    """numpy's protocol-5 array rebuilder, for bytes of a plain (non-object) dtype only."""
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refused array from {type(buffer).__name__} with dtype {dtype!r}")
+    return _FROMBUFFER(buffer, dtype, *layout)
+
+
 def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
     """_codecs.encode as Python 3 protocol-2 pickles use it for bytes: a str and latin-1, nothing else."""
     if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
@@ -47,6 +63,8 @@ def _latin1_encode(text: Any, encoding: str = "utf-8") -> bytes:
 ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # numpy 1 pickles, and the official files
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # numpy 2 pickles
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol 5, numpy 1
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,  # protocol 5, numpy 2
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _dtype,
     ("_codecs", "encode"): _latin1_encode,  # how Python 3 writes bytes in protocol-2 pickles
