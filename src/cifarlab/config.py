@@ -165,10 +165,15 @@ def check_type(name: str, value: Any) -> Any:
         if not math.isfinite(number):
             raise UsageError(f"{name}: must be a finite number, got {value}")
         return number
+    origin = typing.get_origin(base) or base
     if base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is typing.Literal:
+        ok = any(value == choice and type(value) is type(choice) for choice in typing.get_args(base))
+    elif isinstance(origin, type):
+        ok = isinstance(value, origin)
     else:
-        ok = isinstance(value, typing.get_origin(base) or base)
+        ok = True  # an annotation this check cannot test; validate() still checks the value
     if not ok:
         wanted = KIND_NAMES.get(base, getattr(base, "__name__", str(base)))
         raise UsageError(f"{name}: expected {wanted}{' or null' if optional else ''}, got {show(value)}")
