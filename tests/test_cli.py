@@ -75,6 +75,9 @@ def test_console_script_and_module_agree():
     assert result.returncode == 0 and "train" in result.stdout and "study" in result.stdout
 
 
-def test_evaluate_command_prints_metrics(tiny_run, tmp_path, capsys):
-    assert main(["evaluate", str(tiny_run), "--out", str(tmp_path), "--device", "cpu"]) == 0
-    assert "test: top-1" in capsys.readouterr().out and (tmp_path / "test_metrics.json").is_file()
+def test_evaluate_command_prints_metrics(tiny_run, fake_cifar, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_run), "--out", str(tmp_path), "--device", "cpu",
+                 "--data-dir", str(fake_cifar)]) == 0
+    out = capsys.readouterr().out
+    assert "test: top-1" in out and (tmp_path / "test_metrics.json").is_file()
+    assert f"data {fake_cifar.resolve()}" in out  # says which data folder was read

@@ -97,12 +97,12 @@ def test_label_out_of_range_is_reported(fake_cifar, tmp_path):
 
 
 def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch, capsys):
-    import torchvision.datasets.utils as tv_utils
+    import cifarlab.data
 
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    monkeypatch.setattr(cifarlab.data, "fetch", offline)
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "nowhere")
     text = str(info.value)
@@ -110,6 +110,7 @@ def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch, capsys
     assert "Network is unreachable" in text
     assert "downloading" in capsys.readouterr().out  # said before the (possibly slow) attempt
     assert not (tmp_path / "nowhere").exists()  # no empty folder left behind
+    assert len(text.splitlines()) == 1
 
 
 def test_split_is_stratified_disjoint_and_reproducible():

@@ -123,14 +123,14 @@ def test_only_rank_0_writes_files_and_prints(ddp_run):
     assert result.stdout.count("test (") == 1
 
 
-def test_a_ddp_checkpoint_loads_and_scores_in_one_process(ddp_run, tmp_path):
+def test_a_ddp_checkpoint_loads_and_scores_in_one_process(ddp_run, fake_cifar, tmp_path):
     from cifarlab.evaluate import evaluate
 
     run, _ = ddp_run
     state = load_checkpoint(run)
     assert not any(k.startswith("module.") for k in state["model"])
     written = json.loads((run / "test_metrics.json").read_text())
-    again = evaluate(run, out=tmp_path, device="cpu")
+    again = evaluate(run, out=tmp_path, device="cpu", data_dir=str(fake_cifar))
     assert again["n"] == written["n"]
     assert again["top1"] == pytest.approx(written["top1"], abs=1e-9)
     assert again["loss"] == pytest.approx(written["loss"], rel=1e-5)

@@ -246,5 +246,6 @@ def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
     assert state["model_kwargs"] == {"dirac": True, "frozen_bn_scale": True, "frozen_stem": True, "width": 8}
     assert "train_model" in state and "averager" in state
     assert state["scheduler"]["last_epoch"] == 2 * 9  # 900 images / 100 per batch, two epochs
-    again = evaluate(run / "last.pt", out=tmp_path / "again")  # rebuilt from the checkpoint alone, same TTA
+    # rebuilt from the checkpoint alone, same TTA
+    again = evaluate(run / "last.pt", out=tmp_path / "again", data_dir=str(fake_cifar))
     assert again["top1"] == pytest.approx(summary["test_top1"])

@@ -34,9 +34,9 @@ def two_runs(tiny_run, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def page(two_runs, tmp_path_factory) -> Path:
+def page(two_runs, fake_cifar, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("page") / "report.html"
-    assert report(two_runs, out) == out
+    assert report(two_runs, out, data_dir=str(fake_cifar)) == out
     return out
 
 
@@ -81,8 +81,8 @@ def test_markdown_summary_links_existing_figures(page):
     assert "http" not in md.lower()
 
 
-def test_single_run_report_goes_into_the_run(two_runs):
-    path = report([two_runs[0]])
+def test_single_run_report_goes_into_the_run(two_runs, fake_cifar):
+    path = report([two_runs[0]], data_dir=str(fake_cifar))
     assert path == two_runs[0] / "report.html" and (two_runs[0] / "report.md").is_file()
     assert 'id="gradcam"' in path.read_text()
 

@@ -98,7 +98,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_run(setup, tmp_path):
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_run(setup, fake_cifar, tmp_path):
     config, reference = setup
     run, log = tmp_path / "killed", tmp_path / "log.txt"
     proc = start("train", "--config", str(config), "--out", str(tmp_path), "--name", "killed", log=log)
@@ -111,13 +111,13 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_run(setup, tmp
     assert 1 <= done < EPOCHS  # killed mid-training
     assert not (run / "run.json").exists()
 
-    result = run_cli("train", "--resume", str(run))
+    result = run_cli("train", "--resume", str(run), "--data-dir", str(fake_cifar))
     assert result.returncode == 0, result.stderr
     assert f"resuming {run} after epoch {done}" in result.stdout
     assert_same_run(reference, run)
 
 
-def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, tmp_path):
+def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, fake_cifar, tmp_path):
     config, reference = setup
     run, log = tmp_path / "stopped", tmp_path / "log.txt"
     proc = start("train", "--config", str(config), "--out", str(tmp_path), "--name", "stopped", log=log)
@@ -130,7 +130,7 @@ def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, tmp_path):
     held = load_checkpoint(run, "last.pt")["epoch"]
     assert f"last.pt holds epoch {held}" in output and held >= 1
 
-    result = run_cli("train", "--resume", str(run))
+    result = run_cli("train", "--resume", str(run), "--data-dir", str(fake_cifar))
     assert result.returncode == 0, result.stderr
     assert_same_run(reference, run)
 
@@ -213,7 +213,8 @@ def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(fake_c
     assert load_checkpoint(run, "last.pt")["epoch"] == 1
 
 
-def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, tmp_path, monkeypatch, capsys):
+def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, fake_cifar, tmp_path, monkeypatch,
+                                                                  capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = snapshot(run)
@@ -222,7 +223,7 @@ def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, tmp_
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr("cifarlab.runfiles.tempfile", types.SimpleNamespace(mkstemp=refuse))
-    assert main(["train", "--resume", str(run)]) == 1
+    assert main(["train", "--resume", str(run), "--data-dir", str(fake_cifar)]) == 1
     err = capsys.readouterr().err
     assert f"run folder {run} is not writable: Permission denied" in err and "Traceback" not in err
     assert snapshot(run) == before
@@ -244,14 +245,14 @@ def make_writable(folder: Path) -> None:
     folder.chmod(0o755)
 
 
-def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, tmp_path, capsys):
+def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, fake_cifar, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = snapshot(run)
     try:
         if not make_read_only(run):
             pytest.skip("cannot make a folder read-only here (root without chattr)")
-        assert main(["train", "--resume", str(run)]) == 1
+        assert main(["train", "--resume", str(run), "--data-dir", str(fake_cifar)]) == 1
         err = capsys.readouterr().err
         assert f"run folder {run} is not writable" in err and "Traceback" not in err
         out = run / "sub"

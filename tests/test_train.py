@@ -78,9 +78,9 @@ def test_test_metrics_match_the_saved_predictions(tiny_run):
         assert metrics["per_class_accuracy"][name] == pytest.approx((top3[y == c, 0] == c).mean(), abs=1e-6)
 
 
-def test_evaluate_reproduces_test_metrics_from_the_checkpoint_alone(tiny_run, tmp_path):
+def test_evaluate_reproduces_test_metrics_from_the_checkpoint_alone(tiny_run, fake_cifar, tmp_path):
     original = json.loads((tiny_run / "test_metrics.json").read_text())
-    again = evaluate(tiny_run / "best.pt", split="test", out=tmp_path, device="cpu")
+    again = evaluate(tiny_run / "best.pt", split="test", out=tmp_path, device="cpu", data_dir=str(fake_cifar))
     for key in ("top1", "top3", "n", "epoch"):
         assert again[key] == original[key]
     assert again["loss"] == pytest.approx(original["loss"], rel=1e-6)
@@ -88,8 +88,8 @@ def test_evaluate_reproduces_test_metrics_from_the_checkpoint_alone(tiny_run, tm
     assert np.allclose(a["probs"], b["probs"], atol=1e-6)
 
 
-def test_evaluate_on_validation_uses_the_runs_split(tiny_run, tmp_path):
-    metrics = evaluate(tiny_run, split="val", out=tmp_path, device="cpu")
+def test_evaluate_on_validation_uses_the_runs_split(tiny_run, fake_cifar, tmp_path):
+    metrics = evaluate(tiny_run, split="val", out=tmp_path, device="cpu", data_dir=str(fake_cifar))
     saved = np.load(tmp_path / "val_predictions.npz")
     assert sorted(saved["index"].tolist()) == json.loads((tiny_run / "split.json").read_text())["val"]
     best = json.loads((tiny_run / "run.json").read_text())["best_val_top1"]

@@ -259,14 +259,18 @@ def load_test_images(run: Path, pred: Predictions, data: Any = None,
     The images are only used if the labels found at the saved indices equal the saved labels, so a wrong
     data folder can never put the wrong pictures under a caption.
     """
-    from cifarlab.data import load_cifar10
+    from cifarlab.data import load_cifar10, resolve_data_dir
+    from cifarlab.progress import log
 
     if data is None:
-        config = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+        # never the run's recorded data_dir: a run folder may come from anyone, and the folder from its config
+        # would be read without the user ever naming it
+        root = resolve_data_dir(data_dir).resolve()
         try:
-            data = load_cifar10(data_dir or config.get("data_dir"), allow_download=False)
+            data = load_cifar10(root, allow_download=False)
         except DataError as exc:
             return None, f"test images not available ({exc}); give --data-dir"
+        log(f"test images from {root}")
     labels = data.test_labels.numpy()
     if pred.index.max() >= len(labels) or (labels[pred.index] != pred.y_true).any():
         return None, "the test images found do not carry the labels saved with the run (another data folder?)"
@@ -514,6 +518,7 @@ def register_analysis_commands(sub: argparse._SubParsersAction) -> None:
                                    "galleries, learning curves, calibration and Grad-CAM, from the run's saved "
                                    "test predictions (nothing is retrained).")
     p.add_argument("run", metavar="RUN", help="a finished run folder (holding test_predictions.npz)")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, for the images (default: the run's)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, for the images "
+                                      "(default: $CIFARLAB_DATA_DIR, else ./data)")
     p.add_argument("--no-images", action="store_true", help="numbers and plots only: no galleries or Grad-CAM")
     p.set_defaults(func=cmd_analyze)

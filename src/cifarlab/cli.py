@@ -3,19 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CheckpointError, CifarlabError, UsageError
+
+MAX_SEED = 2**32 - 1  # as config.MAX_SEED; repeated so that building the parser imports nothing heavy
+# What last.pt must hold, and of which type, for training to continue where it stopped.
+RESUME_KEYS: dict[str, type | tuple[type, ...]] = {
+    "optimizer": dict, "scheduler": dict, "rng": dict, "epoch": int, "history": list,
+    "best_val_top1": (int, float), "train_seconds": (int, float),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block) pointing to --help; exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())  # argparse's messages may wrap long choice lists
+        self.exit(2, f"cifarlab: error: {text} (see {self.prog} --help)\n")
+
+
+def whole_number(text: str) -> int:
+    """An integer flag value; the message says what was given."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    value = whole_number(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {value}")
     return value
 
 
@@ -24,7 +54,7 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
+    if not math.isfinite(value) or not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
 
@@ -36,7 +66,7 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="number of epochs (recipe default)")
     p.add_argument("--batch-size", type=positive_int, help="training batch size (recipe default)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (recipe default)")
-    p.add_argument("--seed", type=int, help="seed for split, initial weights, shuffling, augmentation (default 0)")
+    p.add_argument("--seed", type=seed_int, help="seed for split, initial weights, shuffling, augmentation (default 0)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $CIFARLAB_DATA_DIR, else ./data)")
     p.add_argument("--out", help="parent folder for runs (default: runs)")
     p.add_argument("--name", help="run folder name (default: a timestamp and the model)")
@@ -55,21 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.train import train
 
     if args.resume:
-        from pathlib import Path
-
-        run = Path(args.resume)
-        if not (run / "last.pt").is_file():
-            raise UsageError(f"cannot resume {run}: no last.pt there (is it a cifarlab run folder?)")
-        changed = [k for k in overrides_from(args) if k not in ("data_dir", "device")]
-        changed += [k for k in ("model", "recipe", "config") if getattr(args, k, None)]
-        if changed:
-            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise UsageError(f"--resume continues {run} exactly as it was configured; drop {flags} "
-                             "(only --data-dir and --device may change)")
-        config = TrainConfig.load(run / "config.json")
-        config.data_dir = args.data_dir or config.data_dir
-        config.device = args.device or config.device
-        train(config, resume=run, analyze=not args.no_analysis)
+        train(resume_config(args), resume=Path(args.resume), analyze=not args.no_analysis)
         return 0
     if args.config:
         if args.recipe:
@@ -84,13 +100,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def resume_config(args: argparse.Namespace) -> Any:
+    """The config of the run to resume, after checking that its config.json and last.pt belong together.
+
+    The data folder is never the one recorded in the run: it is --data-dir, else $CIFARLAB_DATA_DIR, else ./data.
+    """
+    from cifarlab.checkpoint import load_checkpoint
+    from cifarlab.config import TrainConfig
+    from cifarlab.data import resolve_data_dir
+    from cifarlab.progress import log
+
+    run = Path(args.resume)
+    if not (run / "last.pt").is_file():
+        raise UsageError(f"cannot resume {run}: no last.pt there (is it a cifarlab run folder?)")
+    changed = [k for k in overrides_from(args) if k not in ("data_dir", "device")]
+    changed += [k for k in ("model", "recipe", "config") if getattr(args, k, None)]
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UsageError(f"--resume continues {run} exactly as it was configured; drop {flags} "
+                         "(only --data-dir and --device may change)")
+    config = TrainConfig.load(run / "config.json")
+    check_resumable(load_checkpoint(run, "last.pt"), config.model)
+    config = dataclasses.replace(config, data_dir=args.data_dir, device=args.device or config.device)
+    log(f"data folder: {resolve_data_dir(args.data_dir).resolve()} (--data-dir, else $CIFARLAB_DATA_DIR, else ./data)")
+    return config
+
+
+def check_resumable(state: dict[str, Any], model: str) -> None:
+    """Refuse a last.pt that is for another model than config.json, or lacks what resuming needs."""
+    path = state["path"]
+    if state["model_name"] != model:
+        raise CheckpointError(f"{path}: holds a {state['model_name']!r} model but config.json beside it says "
+                              f"{model!r}; cannot resume a run whose files disagree")
+    wrong = [key for key, kind in RESUME_KEYS.items()
+             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if wrong:
+        raise CheckpointError(f"{path}: cannot resume from it: {', '.join(wrong)} missing or of the wrong type "
+                              "(resuming needs the optimizer, scheduler and RNG states, epoch, history, best "
+                              "validation top-1 and training time)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarlab.evaluate import evaluate
 
     metrics = evaluate(args.run, split=args.split, data_dir=args.data_dir, device=args.device or "auto",
                        out=args.out)
     print(f"{args.split}: top-1 {100 * metrics['top1']:.2f}%  top-3 {100 * metrics['top3']:.2f}%  "
-          f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['checkpoint']} epoch {metrics['epoch']})")
+          f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['checkpoint']} epoch {metrics['epoch']}, "
+          f"data {metrics['data_dir']})")
     return 0
 
 
@@ -122,7 +179,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cifarlab", description="Train, evaluate, explain and compare image classifiers on CIFAR-10.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -200,8 +257,6 @@ def register_predict_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from cifarlab.export import export, sidecar
 
     info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +83,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A config from field values, each checked for its type and range (one UsageError naming the field)."""
         unknown = sorted(set(values) - cls.field_names())
         if unknown:
             raise UsageError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**check_values(values))
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -94,11 +98,128 @@ class TrainConfig:
             values = json.loads(path.read_text())
         except FileNotFoundError:
             raise UsageError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
             raise UsageError(f"config file {path} is not valid JSON: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except RecursionError:
+            raise UsageError(f"config file {path} is nested too deeply to be a config") from None
         if not isinstance(values, dict):
             raise UsageError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Field types and ranges
+# ---------------------------------------------------------------------------------------------------------
+
+def _field_kinds() -> dict[str, tuple[Any, bool]]:
+    """Each field's type (bool, int, float or str) and whether it may be null, from the annotations."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds = {}
+    for f in dataclasses.fields(TrainConfig):
+        args = typing.get_args(hints[f.name])
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None)) if optional else hints[f.name]
+        kinds[f.name] = (base, optional)
+    return kinds
+
+
+FIELD_KINDS = _field_kinds()
+KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
+MAX_CROP_PADDING = 16  # half an image: beyond it a crop or shift is mostly padding
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULERS = ("step", "onecycle", "cosine", "none")
+AUGMENTS = ("none", "crop-flip", "translate-altflip")
+
+
+def show(value: Any, limit: int = 40) -> str:
+    """A short description of a JSON value for an error message: its kind and (the start of) its text."""
+    kinds = {bool: "", type(None): "", int: "the whole number ", float: "the number ", str: "the string ",
+             list: "a list ", dict: "an object "}
+    try:
+        text = json.dumps(value) if isinstance(value, (bool, type(None))) else repr(value)
+    except ValueError:  # an integer too long to print
+        text = "(too long to show)"
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return kinds.get(type(value), f"a {type(value).__name__} ") + text
+
+
+def check_type(name: str, value: Any) -> Any:
+    """``value`` if it has field ``name``'s type (ints are accepted, and returned as floats, for float fields)."""
+    base, optional = FIELD_KINDS[name]
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"{name}: a value is required, got null")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            raise UsageError(f"{name}: {show(value)} is too large") from None
+        if not math.isfinite(number):
+            raise UsageError(f"{name}: must be a finite number, got {value}")
+        return number
+    origin = typing.get_origin(base) or base
+    if base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif origin is typing.Literal:
+        ok = any(value == choice and type(value) is type(choice) for choice in typing.get_args(base))
+    elif isinstance(origin, type):
+        ok = isinstance(value, origin)
+    else:
+        ok = True  # an annotation this check cannot test; validate() still checks the value
+    if not ok:
+        wanted = KIND_NAMES.get(base, getattr(base, "__name__", str(base)))
+        raise UsageError(f"{name}: expected {wanted}{' or null' if optional else ''}, got {show(value)}")
+    return value
+
+
+def _plain_folder_name(value: str) -> bool:
+    """True for a folder name that stays inside its parent (no separators, not . or ..)."""
+    return value not in ("", ".", "..") and not any(c in value for c in "/\\\0")
+
+
+# Ranges of single fields: (test, what the value must be). Checks that involve several fields, or other modules
+# (model names, the fast-training switches), are in validate() and fast.validate_fast().
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: v >= 1, "must be at least 1"),
+    "batch_size": (lambda v: v >= 1, "must be at least 1"),
+    "lr": (lambda v: v > 0, "must be positive"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must not be negative"),
+    "step_size": (lambda v: v >= 1, "must be at least 1"),
+    "gamma": (lambda v: v > 0, "must be positive"),
+    "warmup_epochs": (lambda v: v >= 0, "must not be negative"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "crop_padding": (lambda v: 0 <= v <= MAX_CROP_PADDING, f"must be between 0 and {MAX_CROP_PADDING} pixels"),
+    "val_size": (lambda v: 10 <= v <= 25000 and v % 10 == 0, "must be a multiple of 10 between 10 and 25000"),
+    "limit_train": (lambda v: v is None or v >= 10, "must be at least 10"),
+    "eval_batch_size": (lambda v: v >= 1, "must be at least 1"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED}"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+    "scheduler": (lambda v: v in SCHEDULERS, f"unknown scheduler; choose from {', '.join(SCHEDULERS)}"),
+    "augment": (lambda v: v in AUGMENTS, f"unknown augmentation; choose from {', '.join(AUGMENTS)}"),
+    "model": (lambda v: v != "", "must name a model"),
+    "device": (lambda v: v != "", "must name a device (auto, cpu, cuda, cuda:N or mps)"),
+    "out": (lambda v: v != "", "must name a folder"),
+    "name": (lambda v: v is None or _plain_folder_name(v), "must be a plain folder name (no / or \\, not . or ..)"),
+}
+
+
+def check_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every field's type and range checked; the first problem is one UsageError naming it."""
+    checked = {name: check_type(name, value) for name, value in values.items()}
+    for name, value in checked.items():
+        rule = RANGES.get(name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise UsageError(f"{name}: {rule[1]}, got {show(value)}")
+    return checked
 
 
 # Each recipe is a set of overrides of the TrainConfig defaults above.
@@ -170,35 +291,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def validate(config: TrainConfig) -> None:
-    """Reject values that would fail later with an obscure error."""
+    """Reject values that would fail later with an obscure error: every field's type and range, then the
+    combinations. Reads the fields only, so it works on frozen and mutable configs alike."""
     from cifarlab.models import MODELS  # local import: models imports torch
 
+    check_values(dataclasses.asdict(config))
     if config.model not in MODELS:
-        raise UsageError(f"unknown model {config.model!r}; choose from: {', '.join(sorted(MODELS))}")
+        raise UsageError(f"model: unknown model {config.model!r}; choose from: {', '.join(sorted(MODELS))}")
     if config.recipe not in RECIPES:
-        raise UsageError(f"unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
-    if config.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1 (got {config.epochs})")
-    if config.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1 (got {config.batch_size})")
-    if config.eval_batch_size < 1:
-        raise UsageError(f"eval_batch_size must be at least 1 (got {config.eval_batch_size})")
-    if not config.lr > 0:
-        raise UsageError(f"--lr must be positive (got {config.lr})")
-    if config.optimizer not in ("adam", "sgd"):
-        raise UsageError(f"optimizer must be 'adam' or 'sgd' (got {config.optimizer!r})")
-    if config.scheduler not in ("step", "onecycle", "cosine", "none"):
-        raise UsageError(f"unknown scheduler {config.scheduler!r}")
-    if config.augment not in ("none", "crop-flip", "translate-altflip"):
-        raise UsageError(f"unknown augmentation {config.augment!r}")
-    if not 10 <= config.val_size <= 25000 or config.val_size % 10:
-        raise UsageError(f"val_size must be a multiple of 10 between 10 and 25000 (got {config.val_size})")
-    if config.limit_train is not None and not 10 <= config.limit_train <= 50000 - config.val_size:
-        raise UsageError(
-            f"--limit-train must be between 10 and {50000 - config.val_size} (got {config.limit_train})"
-        )
-    if not 0 <= config.label_smoothing < 1:
-        raise UsageError(f"label_smoothing must be in [0, 1) (got {config.label_smoothing})")
+        raise UsageError(f"recipe: unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
+    if config.limit_train is not None and not config.limit_train <= 50000 - config.val_size:
+        raise UsageError(f"limit_train: must be between 10 and {50000 - config.val_size} (50,000 minus val_size), "
+                         f"got {config.limit_train}")
     from cifarlab.fast import validate_fast  # local import: fast imports torch
 
     validate_fast(config)

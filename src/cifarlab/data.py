@@ -6,8 +6,13 @@ normalised as a tensor operation: no per-image PIL work and no DataLoader worker
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,9 +21,12 @@ import numpy as np
 import torch
 
 from cifarlab.errors import DataError
+from cifarlab.safe_pickle import load_restricted, one_line
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE = "cifar-10-python.tar.gz"
+DOWNLOAD_PREFIX = ".cifarlab-download-"  # temporary folders inside the data folder while downloading
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
@@ -36,6 +44,7 @@ class Cifar10:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: list[str]
+    root: Path | None = None  # the folder they were read from (holding cifar-10-batches-py/)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -50,12 +59,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one official batch file and check everything about it; errors name the file."""
     if not path.is_file():
         raise DataError(f"missing CIFAR-10 file: {path}")
-    try:
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
-        raise DataError(f"{path} is truncated or corrupt (cannot unpickle: {type(exc).__name__}: {exc})") from None
+    batch = load_restricted(path)
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
     data, labels = batch["data"], batch["labels"]
@@ -63,10 +67,13 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
+    if not (isinstance(labels, list) and all(isinstance(v, int) for v in labels)
+            or isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"):
+        raise DataError(f"{path}: 'labels' must be a list of integers")
     try:
         labels = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'labels' must be a list of integers") from None
+    except OverflowError:
+        raise DataError(f"{path}: 'labels' must be a list of integers in 0-9") from None
     if labels.ndim != 1 or len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {labels.size} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
@@ -75,23 +82,76 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_classes(path: Path) -> list[str]:
+    """The class names from batches.meta; the standard ones when the file is absent."""
     if not path.is_file():
         return list(CLASSES)
-    try:
-        with open(path, "rb") as f:
-            meta = pickle.load(f, encoding="latin1")
-        names = [str(n) for n in meta["label_names"]]
-    except Exception as exc:  # a broken meta file is as fatal as a broken batch
-        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+    meta = load_restricted(path)
+    names = meta.get("label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path} is not a CIFAR-10 batches.meta (expected a dict with a list 'label_names')")
     if len(names) != NUM_CLASSES:
         raise DataError(f"{path}: expected 10 label names, found {len(names)}")
-    return names
+    return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The batch files ``folder`` lacks (all of them when it is absent); batches.meta is optional."""
+    return [name for name in [*TRAIN_FILES, TEST_FILE] if not (folder / name).is_file()]
+
+
+def fetch(url: str, dest: Path) -> None:
+    """Stream ``url`` into the file ``dest``: cifarlab's only network access."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        shutil.copyfileobj(response, f, 1 << 20)
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_batches(archive: Path, dest: Path) -> Path:
+    """Extract ``archive`` into ``dest`` with tarfile's "data" filter (no member may land outside ``dest``, no
+    links out, no device files) and return the complete batch folder inside it."""
+    if not hasattr(tarfile, "data_filter"):
+        raise DataError("extracting the CIFAR-10 archive safely needs Python 3.10.12, 3.11.4 or newer (tarfile's "
+                        "extraction filters); extract cifar-10-python.tar.gz yourself and give --data-dir")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(dest, filter="data")
+    except tarfile.FilterError as exc:
+        raise DataError(f"{CIFAR_URL}: refused the archive, a member would be unsafe to extract: {exc}") from None
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DataError(f"{CIFAR_URL}: the download is not a readable tar.gz archive ({one_line(exc)})") from None
+    folder = dest / BATCH_DIR
+    missing = missing_files(folder)
+    if missing:
+        raise DataError(f"{CIFAR_URL}: the archive has no {BATCH_DIR}/{missing[0]}")
+    return folder
+
+
+def install_folder(new: Path, target: Path, trash: Path) -> None:
+    """Rename the complete ``new`` folder to ``target``; an incomplete one already there is moved to ``trash``."""
+    if target.is_dir() or target.is_symlink():
+        os.replace(target, trash)
+    os.replace(new, target)
+
+
+def remove_leftovers(root: Path) -> None:
+    """Delete temporary folders that an interrupted earlier download left in ``root``."""
+    for path in root.glob(DOWNLOAD_PREFIX + "*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def download(root: Path) -> None:
-    """Fetch the official archive with checksum verification; offline, explain how to fix it."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    """Fetch the official archive, check its MD5, extract it beside the target and rename it into place.
 
+    Everything happens in a temporary folder inside ``root``: an interruption at any point leaves no
+    half-written ``cifar-10-batches-py/`` behind, and the next download deletes the temporary folder.
+    """
     from cifarlab.progress import log
 
     # said first: offline, the name lookup alone can take a minute to fail, which would look like a hang
@@ -100,25 +160,50 @@ def download(root: Path) -> None:
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(CIFAR_URL, download_root=str(root), md5=CIFAR_MD5, remove_finished=True)
+        remove_leftovers(root)
+        work = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
+        try:
+            archive = work / ARCHIVE
+            fetch(CIFAR_URL, archive)
+            md5 = file_md5(archive)
+            if md5 != CIFAR_MD5:
+                raise DataError(f"{CIFAR_URL}: checksum mismatch (MD5 {md5}, expected {CIFAR_MD5}): the download is "
+                                "damaged or not the official archive; nothing was installed")
+            folder = extract_batches(archive, work / "extracted")
+            install_folder(folder, root / BATCH_DIR, work / "replaced")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     except Exception as exc:
         if created and root.is_dir() and not any(root.iterdir()):
             root.rmdir()  # leave no empty folder behind from a download that never started
+        if isinstance(exc, DataError):
+            raise
         raise DataError(
             f"CIFAR-10 not found in {root.resolve()} (looked for {root.resolve() / BATCH_DIR}), and downloading "
-            f"{CIFAR_URL} failed: {type(exc).__name__}: {exc}\n"
-            "Fix: point cifarlab at a folder that holds cifar-10-batches-py/ with --data-dir DIR or "
-            "CIFARLAB_DATA_DIR=DIR, or download and extract cifar-10-python.tar.gz into it."
+            f"{CIFAR_URL} failed: {type(exc).__name__}: {one_line(exc)}. Fix: point cifarlab at a folder that "
+            "holds cifar-10-batches-py/ with --data-dir DIR or CIFARLAB_DATA_DIR=DIR, or download and extract "
+            f"{ARCHIVE} into it."
         ) from None
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Cifar10:
-    """Read the official python-version batches from ``data_dir/cifar-10-batches-py`` into uint8 tensors."""
+    """Read the official python-version batches from ``data_dir/cifar-10-batches-py`` into uint8 tensors.
+
+    A folder that lacks batch files (left by an earlier failed download) is downloaded again and replaced
+    when downloads are allowed; otherwise the missing file is named.
+    """
     root = resolve_data_dir(data_dir)
     folder = root / BATCH_DIR
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (it should hold the CIFAR-10 batch files)")
     if not folder.is_dir():
         if not allow_download:
             raise DataError(f"CIFAR-10 not found: no {BATCH_DIR}/ folder in {root.resolve()}")
+        download(root)
+    elif allow_download and missing_files(folder):
+        from cifarlab.progress import log
+
+        log(f"{folder} is incomplete (no {missing_files(folder)[0]}; an interrupted download?): replacing it")
         download(root)
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE)
@@ -128,6 +213,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool
         test_images=torch.from_numpy(test_images),
         test_labels=torch.from_numpy(test_labels),
         classes=_read_classes(folder / META_FILE),
+        root=root,
     )
 
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cifarlab.checkpoint import load_checkpoint
-from cifarlab.data import load_cifar10
+from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.data import load_cifar10, resolve_data_dir
 from cifarlab.errors import UsageError
 from cifarlab.train import evaluate_checkpoint, pick_device, write_test_results
 
 
 def evaluate(run_or_checkpoint: str | Path, split: str = "test", data_dir: str | None = None,
              device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
-    """Write ``<split>_metrics.json`` and ``<split>_predictions.npz`` beside the checkpoint (or into ``out``)."""
+    """Write ``<split>_metrics.json`` and ``<split>_predictions.npz`` beside the checkpoint (or into ``out``).
+
+    The images come from ``data_dir``, else $CIFARLAB_DATA_DIR, else ./data: never from the folder recorded in
+    the checkpoint, which is only information (a checkpoint may come from anyone). The metrics name the folder.
+    """
     if split not in ("test", "val"):
         raise UsageError(f"--split must be 'test' or 'val' (got {split!r})")
     state = load_checkpoint(run_or_checkpoint)
+    model_from_checkpoint(state)  # a checkpoint that does not fit its model is refused before any data is read
     out_dir = Path(out) if out else Path(state["path"]).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_cifar10(data_dir or state["config"].get("data_dir"))
+    data = load_cifar10(data_dir)
     probs, y, index = evaluate_checkpoint(state, data, split, pick_device(device))
     checkpoint = Path(state["path"]).name
     return write_test_results(out_dir, split, probs, y, index, list(data.classes),
-                              {"checkpoint": checkpoint, "epoch": state["epoch"]})
+                              {"checkpoint": checkpoint, "epoch": state["epoch"],
+                               "data_dir": str(resolve_data_dir(data_dir).resolve())})

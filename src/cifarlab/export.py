@@ -108,17 +108,18 @@ EXPORTERS: dict[str, tuple[Callable[[nn.Module, torch.Tensor], bytes], Callable[
 
 def check_images(state: dict[str, Any], data_dir: str | None) -> tuple[np.ndarray, str]:
     """100 CIFAR-10 test images on the [0, 1] scale, or random ones when the data set is not at hand."""
-    from cifarlab.data import load_cifar10
+    from cifarlab.data import load_cifar10, resolve_data_dir
     from cifarlab.errors import DataError
 
+    root = resolve_data_dir(data_dir).resolve()  # never the checkpoint's recorded folder: it may come from anyone
     try:
-        data = load_cifar10(data_dir or state["config"].get("data_dir"), allow_download=False)
+        data = load_cifar10(root, allow_download=False)
         images = data.test_images[:CHECK_IMAGES]
-        source = f"the first {len(images)} CIFAR-10 test images"
+        source = f"the first {len(images)} CIFAR-10 test images in {root}"
     except DataError:
         images = torch.randint(0, 256, (CHECK_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0),
                                dtype=torch.uint8)
-        source = f"{CHECK_IMAGES} random images (CIFAR-10 not found)"
+        source = f"{CHECK_IMAGES} random images (CIFAR-10 not found in {root})"
     return images.float().div(255).numpy(), source
 
 
