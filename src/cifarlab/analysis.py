@@ -85,7 +85,7 @@ def load_predictions(run: str | Path) -> Predictions:
         raise UsageError(f"{run} has no test_predictions.npz: the run has not been evaluated on the test set "
                          f"(let `cifarlab train` finish, or run `cifarlab evaluate {run}`)")
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             y_true, probs, index = f["y_true"].astype(np.int64), f["probs"], f["index"].astype(np.int64)
     except (OSError, ValueError, KeyError) as exc:
         raise CifarlabError(f"{path} is unreadable or incomplete (needs y_true, probs, index): {exc}") from None

@@ -90,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.config:
         if args.recipe:
             raise UsageError("--config replays a saved run; give either --config or --recipe, not both")
-        base = {**TrainConfig.load(args.config).to_dict(), "name": None}  # a replay is a new run
+        # a replay is a new run, on the data folder of this machine (--data-dir, $CIFARLAB_DATA_DIR, ./data)
+        base = {**TrainConfig.load(args.config).to_dict(), "name": None, "data_dir": None}
         if args.model:
             base["model"] = args.model
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
