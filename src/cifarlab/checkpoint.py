@@ -6,13 +6,20 @@ Keys: ``model`` (state dict), ``model_name``, ``model_kwargs`` (factory argument
 ``rng`` (torch RNG states and the batch generator's state), ``best_val_top1``, ``history`` (metrics rows).
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` can read it:
 unpickling never runs code from the file.
+
+A file is checked before anything it describes is allocated: it must be torch.save's zip format whose records
+unpack to no more bytes than the file holds; then every field is checked, the model is built on the ``meta``
+device (no memory) from its registered name and declared arguments, and every weight's name, shape and kind is
+compared with it. Only a checkpoint that passes all of this is turned into a real model.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +27,15 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CheckpointError
+from cifarlab.models import MAX_CLASSES, MODELS, build_model, kwargs_problems, shorten
 from cifarlab.runfiles import atomic_write, resolve_checkpoint
 
 REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")
+WEIGHT_KEYS = ("model", "train_model")  # state dicts of the model's architecture (train_model: optional)
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
-PICKLE_MAGIC = b"\x80"  # the legacy format, and plain pickles (refused by the safe loader unless plain data)
+PICKLE_MAGIC = b"\x80"  # the legacy format, and plain pickles: refused (their sizes cannot be checked first)
+MAX_CLASS_NAME = 100  # characters in one class name
+EXAMPLES = 3  # mismatched weight names shown per kind of difference
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -47,6 +58,7 @@ def load_checkpoint(run_or_file: str | Path, name: str = "best.pt") -> dict[str,
     """
     path = resolve_checkpoint(run_or_file, name)
     _check_file_kind(path)
+    _check_archive(path)
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
@@ -61,6 +73,7 @@ def load_checkpoint(run_or_file: str | Path, name: str = "best.pt") -> dict[str,
         detail = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {detail}") from None
     _check_fields(state, path)
+    _check_weights(state, path)
     state["path"] = str(path)
     return state
 
@@ -74,8 +87,26 @@ def _check_file_kind(path: Path) -> None:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head:
         raise CheckpointError(f"{path} is empty, not a checkpoint")
-    if not (head.startswith(ZIP_MAGIC) or head[:1] == PICKLE_MAGIC):
+    if head[:1] == PICKLE_MAGIC:
+        raise CheckpointError(f"refused to load {path}: it is a plain pickle or a legacy (pre-1.6) torch file; "
+                              "cifarlab loads only torch.save's zip format, whose sizes can be checked first")
+    if not head.startswith(ZIP_MAGIC):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (it does not start like a torch.save file)")
+
+
+def _check_archive(path: Path) -> None:
+    """The zip's records must unpack to no more bytes than the file holds (torch.save stores them uncompressed),
+    so a small file cannot make torch.load allocate a large one."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(record.file_size for record in archive.infolist())
+        size = path.stat().st_size
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {detail}") from None
+    if unpacked > size:
+        raise CheckpointError(f"{path} is not a valid checkpoint: its records unpack to {unpacked:,} bytes, more "
+                              f"than the file's {size:,} (torch.save never compresses them)")
 
 
 def _refusal_detail(exc: Exception) -> str:
@@ -88,54 +119,139 @@ def _refusal_detail(exc: Exception) -> str:
 
 
 def _check_fields(state: Any, path: Path) -> None:
-    """Our keys, with the types the rest of cifarlab relies on, so a crafted file cannot cause a traceback later."""
+    """Our keys, with the types and ranges the rest of cifarlab relies on, so a crafted file cannot cause a
+    traceback, a large allocation or misleading output later."""
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path} is a torch file but not a cifarlab checkpoint "
                               f"(expected keys: {', '.join(REQUIRED_KEYS)})")
     problems = []
-    if not isinstance(state["model"], dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
-        problems.append("'model' is not a state dict of tensors")
+    for key in WEIGHT_KEYS:
+        if key in state and not _is_state_dict(state[key]):
+            problems.append(f"{key!r} is not a state dict of tensors")
     if not isinstance(state["model_name"], str):
         problems.append("'model_name' is not a string")
-    if not isinstance(state["config"], dict) or not all(
-            isinstance(state["config"].get(k), int) for k in ("seed", "val_size")):
-        problems.append("'config' is not a training config (a dict with seed and val_size)")
-    elif state["config"].get("tta", 0) not in (0, 1, 2):
-        problems.append("'config' has a test-time augmentation level other than 0, 1 or 2")
-    if not isinstance(state.get("epoch"), int):
-        problems.append("'epoch' is missing or not a whole number")
-    if not isinstance(state["classes"], list) or len(state["classes"]) < 2 or not all(
-            isinstance(c, str) for c in state["classes"]):
-        problems.append("'classes' is not a list of class names")
+    problems += _config_problems(state["config"])
+    if not _is_int_in(state.get("epoch"), 0, 2**31):
+        problems.append("'epoch' is missing or not a whole number >= 0")
+    if "best_val_top1" in state and not _is_finite_number(state["best_val_top1"]):
+        problems.append("'best_val_top1' is not a finite number")
+    problems += _classes_problems(state["classes"])
     for key in ("mean", "std"):
         values = state[key]
-        if not (isinstance(values, list) and len(values) == 3 and all(isinstance(v, (int, float)) for v in values)):
-            problems.append(f"'{key}' is not a list of 3 numbers")
-    if isinstance(state["std"], list) and any(isinstance(v, (int, float)) and v <= 0 for v in state["std"]):
+        if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
+            problems.append(f"'{key}' is not a list of 3 finite numbers")
+    if isinstance(state["std"], list) and any(_is_finite_number(v) and v <= 0 for v in state["std"]):
         problems.append("'std' has a value that is not positive")
-    if not isinstance(state.get("model_kwargs", {}), dict):
-        problems.append("'model_kwargs' is not a dict")
+    kwargs = state.get("model_kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        problems.append("'model_kwargs' is not a dict of named arguments")
     if problems:
         raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: {'; '.join(problems)}")
 
 
-def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
-    """Rebuild the registered model named in the checkpoint and load its weights; eval mode, on the CPU."""
-    from cifarlab.models import MODELS, build_model
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
 
-    name = state["model_name"]
-    if name not in MODELS:
-        raise CheckpointError(f"checkpoint {state.get('path', '')} is for unknown model {name!r}")
+
+def _is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite, nor too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
     try:
-        model = build_model(name, num_classes=len(state["classes"]), **state.get("model_kwargs", {}))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {state.get('path', '')} has arguments that model {name!r} "
-                              f"does not take: {exc}") from None
-    mismatch = describe_mismatch(model.state_dict(), state["model"])
-    if mismatch:
-        raise CheckpointError(f"checkpoint {state.get('path', '')} does not match model {name!r} "
-                              f"(is it from another model?): {mismatch}")
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _config_problems(config: Any) -> list[str]:
+    """The config fields that loading a checkpoint relies on (split seed and size, TTA level, data folder)."""
+    if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("seed", "val_size")):
+        return ["'config' is not a training config (a dict with seed and val_size)"]
+    if not (_is_int_in(config["seed"], -2**63, 2**64 - 1) and _is_int_in(config["val_size"], 0, 50_000)):
+        return ["'config' has a seed or val_size out of range"]
+    problems = []
+    if config.get("tta", 0) not in (0, 1, 2) or isinstance(config.get("tta"), bool):
+        problems.append("'config' has a test-time augmentation level other than 0, 1 or 2")
+    if not isinstance(config.get("data_dir"), (str, type(None))):
+        problems.append("'config' has a data_dir that is not a folder name")
+    return problems
+
+
+def _classes_problems(classes: Any) -> list[str]:
+    """Class names are printed by predict: a list of 2..MAX_CLASSES distinct, short, printable strings."""
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return ["'classes' is not a list of class names"]
+    if not 2 <= len(classes) <= MAX_CLASSES:
+        return [f"'classes' has {len(classes)} names (a model has 2 to {MAX_CLASSES} classes)"]
+    if any(not c or len(c) > MAX_CLASS_NAME or not c.isprintable() for c in classes):
+        bad = next(c for c in classes if not c or len(c) > MAX_CLASS_NAME or not c.isprintable())
+        return [(f"'classes' has a name that is empty, longer than {MAX_CLASS_NAME} characters or not printable "
+                 f"({shorten(bad)})")]
+    if len(set(classes)) != len(classes):
+        return ["'classes' names a class twice"]
+    return []
+
+
+def _check_weights(state: dict[str, Any], path: Path) -> None:
+    """Compare the file's weights with the model its name and arguments describe, built on the meta device (no
+    memory), before any real model is made: registered name, declared arguments, head size, names, shapes, kinds."""
+    name, kwargs = state["model_name"], state.get("model_kwargs", {})
+    if name not in MODELS:
+        raise CheckpointError(f"{path} is for unknown model {shorten(name)} (known: {', '.join(sorted(MODELS))})")
+    problems = kwargs_problems(name, kwargs, len(state["classes"]))
+    if problems:
+        raise CheckpointError(f"{path} has arguments that model {name!r} does not accept: {'; '.join(problems)}")
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(name, num_classes=len(state["classes"]), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a factory may reject a combination its declared ranges allow
+        raise CheckpointError(f"{path} describes a model {name!r} that cannot be built: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    expected = skeleton.state_dict()
+    for key in WEIGHT_KEYS:
+        if key not in state:
+            continue
+        head = _head_size(skeleton, state[key])
+        if head is not None and head != len(state["classes"]):
+            raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: 'classes' has "
+                                  f"{len(state['classes'])} names but the model's head has {head} outputs")
+        mismatch = describe_mismatch(expected, state[key])
+        if mismatch:
+            raise CheckpointError(f"{path} does not match model {name!r} (is it from another model?): {mismatch}")
+        problem = _storage_problem(state[key])
+        if problem:
+            raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: {key!r} {problem}")
+
+
+def _head_size(skeleton: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
+    """Outputs of the file's head: the weight of the model's last linear layer (None if the file lacks it)."""
+    linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
+    weight = weights.get(f"{linears[-1]}.weight") if linears else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
+
+
+def _storage_problem(weights: dict[str, torch.Tensor]) -> str:
+    """Weights must be plain dense CPU tensors held in full by the file (no stride-0 views claiming more elements
+    than are stored) with finite values ('' when they are)."""
+    for key, t in weights.items():
+        if t.layout != torch.strided or t.is_quantized or t.device.type != "cpu":
+            return f"weight {shorten(key)} is not a plain dense tensor"
+        if t.numel() * t.element_size() > t.untyped_storage().nbytes():
+            return f"weight {shorten(key)} claims more values than the file stores"
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"weight {shorten(key)} holds NaN or infinite values"
+    return ""
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
+    """Build the registered model named in a checkpoint that :func:`load_checkpoint` has checked, and load its
+    weights; eval mode, on the CPU."""
+    name = state["model_name"]
+    model = build_model(name, num_classes=len(state["classes"]), **state.get("model_kwargs", {}))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -145,12 +261,21 @@ def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
 
 
 def describe_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
-    """Missing, unexpected and wrongly shaped weights in a few words ('' when the state dict fits)."""
+    """Missing, unexpected, wrongly shaped and wrongly typed weights, with the first few names ('' when they fit)."""
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
     shapes = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
+    kinds = [k for k in expected if k in got and _kind(expected[k]) != _kind(got[k])]
     parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
+                        ("wrong type", kinds)):
         if keys:
-            parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+            parts.append(f"{len(keys)} {label} (e.g. {', '.join(shorten(k) for k in keys[:EXAMPLES])})")
     return ", ".join(parts)
+
+
+def _kind(t: torch.Tensor) -> str:
+    """Floating point, integer or other: a checkpoint may store another precision, not another kind of number."""
+    if t.is_floating_point():
+        return "float"
+    return "other" if t.is_complex() or t.dtype == torch.bool else "int"

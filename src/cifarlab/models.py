@@ -5,30 +5,88 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from cifarlab.errors import UsageError
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+MAX_CLASSES = 1000  # the most output classes a model may be built with (CIFAR-10 has 10)
 
 
-def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that adds a factory to the registry under ``name``."""
+@dataclass(frozen=True)
+class Arg:
+    """A factory keyword argument: its type (int, float or bool) and, for numbers, its inclusive range."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` for this argument, or None when it is acceptable."""
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be true or false"
+        allowed = (int,) if self.kind is int else (int, float)
+        span = f" from {self.low:g} to {self.high:g}" if self.low is not None and self.high is not None else ""
+        noun = "a whole number" if self.kind is int else "a number"
+        nan = isinstance(value, float) and math.isnan(value)  # NaN would pass every range check
+        if isinstance(value, bool) or not isinstance(value, allowed) or nan:  # bool is a subclass of int
+            return f"must be {noun}{span}"
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            return f"must be {noun}{span}"
+        return None
+
+
+MODEL_ARGS: dict[str, dict[str, Arg]] = {}  # per model: the keyword arguments its factory accepts besides num_classes
+
+
+def register(name: str, **args: Arg) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that adds a factory to the registry under ``name``, with the keyword arguments it accepts."""
 
     def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         MODELS[name] = factory
+        MODEL_ARGS[name] = dict(args)
         return factory
 
     return add
 
 
-def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Make a freshly initialised model from its registry name (kwargs go to the factory, e.g. a width)."""
-    from cifarlab.errors import UsageError
+def kwargs_problems(name: str, kwargs: dict[str, Any], num_classes: int = 10) -> list[str]:
+    """Each keyword argument (and the class count) that model ``name``'s registry entry does not accept."""
+    declared = MODEL_ARGS.get(name, {})
+    problems = [] if Arg(int, 2, MAX_CLASSES).problem(num_classes) is None else [
+        f"num_classes must be a whole number from 2 to {MAX_CLASSES} (got {shorten(num_classes)})"]
+    for key, value in kwargs.items():
+        if key not in declared:
+            known = ", ".join(declared) or "none"
+            problems.append(f"unknown argument {shorten(key)} (model {name!r} takes: {known})")
+        elif (problem := declared[key].problem(value)) is not None:
+            problems.append(f"{key} {problem} (got {shorten(value)})")
+    return problems
 
+
+def shorten(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values read from files are shown escaped and short."""
+    if isinstance(value, int) and value.bit_length() > 64:  # repr of a huge int is slow, or refused
+        return f"a {value.bit_length()}-bit number"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Make a freshly initialised model from its registry name (kwargs go to the factory, e.g. a width).
+
+    Arguments outside what the factory declares (type and range) are a UsageError, so no run can train a model
+    that its own checkpoint could not be loaded into."""
     if name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; choose from: {', '.join(sorted(MODELS))}")
+        raise UsageError(f"unknown model {shorten(name)}; choose from: {', '.join(sorted(MODELS))}")
+    problems = kwargs_problems(name, kwargs, num_classes)
+    if problems:
+        raise UsageError(f"model {name!r}: {'; '.join(problems)}")
     return MODELS[name](num_classes=num_classes, **kwargs)
 
 
@@ -195,7 +253,7 @@ class FastCNN(nn.Module):
         return self.head(self.pool(x).flatten(1)) * self.logit_scale
 
 
-@register("fastcnn")
+@register("fastcnn", width=Arg(int, 1, 1024), dirac=Arg(bool), frozen_bn_scale=Arg(bool), frozen_stem=Arg(bool))
 def fastcnn(num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_bn_scale: bool = False,
             frozen_stem: bool = False) -> nn.Module:
     """Fast VGG-like CNN (airbench-style): 2x2 stem, 3 conv-BN-GELU groups of width w/4w/4w (w=64), max-pools."""
