@@ -30,7 +30,8 @@ from cifarlab.cli import main
 from cifarlab.data import CLASSES
 from cifarlab.errors import CheckpointError, UsageError
 from cifarlab.models import build_model
-from cifarlab.predict import Result, escape, load_image, render
+from cifarlab.errors import escape
+from cifarlab.predict import Result, load_image, render
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 IMAGE_BOUND = 1.5 * 2**30  # peak resident bytes allowed to predict one image file (torch included)

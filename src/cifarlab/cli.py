@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from cifarlab.errors import CheckpointError, CifarlabError, UsageError
+from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
 
 MAX_SEED = 2**32 - 1  # as config.MAX_SEED; repeated so that building the parser imports nothing heavy
 # What last.pt must hold, and of which type, for training to continue where it stopped.
@@ -24,7 +24,7 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         text = " ".join(message.split())  # argparse's messages may wrap long choice lists
-        self.exit(2, f"cifarlab: error: {text} (see {self.prog} --help)\n")
+        self.exit(2, f"cifarlab: error: {escape(text)} (see {self.prog} --help)\n")
 
 
 def whole_number(text: str) -> int:
@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CifarlabError as exc:
-        print(f"cifarlab: error: {exc}", file=sys.stderr)
+        print(f"cifarlab: error: {escape(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)

@@ -19,3 +19,11 @@ class DataError(CifarlabError):
 
 class CheckpointError(CifarlabError):
     """A checkpoint is missing, truncated, unsafe or from another model."""
+
+
+def escape(text: str) -> str:
+    """Characters that are not printable (newlines, tabs, escape sequences, bidi controls) as Python escapes,
+    so a file name or a message can never forge lines or move the terminal's cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from cifarlab.errors import UsageError
+from cifarlab.errors import UsageError, escape
 
 IMAGE_SIZE = 32
 RESAMPLE = "BILINEAR"  # Pillow filter used for the resize (named here so the docs and the code agree)
@@ -44,13 +44,6 @@ TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 
 class ImageRefused(ValueError):
     """An image that is readable but not decoded, for a reason the message gives (too many pixels, none)."""
-
-
-def escape(text: str) -> str:
-    """Characters that are not printable (newlines, tabs, escape sequences, bidi controls) as Python escapes."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass
