@@ -57,8 +57,8 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "cifar10"  # the real set beside
 DATA_ENV = "CIFARLAB_DATA_DIR"
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: any download through it fails at once
 
-# Where the engine's internals live, for the few tests that must reach one (see ``engine``).
-ENGINE_MODULES = ("cifarlab.train",)
+# Where the engine's internals live, for the few tests that must reach or replace one (``engine``, ``engine_patch``).
+ENGINE_MODULES = ("cifarlab.train", "cifarlab.budget")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -147,8 +147,50 @@ def offline_and_clean_environment(tmp_path_factory: pytest.TempPathFactory) -> A
     assert not leftovers, f"session fixtures wrote into the working folder instead of a given --out: {leftovers}"
 
 
+# Outside cifarlab, the attributes tests replace (a first import may rewrap others, e.g. torch._dynamo).
+WATCHED_ATTRIBUTES = ("torch.nn.functional.cross_entropy", "torch.cuda.is_available", "torch.backends.mps.is_available",
+                      "torch.load", "torch.save", "socket.getaddrinfo", "socket.socket.connect", "tempfile.mkstemp",
+                      "os.replace", "time.perf_counter", "time.monotonic", "subprocess.run")
+
+
+# Set by pytest itself (the current test) and by torch on a first import (its cache folder), not by a test.
+LIBRARY_ENV_PREFIXES = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_")
+
+
+def module_state() -> dict[str, Any]:
+    """What a test might change process-wide: every attribute of every loaded cifarlab module (and the keys of
+    its dicts, such as the MODELS registry), the attributes in WATCHED_ATTRIBUTES, and the environment."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(LIBRARY_ENV_PREFIXES)}
+    state: dict[str, Any] = {"os.environ": environ}
+    for name in [n for n in sys.modules if n == "cifarlab" or n.startswith("cifarlab.")]:
+        for attr, value in vars(sys.modules[name]).items():
+            state[f"{name}.{attr}"] = tuple(value) if isinstance(value, dict) else id(value)
+    for path in WATCHED_ATTRIBUTES:
+        module, *rest = path.split(".")
+        value: Any = sys.modules.get(module)
+        for part in rest:
+            value = getattr(value, part, None)
+        state[path] = id(value)
+    return state
+
+
+@pytest.fixture
+def no_patch_left_in_place() -> Any:
+    """After each test (and its monkeypatch undone), the watched modules and the environment are as before.
+    Set up first and torn down last through ``isolated_test``, which asks for it before ``monkeypatch``."""
+    before = module_state()
+    yield
+    after = module_state()
+    changed = sorted(k for k in before if k in after and before[k] != after[k])
+    if "os.environ" in changed:
+        env_a, env_b = before["os.environ"], after["os.environ"]
+        changed += [f"${k}" for k in sorted(env_a.keys() | env_b.keys()) if env_a.get(k) != env_b.get(k)]
+    assert not changed, f"the test left process-wide changes in place: {changed[:10]}"
+
+
 @pytest.fixture(autouse=True)
-def isolated_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+def isolated_test(no_patch_left_in_place: None, tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> Any:
     """Each test starts in an empty working folder without $CIFARLAB_DATA_DIR, and must leave the folder empty."""
     monkeypatch.delenv(DATA_ENV, raising=False)
     cwd = tmp_path_factory.mktemp("cwd")
@@ -259,7 +301,7 @@ class SmallConfig:
 
 @pytest.fixture(scope="session")
 def small_config(fake_cifar: Path) -> SmallConfig:
-    """``small_config(out=DIR, **overrides)`` -> TrainConfig; ``small_config.write(PATH, **overrides)`` -> config file."""
+    """``small_config(out=DIR, **overrides)``: a TrainConfig; ``small_config.write(PATH, **overrides)``: its file."""
     return SmallConfig(fake_cifar)
 
 
@@ -386,18 +428,26 @@ def cli_error(capsys: pytest.CaptureFixture) -> Callable[..., str]:
     return refuse
 
 
+def engine_module(name: str) -> Any:
+    """The engine module that defines ``name``."""
+    for module_name in ENGINE_MODULES:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            return module
+    raise AssertionError(f"{name} is in none of {ENGINE_MODULES}: update conftest.ENGINE_MODULES")
+
+
 @pytest.fixture(scope="session")
 def engine() -> Callable[[str], Any]:
-    """``engine(name)``: an internal of the training engine (``pick_device``, ``make_optimizer``...). The suite
-    reaches engine internals only through here; when they move, only ``ENGINE_MODULES`` changes."""
-    def find(name: str) -> Any:
-        for module_name in ENGINE_MODULES:
-            module = importlib.import_module(module_name)
-            if hasattr(module, name):
-                return getattr(module, name)
-        raise AssertionError(f"{name} is in none of {ENGINE_MODULES}: update conftest.ENGINE_MODULES")
+    """``engine(name)``: an internal of the training engine (``pick_device``, ``make_optimizer``, ``Probe``...).
+    The suite reaches engine internals only through here; when they move, only ``ENGINE_MODULES`` changes."""
+    return lambda name: getattr(engine_module(name), name)
 
-    return find
+
+@pytest.fixture
+def engine_patch(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Any], None]:
+    """``engine_patch(name, value)``: replace an engine internal where it is defined, for this test only."""
+    return lambda name, value: monkeypatch.setattr(engine_module(name), name, value)
 
 
 @pytest.fixture

@@ -175,7 +175,8 @@ def test_confused_pairs_are_ordered_by_count_then_class_order():
 def test_cli_train_writes_the_analysis_unless_told_not_to(small_config, fake_cifar, tmp_path):
     """README: the analysis is written at the end of every `cifarlab train`, unless `--no-analysis`."""
     config = small_config.write(tmp_path / "config.json", epochs=1, limit_train=100)
-    common = ["train", "--config", str(config), "--out", str(tmp_path), "--data-dir", str(fake_cifar), "--device", "cpu"]
+    common = ["train", "--config", str(config), "--out", str(tmp_path), "--data-dir", str(fake_cifar),
+              "--device", "cpu"]
     assert main([*common, "--name", "with"]) == 0
     assert main([*common, "--name", "without", "--no-analysis"]) == 0
     summary = json.loads((tmp_path / "with" / "analysis" / "summary.json").read_text())
