@@ -128,6 +128,7 @@ def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, child, fake_ci
     assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     output = log.read_text()
     assert "Traceback" not in output
+    assert "\nepoch   1/3  train loss" in output and "\r" not in output  # a log file gets plain lines, no bar
     assert (f"cifarlab: error: interrupted in epoch 2: {run}/last.pt holds epoch 1, the last completed one. "
             f"Resume with: cifarlab train --resume {run}") in output
     assert load_checkpoint(run, "last.pt")["epoch"] == 1

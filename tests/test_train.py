@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
-from cifarlab.config import TrainConfig, make_config, parse_overrides
+from cifarlab.config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.data import CLASSES, load_cifar10
 from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model
+from cifarlab.progress import progress
 from cifarlab.runfiles import METRICS_COLUMNS, read_metrics_csv
 from cifarlab.train import train
 
@@ -62,10 +63,15 @@ def test_a_run_writes_every_file(tiny_run):
     for r in rows:
         for key in ("train_top1", "val_top1", "val_top3"):
             assert 0 <= r[key] <= 1
-    summary = read(tiny_run, "run.json")
-    assert summary["best_val_top1"] == max(r["val_top1"] for r in rows)
+    summary, tested = read(tiny_run, "run.json"), read(tiny_run, "test_metrics.json")
+    best = max(rows, key=lambda r: r["val_top1"])
+    assert (summary["best_val_top1"], summary["best_epoch"]) == (best["val_top1"], best["epoch"])
+    assert summary["train_val_gap"] == best["train_top1"] - best["val_top1"]
+    assert (summary["test_top1"], summary["test_top3"]) == (tested["top1"], tested["top3"])
+    assert all(0 <= summary[k] <= 1 for k in ("best_val_top1", "test_top1", "test_top3"))  # fractions
+    assert summary["images_per_second"] == np.median([r["images_per_second"] for r in rows])
     assert summary["params"] == sum(p.numel() for p in build_model("mycnn").parameters())
-    assert summary["macs"] > 0 and summary["train_seconds"] > 0
+    assert summary["macs"] > 0 and summary["train_seconds"] > 0 and summary["torch"] == torch.__version__
     split = read(tiny_run, "split.json")
     assert len(split["val"]) == 100 and not set(split["train"]) & set(split["val"])
     assert len(split["train"]) + len(split["val"]) == 1000
@@ -73,7 +79,7 @@ def test_a_run_writes_every_file(tiny_run):
 
 def test_checkpoint_holds_everything_to_resume(tiny_run):
     state = load_checkpoint(tiny_run / "last.pt")
-    for key in ("model", "optimizer", "scheduler", "epoch", "config", "mean", "std", "classes", "rng"):
+    for key in ("model", "optimizer", "scheduler", "epoch", "config", "mean", "std", "classes", "rng", "history"):
         assert key in state
     assert state["epoch"] == 2 and state["classes"] == list(CLASSES)
     norm = read(tiny_run, "normalization.json")
@@ -252,6 +258,24 @@ def test_other_seed_other_split_and_a_balanced_slice_normalised_on_its_own(small
     assert not set(split["train"]) & set(split["val"])
     train = data.train_images.numpy()[split["train"]].astype(np.float64) / 255
     np.testing.assert_allclose(read(run, "normalization.json")["mean"], train.mean(axis=(0, 2, 3)), rtol=1e-10)
+
+
+def test_recipes_lists_every_recipe(capsys):
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(RECIPES)
+    for line, name in zip(lines, RECIPES):
+        assert RECIPE_HELP[name] in line
+
+
+def test_progress_is_a_few_plain_lines_in_a_log_and_a_bar_in_a_terminal(capsys, monkeypatch):
+    """README: progress is a tqdm bar in a terminal and a few plain lines in a log file or CI."""
+    assert list(progress(range(80), 80, "epoch 1/2")) == list(range(80))
+    assert capsys.readouterr().out.splitlines() == [f"  epoch 1/2: {i}/80 batches" for i in (20, 40, 60)]
+    monkeypatch.setattr("cifarlab.progress.is_terminal", lambda: True)
+    assert list(progress(range(80), 80, "epoch 1/2")) == list(range(80))
+    captured = capsys.readouterr()
+    assert captured.out == "" and "\repoch 1/2:   0%|" in captured.err  # a bar, redrawn in place
 
 
 def test_run_files_get_ordinary_permissions(tiny_run):
