@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.cli import main
 from cifarlab.errors import CheckpointError
 
 
@@ -32,11 +31,6 @@ def malicious(tiny_run, tmp_path) -> tuple[Path, Path]:
     path = tmp_path / "evil.pt"
     torch.save(state, path)
     return path, marker
-
-
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err
 
 
 def test_the_payload_is_real_when_loaded_unsafely(malicious, child):
@@ -63,7 +57,7 @@ def test_the_cli_refuses_it_in_one_line_with_exit_code_1(malicious, fake_cifar, 
     assert not marker.exists()
 
 
-def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, fake_cifar, tmp_path, capsys):
+def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, fake_cifar, tmp_path, cli_error):
     from PIL import Image
 
     path, marker = malicious
@@ -78,8 +72,7 @@ def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, f
                  ["export", str(path), "--out", str(tmp_path / "m.pt"), *data],
                  ["evaluate", str(run), "--out", str(tmp_path / "eval"), *data],
                  ["train", "--resume", str(run), "--no-analysis", *data]):
-        code, err = cli_error(capsys, *args)
-        assert code == 1 and "refused to load" in err and "Traceback" not in err, args
+        assert "refused to load" in cli_error(*args, code=1), args
     assert not marker.exists()
 
 
@@ -149,12 +142,10 @@ def test_bad_files_give_a_clear_error(make, message, tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("make, message", BAD_FILES.items(), ids=[f.__name__ for f in BAD_FILES])
-def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, fake_cifar, tmp_path, capsys):
+def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, fake_cifar, tmp_path, cli_error):
     path = make(tiny_run, tmp_path)
-    code, err = cli_error(capsys, "evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path / "e"))
-    assert code == 1
-    assert err.startswith("cifarlab: error: ") and message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert message in cli_error("evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path / "e"),
+                                code=1)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -162,11 +153,9 @@ def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, fake_ci
     (["predict", "--checkpoint", "no/such/run", "x.png"], "no such run folder or checkpoint"),
     (["export", "no/such/run", "--out", "m.onnx"], "no such run folder or checkpoint"),
 ])
-def test_missing_checkpoints_are_usage_errors(args, message, capsys):
-    code, err = cli_error(capsys, *args)
-    assert code == 2 and message in err and "Traceback" not in err
+def test_missing_checkpoints_are_usage_errors(args, message, cli_error):
+    assert message in cli_error(*args, code=2)
 
 
-def test_an_empty_run_folder_says_what_is_missing(tmp_path, capsys):
-    code, err = cli_error(capsys, "evaluate", str(tmp_path))
-    assert code == 2 and "no checkpoint (best.pt or last.pt)" in err
+def test_an_empty_run_folder_says_what_is_missing(tmp_path, cli_error):
+    assert "no checkpoint (best.pt or last.pt)" in cli_error("evaluate", str(tmp_path), code=2)
