@@ -232,6 +232,7 @@ def headless(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedPr
 
 
 @pytest.mark.required_in_ci
+@pytest.mark.subprocess
 def test_report_renders_in_headless_chromium(page, tmp_path):
     browser = find_browser()
     probed = tmp_path / "probed.html"
