@@ -23,8 +23,9 @@ demo: install
 study: install
 	$(BIN)/cifarlab study
 
+# PYTEST_ARGS passes options on, e.g. make test PYTEST_ARGS="-m 'not slow'" (markers: see docs/testing.md)
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

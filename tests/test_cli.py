@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from cifarlab.cli import main
-
-
-def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -27,37 +20,40 @@ def run_cli(*args: str, env: dict | None = None, cwd=None) -> subprocess.Complet
     (["train", "--resume", "no/such/run"], "cannot resume"),
     (["train", "--config", "no/such/config.json"], "config file not found"),
 ])
-def test_bad_arguments_exit_2_with_a_clear_message(args, message, capsys, fake_cifar):
+def test_bad_arguments_exit_2_with_a_clear_message(args, message, capsys, fake_cifar, tmp_path):
     with pytest.raises(SystemExit) as info:
-        code = main(args + ["--data-dir", str(fake_cifar)] if args[0] == "train" else args)
+        code = main(args + ["--data-dir", str(fake_cifar), "--out", str(tmp_path)])
         raise SystemExit(code)
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
-def test_missing_data_is_a_short_clear_error(tmp_path):
+def test_missing_data_is_a_short_clear_error(tmp_path, child):
     env = {"PATH": "/usr/bin:/bin", "CIFARLAB_DATA_DIR": str(tmp_path / "nothing-here"), "HOME": str(tmp_path)}
     # an unroutable proxy makes the download fail at once, as offline
     env.update({"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
-    result = run_cli("train", "--epochs", "1", "--out", str(tmp_path / "runs"), env=env)
+    result = child.cli("train", "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu", env=env,
+                       expect=None)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "nothing-here" in result.stderr and "--data-dir" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 4
 
 
-def test_corrupt_data_is_a_short_clear_error(tmp_path, fake_cifar):
+def test_corrupt_data_is_a_short_clear_error(tmp_path, fake_cifar, child):
     root = tmp_path / "data"
     shutil.copytree(fake_cifar, root)
     (root / "cifar-10-batches-py" / "data_batch_5").write_bytes(b"\x80\x02garbage")
-    result = run_cli("train", "--epochs", "1", "--data-dir", str(root), "--out", str(tmp_path / "runs"))
+    result = child.cli("train", "--epochs", "1", "--data-dir", str(root), "--out", str(tmp_path / "runs"), "--device",
+                       "cpu", expect=None)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "data_batch_5 is truncated or corrupt" in result.stderr
 
 
-def test_an_existing_run_is_never_overwritten(tiny_run, fake_cifar, capsys):
-    code = main(["train", "--data-dir", str(fake_cifar), "--out", str(tiny_run.parent), "--name", tiny_run.name])
+def test_an_existing_run_is_never_overwritten(tiny_run, fake_cifar, capsys, tmp_path):
+    shutil.copytree(tiny_run, tmp_path / "tiny")
+    code = main(["train", "--data-dir", str(fake_cifar), "--out", str(tmp_path), "--name", "tiny"])
     assert code == 2 and "already exists" in capsys.readouterr().err
 
 
@@ -70,8 +66,8 @@ def test_models_lists_every_model(capsys):
         assert name in out
 
 
-def test_console_script_and_module_agree():
-    result = run_cli("--help")
+def test_console_script_and_module_agree(child):
+    result = child.cli("--help")
     assert result.returncode == 0 and "train" in result.stdout and "study" in result.stdout
 
 

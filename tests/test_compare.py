@@ -12,7 +12,6 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.compare import build_comparison, group_key
-from test_analysis import crafted_run
 
 
 def accuracy(run: Path) -> float:
@@ -21,20 +20,20 @@ def accuracy(run: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_run, tmp_path_factory) -> dict[str, Path]:
+def runs(crafted_run, tmp_path_factory) -> dict[str, Path]:
     """Three seeds of one mycnn setup, a resnet18 run that is always right, and a mycnn run with another lr."""
     root = tmp_path_factory.mktemp("compare")
     made = {}
     for seed, seconds, val in [(0, 10.0, 0.5), (1, 20.0, 0.6), (2, 30.0, 0.7)]:
-        made[f"a{seed}"] = crafted_run(tiny_run, root / f"mycnn-s{seed}", seed=seed, config={"seed": seed},
+        made[f"a{seed}"] = crafted_run(root / f"mycnn-s{seed}", seed=seed, config={"seed": seed},
                                        info={"seed": seed, "train_seconds": seconds, "best_val_top1": val})
-    b = crafted_run(tiny_run, root / "resnet", seed=5, config={"model": "resnet18"},
+    b = crafted_run(root / "resnet", seed=5, config={"model": "resnet18"},
                     info={"model": "resnet18", "params": 11_181_642, "train_seconds": 99.0})
     with np.load(b / "test_predictions.npz") as f:
         y, index = f["y_true"], f["index"]
     np.savez_compressed(b / "test_predictions.npz", y_true=y, probs=np.eye(10, dtype=np.float32)[y], index=index)
     made["b"] = b
-    made["c"] = crafted_run(tiny_run, root / "mycnn-lr", seed=9, config={"lr": 0.01})
+    made["c"] = crafted_run(root / "mycnn-lr", seed=9, config={"lr": 0.01})
     return made
 
 
@@ -97,12 +96,10 @@ def test_cli_compare_prints_markdown_and_writes_csv_and_figures(runs, tmp_path, 
     assert (out / "disagreements.csv").read_text().startswith("class,spread,")
 
 
-def test_cli_compare_errors_are_one_line_exit_2(runs, tmp_path, capsys):
+def test_cli_compare_errors_are_one_line_exit_2(runs, tmp_path, cli_error):
     (tmp_path / "unfinished").mkdir()
-    assert main(["compare", str(tmp_path / "unfinished")]) == 2
-    assert "not a finished cifarlab run" in capsys.readouterr().err
-    assert main(["compare", str(runs["a0"]), str(runs["a0"])]) == 2
-    err = capsys.readouterr().err
-    assert "given twice" in err and err.count("\n") == 1
-    assert main(["compare", str(tmp_path / "nope")]) == 2
-    assert "no such run folder" in capsys.readouterr().err
+    out = ["--out", str(tmp_path / "cmp")]
+    assert "not a finished cifarlab run" in cli_error("compare", str(tmp_path / "unfinished"), *out)
+    assert "given twice" in cli_error("compare", str(runs["a0"]), str(runs["a0"]), *out)
+    assert "no such run folder" in cli_error("compare", str(tmp_path / "nope"), *out)
+    assert not (tmp_path / "cmp").exists()

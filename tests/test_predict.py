@@ -154,3 +154,28 @@ def test_a_bad_top_k_is_a_usage_error(tiny_run, photos, k, capsys):
     with pytest.raises(SystemExit) as info:
         raise SystemExit(main(["predict", "--checkpoint", str(tiny_run), str(folder), "--top-k", k]))
     assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_predict_applies_the_runs_test_time_augmentation(tiny_run, tmp_path, level):
+    """README: predict scores an image as the run's own test did, with its TTA level (0, mirror, or shifts too)."""
+    from cifarlab.fast import tta_logits
+
+    state = torch.load(tiny_run / "best.pt", weights_only=True)
+    state["config"]["tta"] = level
+    torch.save(state, tmp_path / "tta.pt")
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # asymmetric: mirroring matters
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "tta.pt")).eval()
+    x = normalize(torch.from_numpy(noise).permute(2, 0, 1)[None], torch.tensor(state["mean"]),
+                  torch.tensor(state["std"]))
+    with torch.no_grad():
+        plain = model(x).softmax(1)[0]
+        expected = {0: plain, 1: (0.5 * (model(x) + model(x.flip(3)))).softmax(1)[0],
+                    2: tta_logits(model, x, 2).softmax(1)[0]}[level]
+    (result,) = predict_files(tmp_path / "tta.pt", [tmp_path / "noise.png"], top_k=10)
+    got = dict(result.top)
+    for j, name in enumerate(state["classes"]):
+        assert got[name] == pytest.approx(float(expected[j]), abs=1e-6)
+    if level:
+        assert (expected - plain).abs().max() > 1e-4  # the augmented views did change the answer

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import shutil
 import struct
@@ -17,19 +18,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import plots
+from cifarlab import analysis, plots
 from cifarlab.cli import main
 from cifarlab.report import SECTIONS, data_uri, esc, png_with_padding, report
-from test_analysis import crafted_run
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_run, tmp_path_factory) -> list[Path]:
+def two_runs(crafted_run, tmp_path_factory) -> list[Path]:
+    """Two crafted runs; the ``page`` fixture writes their analyses. Tests that write into a run copy it first."""
     root = tmp_path_factory.mktemp("report")
-    return [crafted_run(tiny_run, root / "mycnn", seed=0),
-            crafted_run(tiny_run, root / "resnet18", seed=1, config={"model": "resnet18"},
+    return [crafted_run(root / "mycnn", seed=0),
+            crafted_run(root / "resnet18", seed=1, config={"model": "resnet18"},
                         info={"model": "resnet18", "params": 11_181_642})]
 
 
@@ -81,10 +82,32 @@ def test_markdown_summary_links_existing_figures(page):
     assert "http" not in md.lower()
 
 
-def test_single_run_report_goes_into_the_run(two_runs, fake_cifar):
-    path = report([two_runs[0]], data_dir=str(fake_cifar))
-    assert path == two_runs[0] / "report.html" and (two_runs[0] / "report.md").is_file()
+def test_single_run_report_goes_into_the_run(two_runs, page, fake_cifar, tmp_path):
+    run = Path(shutil.copytree(two_runs[0], tmp_path / "mycnn"))
+    path = report([run], data_dir=str(fake_cifar))
+    assert path == run / "report.html" and (run / "report.md").is_file()
     assert 'id="gradcam"' in path.read_text()
+
+
+def test_report_redoes_an_analysis_older_than_the_predictions(crafted_run, fake_cifar, tmp_path):
+    """README: `report` re-runs the analysis when it is older than the predictions (and reuses a current one)."""
+    run = crafted_run(tmp_path / "run")
+    analysis.analyze(run, data_dir=str(fake_cifar), images=False)
+    summary = run / "analysis" / "summary.json"
+    first = summary.read_bytes()
+    assert json.loads(first)["top1"] < 1
+    report([run], tmp_path / "current.html", data_dir=str(fake_cifar))
+    assert summary.read_bytes() == first  # current: reused as it is
+
+    with np.load(run / "test_predictions.npz") as f:
+        y, index = f["y_true"], f["index"]
+    np.savez_compressed(run / "test_predictions.npz", y_true=y, probs=np.eye(10, dtype=np.float32)[y], index=index)
+    later = summary.stat().st_mtime + 10
+    os.utime(run / "test_predictions.npz", (later, later))  # newer, even on a file system with coarse times
+    report([run], tmp_path / "newer.html", data_dir=str(fake_cifar))
+    again = json.loads(summary.read_text())
+    assert again["top1"] == 1.0 and again["misclassified"] == 0
+    assert "100.00%" in html.unescape((tmp_path / "newer.html").read_text())
 
 
 def png_spelling_http() -> bytes:
@@ -129,25 +152,41 @@ def test_escaped_text_keeps_its_meaning_without_the_word():
     assert "http" not in esc(text).lower() and html.unescape(esc(text)) == text
 
 
-def test_cli_report_errors_exit_2(tmp_path, two_runs, capsys):
-    assert main(["report", str(tmp_path / "missing")]) == 2
-    assert "no such run folder" in capsys.readouterr().err
-    assert main(["report", str(two_runs[0]), "--out", str(tmp_path / "report.txt")]) == 2
-    err = capsys.readouterr().err
-    assert ".html" in err and err.count("\n") == 1
+def test_cli_report_errors_exit_2(tmp_path, two_runs, cli_error, fake_cifar):
+    data = ["--data-dir", str(fake_cifar)]
+    assert "no such run folder" in cli_error("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html"),
+                                             *data)
+    assert ".html" in cli_error("report", str(two_runs[0]), "--out", str(tmp_path / "report.txt"), *data)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_study_ends_with_comparison_and_report(two_runs, page, tmp_path, monkeypatch):
-    """The study's own training is replaced by copies of analysed runs: what is tested is how it ends."""
+def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(two_runs, page, fake_cifar, tmp_path,
+                                                                             monkeypatch):
+    """`cifarlab study --quick`: both models get one config (seed, split, recipe) but the model, and one loaded
+    data set; --quick is a 5,000-image slice (class-balanced: see test_train) for 3 epochs. Training itself is
+    replaced by copies of analysed runs; what is tested is what the study asks for and how it ends."""
     import cifarlab.study as study_module
 
-    def fake_train(config, data=None):
+    calls = []
+
+    def fake_train(config, data=None, **kwargs):
+        calls.append((config, data))
         source = next(r for r in two_runs if r.name == config.model)
         return Path(shutil.copytree(source, Path(config.out) / config.name))
 
     monkeypatch.setattr(study_module, "train", fake_train)
-    monkeypatch.setattr(study_module, "load_cifar10", lambda data_dir: None)
-    folder = study_module.study(quick=True, out=str(tmp_path), name="s")
+    assert main(["study", "--quick", "--out", str(tmp_path), "--name", "s", "--data-dir", str(fake_cifar),
+                 "--device", "cpu"]) == 0
+    folder = tmp_path / "s"
+    (mycnn, data_a), (resnet, data_b) = calls
+    assert (mycnn.model, resnet.model) == ("mycnn", "resnet18")
+    assert data_a is data_b and len(data_a.train_labels) == 1000  # read once, from --data-dir
+    shared = {k: v for k, v in mycnn.to_dict().items() if k not in ("model", "name")}
+    assert shared == {k: v for k, v in resnet.to_dict().items() if k not in ("model", "name")}
+    assert (shared["recipe"], shared["seed"], shared["val_size"]) == ("seed", 0, 5000)  # same split, same recipe
+    assert (shared["limit_train"], shared["epochs"], shared["out"]) == (5000, 3, str(folder))
+    assert (mycnn.name, resnet.name) == ("mycnn", "resnet18")
+
     assert (folder / "report.html").is_file() and (folder / "report.md").is_file()
     assert (folder / "comparison.md").read_text().startswith("| run(s) |")
     assert {"comparison.csv", "per_class_accuracy.png"} <= {p.name for p in (folder / "comparison").iterdir()}
@@ -192,6 +231,8 @@ def headless(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedPr
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.required_in_ci
+@pytest.mark.subprocess
 def test_report_renders_in_headless_chromium(page, tmp_path):
     browser = find_browser()
     probed = tmp_path / "probed.html"

@@ -1,5 +1,8 @@
 """Resume after SIGKILL or Ctrl-C gives the same run as no interruption; NaN, full disks and read-only folders
-stop training with a clear message and leave every earlier file whole."""
+stop training with a clear message and leave every earlier file whole.
+
+The interrupted runs do not race the clock: the child (``HOLD``) stops at a known point, the first training step
+of epoch 2, and says so in a file; only then is it killed or interrupted."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -20,69 +22,72 @@ import pytest
 import torch
 
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.cli import main
-from cifarlab.config import TrainConfig, make_config
 from cifarlab.errors import CifarlabError
 from cifarlab.runfiles import read_metrics_csv
 from cifarlab.train import train
 
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
-EPOCHS = 4
+EPOCHS = 3
+
+HOLD = '''
+"""python hold.py RUN ARGS: `cifarlab ARGS`, held at the first training step after RUN/metrics.csv appears (the
+first batch of epoch 2). There it writes RUN.ready and waits to be killed or interrupted."""
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cifarlab.cli import main
+
+run = Path(sys.argv[1])
+ready = run.with_name(run.name + ".ready")
 
 
-def cli_env() -> dict[str, str]:
-    """One thread per process: fast on a small CPU, and the same arithmetic in every run compared."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def hold(module, inputs):
+    if module.training and not ready.exists() and (run / "metrics.csv").exists():
+        ready.write_text("held in epoch 2")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+        sys.exit("hold.py: nobody stopped the run within 5 minutes")
 
 
-def default_sigint() -> None:
-    """A child started from a shell that ignores SIGINT would inherit that; restore Python's Ctrl-C."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def start(*args: str, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "cifarlab", *args], stdout=out, stderr=subprocess.STDOUT,
-                                env=cli_env(), preexec_fn=default_sigint)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, env=cli_env(),
-                          timeout=600)
-
-
-def wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, log: Path) -> None:
-    """Poll metrics.csv (always whole: it is written atomically) until n epochs are done."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        csv = run / "metrics.csv"
-        if csv.is_file() and len(read_metrics_csv(csv)) >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (code {proc.returncode}) before epoch {n}:\n{log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("no progress within 10 minutes")
-
-
-def write_config(path: Path, fake_cifar: Path, **values) -> Path:
-    settings = dict(model="mycnn", epochs=EPOCHS, batch_size=50, val_size=100, limit_train=100,
-                    data_dir=str(fake_cifar), device="cpu", seed=3)
-    settings.update(values)
-    config = make_config("seed", **settings).to_dict()
-    config["name"] = None
-    path.write_text(json.dumps(config))
-    return path
+torch.nn.modules.module.register_module_forward_pre_hook(hold)
+sys.exit(main(sys.argv[2:]))
+'''
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, fake_cifar) -> tuple[Path, Path]:
+def setup(tmp_path_factory, small_config, fake_cifar, child) -> tuple[Path, Path]:
     """A config file, and the uninterrupted run made from it (the reference for every resumed run)."""
     work = tmp_path_factory.mktemp("resume")
-    config = write_config(work / "config.json", fake_cifar)
-    result = run_cli("train", "--config", str(config), "--out", str(work), "--name", "uninterrupted")
-    assert result.returncode == 0, result.stderr
+    config = small_config.write(work / "config.json", epochs=EPOCHS, limit_train=100, seed=3)
+    child.cli("train", "--config", str(config), "--out", str(work), "--name", "uninterrupted", "--data-dir",
+              str(fake_cifar), "--device", "cpu", "--no-analysis")
     return config, work / "uninterrupted"
+
+
+def held_in_epoch_2(child, config: Path, run: Path, fake_cifar: Path, log: Path) -> subprocess.Popen:
+    """Start ``cifarlab train --config CONFIG`` into ``run`` and return once it is held in epoch 2."""
+    hold = run.parent / "hold.py"
+    hold.write_text(HOLD)
+    proc = child.start(str(hold), str(run), "train", "--config", str(config), "--out", str(run.parent), "--name",
+                       run.name, "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", log=log)
+    ready = run.with_name(run.name + ".ready")
+    deadline = time.monotonic() + 600
+    while not ready.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (code {proc.returncode}) before epoch 2:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the run did not reach epoch 2 within 10 minutes")
+        time.sleep(0.05)
+    return proc
+
+
+def resume(child, run: Path, fake_cifar: Path) -> subprocess.CompletedProcess:
+    return child.cli("train", "--resume", str(run), "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis")
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -98,62 +103,51 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_run(setup, fake_cifar, tmp_path):
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_run(setup, child, fake_cifar, tmp_path):
     config, reference = setup
     run, log = tmp_path / "killed", tmp_path / "log.txt"
-    proc = start("train", "--config", str(config), "--out", str(tmp_path), "--name", "killed", log=log)
-    wait_for_epochs(run, 1, proc, log)
+    proc = held_in_epoch_2(child, config, run, fake_cifar, log)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    if proc.returncode != -signal.SIGKILL:
-        pytest.fail(f"the run finished before it could be killed:\n{log.read_text()[-2000:]}")
-    done = load_checkpoint(run, "last.pt")["epoch"]
-    assert 1 <= done < EPOCHS  # killed mid-training
-    assert not (run / "run.json").exists()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert load_checkpoint(run, "last.pt")["epoch"] == 1  # killed mid-training, in epoch 2
+    assert len(read_metrics_csv(run / "metrics.csv")) == 1 and not (run / "run.json").exists()
 
-    result = run_cli("train", "--resume", str(run), "--data-dir", str(fake_cifar))
-    assert result.returncode == 0, result.stderr
-    assert f"resuming {run} after epoch {done}" in result.stdout
+    result = resume(child, run, fake_cifar)
+    assert f"resuming {run} after epoch 1" in result.stdout
     assert_same_run(reference, run)
 
 
-def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, fake_cifar, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, child, fake_cifar, tmp_path):
+    """README: Ctrl-C stops with `interrupted in epoch E: RUN/last.pt holds epoch E-1 ... Resume with: ...` (130)."""
     config, reference = setup
     run, log = tmp_path / "stopped", tmp_path / "log.txt"
-    proc = start("train", "--config", str(config), "--out", str(tmp_path), "--name", "stopped", log=log)
-    wait_for_epochs(run, 1, proc, log)
+    proc = held_in_epoch_2(child, config, run, fake_cifar, log)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, log.read_text()[-2000:]
+    assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     output = log.read_text()
     assert "Traceback" not in output
-    assert f"Resume with: cifarlab train --resume {run}" in output
-    held = load_checkpoint(run, "last.pt")["epoch"]
-    assert f"last.pt holds epoch {held}" in output and held >= 1
+    assert "\nepoch   1/3  train loss" in output and "\r" not in output  # a log file gets plain lines, no bar
+    assert (f"cifarlab: error: interrupted in epoch 2: {run}/last.pt holds epoch 1, the last completed one. "
+            f"Resume with: cifarlab train --resume {run}") in output
+    assert load_checkpoint(run, "last.pt")["epoch"] == 1
 
-    result = run_cli("train", "--resume", str(run), "--data-dir", str(fake_cifar))
-    assert result.returncode == 0, result.stderr
+    resume(child, run, fake_cifar)
     assert_same_run(reference, run)
 
 
-def test_resume_refuses_flags_that_would_change_the_run(setup, capsys):
+def test_resume_refuses_flags_that_would_change_the_run(setup, cli_error, fake_cifar):
     _, reference = setup
-    assert main(["train", "--resume", str(reference), "--epochs", "9", "--lr", "0.1"]) == 2
-    err = capsys.readouterr().err
-    assert "--epochs, --lr" in err and "Traceback" not in err
-
-
-def small_config(fake_cifar: Path, out: Path, **values) -> TrainConfig:
-    settings = dict(model="mycnn", epochs=2, batch_size=50, val_size=100, limit_train=100, data_dir=str(fake_cifar),
-                    out=str(out), name="run", device="cpu")
-    settings.update(values)
-    return make_config("seed", **settings)
+    err = cli_error("train", "--resume", str(reference), "--epochs", "9", "--lr", "0.1", "--data-dir", str(fake_cifar))
+    assert "--epochs, --lr" in err
 
 
 def snapshot(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(fake_cifar, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(small_config, tmp_path, monkeypatch):
     run = tmp_path / "run"
     real = torch.nn.functional.cross_entropy
     before: dict[str, str] = {}
@@ -167,17 +161,16 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
     with pytest.raises(CifarlabError, match=r"loss became nan at epoch 2, batch 1.*last\.pt \(epoch 1\)"):
-        train(small_config(fake_cifar, tmp_path))
+        train(small_config(out=tmp_path, limit_train=100))
     assert before and snapshot(run) == before
     assert load_checkpoint(run, "last.pt")["epoch"] == 1
 
 
-def test_a_huge_learning_rate_gives_a_clear_error_not_a_traceback(fake_cifar, tmp_path, capsys):
-    config = write_config(tmp_path / "config.json", fake_cifar, limit_train=100, epochs=1)
-    code = main(["train", "--config", str(config), "--out", str(tmp_path), "--name", "nan", "--lr", "1e30"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "training stopped: the loss became" in err and "try a lower --lr" in err and "Traceback" not in err
+def test_a_huge_learning_rate_gives_a_clear_error_not_a_traceback(small_config, fake_cifar, tmp_path, cli_error):
+    config = small_config.write(tmp_path / "config.json", limit_train=100, epochs=1)
+    err = cli_error("train", "--config", str(config), "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
+                    "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", code=1)
+    assert "training stopped: the loss became" in err and "try a lower --lr" in err
     assert load_checkpoint(tmp_path / "nan", "last.pt")["epoch"] == 0
 
 
@@ -193,20 +186,17 @@ def full_disk_after(trigger: Path):
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill the disk for real")
-def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(fake_cifar, tmp_path, monkeypatch):
+def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(small_config, tmp_path, monkeypatch):
     run = tmp_path / "run"
     before: dict[str, str] = {}
-    real_train_one_epoch = sys.modules["cifarlab.train"].train_one_epoch
 
-    def spy(*args, **kwargs):
-        if (run / "metrics.csv").exists() and not before:
+    def after_epoch(epoch, model):
+        if epoch == 1:
             before.update(snapshot(run))  # everything as it stood after epoch 1
-        return real_train_one_epoch(*args, **kwargs)
 
-    monkeypatch.setattr("cifarlab.train.train_one_epoch", spy)
     monkeypatch.setattr("cifarlab.runfiles.tempfile", full_disk_after(run / "metrics.csv"))
     with pytest.raises(CifarlabError) as info:
-        train(small_config(fake_cifar, tmp_path))
+        train(small_config(out=tmp_path, limit_train=100), on_epoch=after_epoch)
     message = str(info.value)
     assert "No space left on device" in message and f"cifarlab train --resume {run}" in message
     assert before and snapshot(run) == before  # same files, same bytes: nothing half-written, no temp files left
@@ -214,7 +204,7 @@ def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(fake_c
 
 
 def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, fake_cifar, tmp_path, monkeypatch,
-                                                                  capsys):
+                                                                  cli_error):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = snapshot(run)
@@ -223,9 +213,9 @@ def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, fake
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr("cifarlab.runfiles.tempfile", types.SimpleNamespace(mkstemp=refuse))
-    assert main(["train", "--resume", str(run), "--data-dir", str(fake_cifar)]) == 1
-    err = capsys.readouterr().err
-    assert f"run folder {run} is not writable: Permission denied" in err and "Traceback" not in err
+    err = cli_error("train", "--resume", str(run), "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis",
+                    code=1)
+    assert f"run folder {run} is not writable: Permission denied" in err
     assert snapshot(run) == before
 
 
@@ -245,19 +235,19 @@ def make_writable(folder: Path) -> None:
     folder.chmod(0o755)
 
 
-def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, fake_cifar, tmp_path, capsys):
+def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, fake_cifar, tmp_path, cli_error):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = snapshot(run)
     try:
         if not make_read_only(run):
             pytest.skip("cannot make a folder read-only here (root without chattr)")
-        assert main(["train", "--resume", str(run), "--data-dir", str(fake_cifar)]) == 1
-        err = capsys.readouterr().err
-        assert f"run folder {run} is not writable" in err and "Traceback" not in err
+        flags = ["--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis"]
+        assert f"run folder {run} is not writable" in cli_error("train", "--resume", str(run), *flags, code=1)
         out = run / "sub"
-        assert main(["train", "--config", str(tiny_run / "config.json"), "--out", str(out)]) == 1
-        assert f"cannot create run folder {out}" in capsys.readouterr().err
+        err = cli_error("train", "--config", str(tiny_run / "config.json"), "--out", str(out), "--data-dir", str(fake_cifar),
+                        *flags, code=1)
+        assert f"cannot create run folder {out}" in err
     finally:
         make_writable(run)
     assert snapshot(run) == before

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.cli import main
 from cifarlab.errors import CheckpointError
 
 
@@ -36,16 +33,10 @@ def malicious(tiny_run, tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
-def cli_error(capsys, *args: str) -> tuple[int, str]:
-    code = main(list(args))
-    return code, capsys.readouterr().err
-
-
-def test_the_payload_is_real_when_loaded_unsafely(malicious, tmp_path):
+def test_the_payload_is_real_when_loaded_unsafely(malicious, child):
     """Guards the tests below: without weights_only=True this file does run its command."""
     path, marker = malicious
-    code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    child.run("-c", f"import torch; torch.load({str(path)!r}, weights_only=False)")
     assert marker.exists()
 
 
@@ -58,17 +49,15 @@ def test_a_checkpoint_that_runs_code_is_refused_and_never_runs(malicious):
     assert not marker.exists()
 
 
-def test_the_cli_refuses_it_in_one_line_with_exit_code_1(malicious):
+def test_the_cli_refuses_it_in_one_line_with_exit_code_1(malicious, fake_cifar, tmp_path, child):
     path, marker = malicious
-    result = subprocess.run([sys.executable, "-m", "cifarlab", "evaluate", str(path)], capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 1
+    result = child.cli("evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path), expect=1)
     assert result.stderr.startswith("cifarlab: error: refused to load") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not marker.exists()
 
 
-def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, tmp_path, capsys):
+def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, fake_cifar, tmp_path, cli_error):
     from PIL import Image
 
     path, marker = malicious
@@ -78,12 +67,12 @@ def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, t
     run.mkdir()
     (run / "config.json").write_text((tiny_run / "config.json").read_text())
     (run / "last.pt").write_bytes(path.read_bytes())
+    data = ["--data-dir", str(fake_cifar)]
     for args in (["predict", "--checkpoint", str(path), str(image)],
-                 ["export", str(path), "--out", str(tmp_path / "m.pt")],
-                 ["evaluate", str(run)],
-                 ["train", "--resume", str(run)]):
-        code, err = cli_error(capsys, *args)
-        assert code == 1 and "refused to load" in err and "Traceback" not in err, args
+                 ["export", str(path), "--out", str(tmp_path / "m.pt"), *data],
+                 ["evaluate", str(run), "--out", str(tmp_path / "eval"), *data],
+                 ["train", "--resume", str(run), "--no-analysis", *data]):
+        assert "refused to load" in cli_error(*args, code=1), args
     assert not marker.exists()
 
 
@@ -153,12 +142,10 @@ def test_bad_files_give_a_clear_error(make, message, tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("make, message", BAD_FILES.items(), ids=[f.__name__ for f in BAD_FILES])
-def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, tmp_path, capsys):
+def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, fake_cifar, tmp_path, cli_error):
     path = make(tiny_run, tmp_path)
-    code, err = cli_error(capsys, "evaluate", str(path))
-    assert code == 1
-    assert err.startswith("cifarlab: error: ") and message in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert message in cli_error("evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path / "e"),
+                                code=1)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -166,11 +153,9 @@ def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, tmp_pat
     (["predict", "--checkpoint", "no/such/run", "x.png"], "no such run folder or checkpoint"),
     (["export", "no/such/run", "--out", "m.onnx"], "no such run folder or checkpoint"),
 ])
-def test_missing_checkpoints_are_usage_errors(args, message, capsys):
-    code, err = cli_error(capsys, *args)
-    assert code == 2 and message in err and "Traceback" not in err
+def test_missing_checkpoints_are_usage_errors(args, message, cli_error):
+    assert message in cli_error(*args, code=2)
 
 
-def test_an_empty_run_folder_says_what_is_missing(tmp_path, capsys):
-    code, err = cli_error(capsys, "evaluate", str(tmp_path))
-    assert code == 2 and "no checkpoint (best.pt or last.pt)" in err
+def test_an_empty_run_folder_says_what_is_missing(tmp_path, cli_error):
+    assert "no checkpoint (best.pt or last.pt)" in cli_error("evaluate", str(tmp_path), code=2)
