@@ -13,12 +13,13 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.config import make_config
+from cifarlab.device import place_model
 from cifarlab.fast import model_kwargs
 from cifarlab.models import build_model, count_macs
-from cifarlab.train import make_optimizer
+from cifarlab.optim import make_optimizer
+from cifarlab.train import train_step
 
 
 def main() -> None:
@@ -34,19 +35,13 @@ def main() -> None:
     print("| width | MACs/image | train images per CPU-s | eval images per CPU-s |")
     print("| ---: | ---: | ---: | ---: |")
     for width in (int(w) for w in args.widths.split(",")):
-        model = build_model("fastcnn", **model_kwargs(config, width)).to(memory_format=torch.channels_last)
+        model = place_model(build_model("fastcnn", **model_kwargs(config, width)), torch.device("cpu"))
         optimizer = make_optimizer(model, config)
 
-        def step() -> None:
-            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        step()
+        train_step(model, optimizer, x, y, config.label_smoothing)  # warm-up
         c0 = time.process_time()
         for _ in range(3):
-            step()
+            train_step(model, optimizer, x, y, config.label_smoothing)
         train_rate = 3 * args.batch_size / (time.process_time() - c0)
         model.eval()
         with torch.no_grad():

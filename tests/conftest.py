@@ -14,6 +14,10 @@ from cifarlab.data import CLASSES
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than about 10 s (starts processes or trains for real)")
+
+
 REAL_DATA = Path(os.environ.get("CIFARLAB_DATA_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 
 
@@ -62,12 +66,16 @@ def real_cifar() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, fake_cifar) -> Path:
     """A finished 2-epoch mycnn run on the generated data (every run file written). Do not modify it."""
+    from cifarlab.analysis import analyze_after_training
     from cifarlab.config import make_config
+    from cifarlab.data import load_cifar10
     from cifarlab.train import train
 
     config = make_config("seed", model="mycnn", epochs=2, batch_size=50, val_size=100, data_dir=str(fake_cifar),
                          out=str(tmp_path_factory.mktemp("runs")), name="tiny", device="cpu")
-    return train(config)
+    run = train(config)
+    analyze_after_training(run, load_cifar10(fake_cifar))  # as `cifarlab train` does after training
+    return run
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model
 from cifarlab.runfiles import METRICS_COLUMNS, read_metrics_csv
-from cifarlab.train import make_optimizer, train
+from cifarlab.optim import make_optimizer
+from cifarlab.train import train
 
 RUN_FILES = ["config.json", "split.json", "normalization.json", "metrics.csv", "best.pt", "last.pt", "run.json",
              "test_metrics.json", "test_predictions.npz"]

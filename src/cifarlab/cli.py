@@ -51,27 +51,30 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from cifarlab.analysis import analyze_after_training
     from cifarlab.config import TrainConfig, make_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.distributed import is_main_process
     from cifarlab.train import train
 
+    resume = None
     if args.resume:
-        from pathlib import Path
-
-        run = Path(args.resume)
-        if not (run / "last.pt").is_file():
-            raise UsageError(f"cannot resume {run}: no last.pt there (is it a cifarlab run folder?)")
+        resume = Path(args.resume)
+        if not (resume / "last.pt").is_file():
+            raise UsageError(f"cannot resume {resume}: no last.pt there (is it a cifarlab run folder?)")
         changed = [k for k in overrides_from(args) if k not in ("data_dir", "device")]
         changed += [k for k in ("model", "recipe", "config") if getattr(args, k, None)]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise UsageError(f"--resume continues {run} exactly as it was configured; drop {flags} "
+            raise UsageError(f"--resume continues {resume} exactly as it was configured; drop {flags} "
                              "(only --data-dir and --device may change)")
-        config = TrainConfig.load(run / "config.json")
-        config.data_dir = args.data_dir or config.data_dir
-        config.device = args.device or config.device
-        train(config, resume=run, analyze=not args.no_analysis)
-        return 0
-    if args.config:
+        saved = TrainConfig.load(resume / "config.json")
+        config = dataclasses.replace(saved, data_dir=args.data_dir or saved.data_dir,
+                                     device=args.device or saved.device)
+    elif args.config:
         if args.recipe:
             raise UsageError("--config replays a saved run; give either --config or --recipe, not both")
         base = {**TrainConfig.load(args.config).to_dict(), "name": None}  # a replay is a new run
@@ -80,7 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
     else:
         config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
-    train(config, analyze=not args.no_analysis)
+    run = train(config, resume=resume)
+    if not args.no_analysis and is_main_process():  # the analysis follows training, once (rank 0 under torchrun)
+        analyze_after_training(run, load_cifar10(config.data_dir, allow_download=False))
     return 0
 
 
