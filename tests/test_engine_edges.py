@@ -182,7 +182,7 @@ def start_paused_run(tmp_path: Path, fake_cifar: Path) -> tuple[subprocess.Popen
 def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(fake_cifar, tmp_path, capsys):
     proc, run, _ = start_paused_run(tmp_path, fake_cifar)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     line = one_line(err)
     assert line.startswith("cifarlab: error: interrupted in epoch 1") and "Traceback" not in err
@@ -206,15 +206,14 @@ def test_a_second_writer_of_a_run_folder_is_refused_in_one_line(fake_cifar, tmp_
         assert (run / "last.pt").read_bytes() == before
     finally:
         go.touch()
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert load_checkpoint(run, "last.pt")["epoch"] == 2 and (run / "run.json").is_file()
 
 
 def test_a_run_lock_is_held_until_released(tmp_path):
-    with RunLock(tmp_path):
-        with pytest.raises(CifarlabError, match="in use by another cifarlab process"):
-            RunLock(tmp_path).acquire()
+    with RunLock(tmp_path), pytest.raises(CifarlabError, match="in use by another cifarlab process"):
+        RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # released: the next writer gets it
         pass
 
@@ -222,12 +221,10 @@ def test_a_run_lock_is_held_until_released(tmp_path):
 @pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM is handled by the runner")
 def test_a_stop_signal_waits_for_the_deferred_block_and_exits_143():
     finished = False
-    with pytest.raises(Stop) as info:
-        with StopSignals() as signals:
-            with signals.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler runs here, and only records the request
-                finished = True
+    with pytest.raises(Stop) as info, StopSignals() as signals, signals.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, and only records the request
+        finished = True
     assert finished and exit_code(info.value) == 143
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the block
 

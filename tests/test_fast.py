@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab.averaging import WeightAverager
 from cifarlab.config import RECIPES, TrainConfig, make_config
 from cifarlab.data import Batches, load_cifar10
 from cifarlab.errors import UsageError
-from cifarlab.averaging import WeightAverager
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import tta_logits
 from cifarlab.models import build_model, init_whitening, patch_whitening
@@ -201,6 +201,20 @@ def test_averaging_schedule_ramps_in_and_updates_every_k_steps_and_at_the_end():
         avg.step(model)
     assert [s for s, _ in updates] == [4, 8, 10]  # every 4 steps, and always at the last step
     assert updates[-1][1] == pytest.approx(0.9 ** 4)
+
+
+def test_averaging_follows_a_run_length_re_planned_while_training():
+    model = Tiny()
+    length = RunLength(total_steps=10, steps_per_epoch=10)
+    avg = WeightAverager(model, "ema", decay=0.9, every=4, length=length)
+    updates = []
+    avg.update = lambda m, decay: updates.append((avg.steps, decay))
+    for _ in range(5):
+        avg.step(model)
+    length.total_steps = 6  # the pacer of a time-budget run shortened the run
+    avg.step(model)
+    assert [s for s, _ in updates] == [4, 6]  # the new last step gets the final update
+    assert updates[-1][1] == pytest.approx(0.9 ** 4)  # at full decay: the ramp ends at the new end
 
 
 def test_seed_recipe_leaves_every_fast_switch_off():

@@ -26,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from cifarlab.config import make_config
 from cifarlab.errors import UsageError
+from cifarlab.progress import log
+from cifarlab.runfiles import read_json, write_json
 
 # cli.py imports this module to register the command: torch and the engine are imported inside the functions that
 # run a benchmark, so that `cifarlab --help` stays quick.
@@ -200,8 +203,6 @@ def first_reaching(curve: list[tuple[float, float]], threshold: float) -> float 
 
 
 def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log: Callable[[str], None]) -> dict:
-    from cifarlab.config import make_config
-    from cifarlab.runfiles import read_json
     from cifarlab.train import train
 
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
@@ -220,7 +221,6 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
     """The seed recipe with the test set scored after each epoch; scoring time is taken off the clock."""
     import torch
 
-    from cifarlab.config import make_config
     from cifarlab.data import Batches
     from cifarlab.infer import infer
     from cifarlab.train import prepare_data, train
@@ -318,8 +318,6 @@ def benchmark(out: str | Path = "benchmarks/results", settings: Settings | None 
     from cifarlab.data import load_cifar10
     from cifarlab.device import pick_device
     from cifarlab.models import MODELS
-    from cifarlab.progress import log
-    from cifarlab.runfiles import write_json
 
     settings = settings or Settings()
     unknown = [m for m in settings.models if m not in MODELS]
@@ -365,6 +363,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     settings = Settings.quick() if args.quick else Settings()
     if args.models:
         settings.models = args.models
+    for key in ("batch_size", "steps", "repeats", "seed_epochs"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be at least 1 (got {getattr(args, key)})")
     for key in ("batch_size", "steps", "repeats", "budgets", "seed_epochs"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
@@ -394,8 +395,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab benchmark`` to the command line."""
-    from cifarlab.cli import positive_int
-
     def budgets(text: str) -> tuple:
         return parse_list(text, float)
 
@@ -411,12 +410,12 @@ def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
                         "seed recipe for 2 epochs on 10,000 images)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the results (default benchmarks/results)")
     p.add_argument("--models", type=models, help="comma-separated models to time (default: all registered)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size for the throughput runs (default 128)")
-    p.add_argument("--steps", type=positive_int, help="timed steps per repeat (default 5)")
-    p.add_argument("--repeats", type=positive_int, help="repeats per measurement; the median is kept (default 3)")
+    p.add_argument("--batch-size", type=int, help="batch size for the throughput runs (default 128)")
+    p.add_argument("--steps", type=int, help="timed steps per repeat (default 5)")
+    p.add_argument("--repeats", type=int, help="repeats per measurement; the median is kept (default 3)")
     p.add_argument("--budgets", type=budgets, metavar="S1,S2,...",
                    help="time budgets in seconds for the fast recipe (default 150,240,600)")
-    p.add_argument("--seed-epochs", type=positive_int, help="epochs of the seed recipe (default: its 20)")
+    p.add_argument("--seed-epochs", type=int, help="epochs of the seed recipe (default: its 20)")
     p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
     p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")
     p.add_argument("--accuracy-only", action="store_true", help="skip the throughput measurements")

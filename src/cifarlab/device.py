@@ -38,7 +38,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def place_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
     """``model`` on ``device``, in channels-last (NHWC) layout on CPUs, where oneDNN's convolutions are faster in
-    it, and wherever ``channels_last`` asks for it (tensor cores on GPUs)."""
+    it, and wherever ``channels_last`` asks for it (tensor cores on GPUs). Evidence: docs/benchmarks.md, "Memory
+    layout and precision on the CPU"."""
     model = model.to(device)
     if device.type == "cpu" or channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -46,7 +47,8 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool = Fa
 
 
 def autocast(bf16: bool, device: torch.device) -> ContextManager:
-    """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster)."""
+    """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster:
+    docs/benchmarks.md, "Memory layout and precision on the CPU")."""
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

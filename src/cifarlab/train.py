@@ -126,7 +126,7 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
                 if epoch > run.length.epochs:  # read each time: a time-budget run's pacer re-plans the length
                     break
                 t0 = time.perf_counter()
-                lr = run.optimizer.param_groups[0]["lr"]  # the epoch's LR (a per-batch schedule: its first)
+                lr = run.optimizer.param_groups[0]["lr"]  # the epoch's LR (per-step schedules: its first step's)
                 train_sums = train_one_epoch(run, epoch)
                 t_train = time.perf_counter() - t0
                 val = score(run.scored(), run.val_batches, run.dist, run.device)
