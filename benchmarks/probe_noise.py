@@ -20,7 +20,7 @@ from cifarlab.budget import PROBE_STEPS, PROBE_WIDTH, time_probe
 from cifarlab.config import make_config
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
-from cifarlab.train import make_optimizer, prepare_data, probe_batches
+from cifarlab.train import prepare_data, probe_batches, train_step
 
 
 def main() -> int:
@@ -43,8 +43,8 @@ def main() -> int:
         times: dict[int, list[float]] = {n: [] for n in step_counts}
         for _ in range(args.repeats):
             for n in step_counts:
-                times[n].append(time_probe(config, args.width, batches, len(data.classes),
-                                           lambda m: make_optimizer(m, config), device, steps=n).step_seconds)
+                times[n].append(time_probe(config, args.width, batches, len(data.classes), device, train_step,
+                                           steps=n).step_seconds)
         for n in step_counts:
             every[n] += times[n]
             print(f"seed {seed}, {n} timed steps: width-{args.width} probe, seconds per step in order: "

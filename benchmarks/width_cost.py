@@ -1,24 +1,34 @@
 """What one training image costs fastcnn at each width, in CPU time (so a busy machine does not skew it).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/width_cost.py [--threads 1] [--batch-size 256]
+        [--layout nhwc|nchw] [--bf16]
 
 Times three training steps (after a warm-up step) and one forward pass per width with time.process_time(): images
 per CPU-second is what one core would do alone. The time-budget planner prices widths by their multiply-accumulates;
-this shows where that estimate is off (small widths cost more than their MACs suggest).
+this shows where that estimate is off (small widths cost more than their MACs suggest). ``--layout nchw`` and
+``--bf16`` measure what cifarlab does not do on a CPU (device.py): the default memory layout instead of
+channels-last, and bf16 autocast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
 from cifarlab.config import make_config
+from cifarlab.device import place_model
 from cifarlab.fast import model_kwargs
 from cifarlab.models import build_model, count_macs
-from cifarlab.train import make_optimizer
+from cifarlab.optim import make_optimizer
+from cifarlab.train import train_step
+
+
+def precision(bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU, or plain fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def main() -> None:
@@ -26,30 +36,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--widths", default="12,16,24,32,48,64")
+    parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc", help="nhwc: as cifarlab places it")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cifarlab uses it on CUDA only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = make_config("fast")
-    x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if args.layout == "nhwc" else torch.contiguous_format
+    x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (args.batch_size,))
     print("| width | MACs/image | train images per CPU-s | eval images per CPU-s |")
     print("| ---: | ---: | ---: | ---: |")
     for width in (int(w) for w in args.widths.split(",")):
-        model = build_model("fastcnn", **model_kwargs(config, width)).to(memory_format=torch.channels_last)
+        model = build_model("fastcnn", **model_kwargs(config, width))
+        model = place_model(model, torch.device("cpu")) if args.layout == "nhwc" else model
         optimizer = make_optimizer(model, config)
-
-        def step() -> None:
-            loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        step()
-        c0 = time.process_time()
-        for _ in range(3):
-            step()
+        with precision(args.bf16):
+            train_step(model, optimizer, x, y, config.label_smoothing)  # warm-up
+            c0 = time.process_time()
+            for _ in range(3):
+                train_step(model, optimizer, x, y, config.label_smoothing)
         train_rate = 3 * args.batch_size / (time.process_time() - c0)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), precision(args.bf16):
             model(x)
             c0 = time.process_time()
             model(x)

@@ -58,7 +58,7 @@ DATA_ENV = "CIFARLAB_DATA_DIR"
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: any download through it fails at once
 
 # Where the engine's internals live, for the few tests that must reach or replace one (``engine``, ``engine_patch``).
-ENGINE_MODULES = ("cifarlab.train", "cifarlab.budget")
+ENGINE_MODULES = ("cifarlab.train", "cifarlab.budget", "cifarlab.device", "cifarlab.optim", "cifarlab.infer")
 
 
 # ----------------------------------------------------------------------------------------------------------

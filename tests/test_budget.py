@@ -1,4 +1,5 @@
-"""The time-budget planner: its accounting, and a tiny run that completes its schedule inside the budget."""
+"""The time-budget planner and pacer, on a fake clock: their accounting, and a tiny run that completes its
+schedule inside the budget."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import json
 import pytest
 import torch
 
-from cifarlab.budget import (WIDTHS, BudgetPlan, Probe, apply_plan, choose_tta, epoch_overhead, final_test_seconds,
-                             fit_steps)
+import cifarlab.budget as budget_module
+from cifarlab.budget import (WIDTHS, BudgetPlan, Pacer, Probe, apply_plan, choose_tta, epoch_overhead,
+                             final_test_seconds, fit_steps, plan_budget)
+from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
+from cifarlab.data import Batches
 from cifarlab.errors import UsageError
+from cifarlab.models import build_model, count_macs
+from cifarlab.optim import RunLength
+from cifarlab.train import train, train_step
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
@@ -46,53 +53,66 @@ def test_tta_is_lowered_when_the_test_would_eat_the_budget():
     assert choose_tta(PROBE, 10000, level=0, budget=1000.0) == 0
 
 
-def test_apply_plan_scales_the_whole_schedule():
+def test_apply_plan_returns_the_planned_config_and_leaves_the_original_alone():
     config = make_config("fast")  # 10 epochs, 2 of warm-up
     plan = BudgetPlan(budget_seconds=60, width=24, train_steps=250, epochs=3, steps_per_epoch=100,
                       warmup_epochs=2.0 * 2.5 / 10, tta=1, epoch_overhead_seconds=0.5, step_seconds=0.1,
                       predicted_seconds=55)
-    apply_plan(config, plan)
-    assert (config.train_steps, config.epochs, config.model_width) == (250, 3, 24)
-    assert config.warmup_epochs == pytest.approx(0.5)  # a fifth of the 2.5 planned epochs, as in the recipe
-    assert config.tta == 1
+    planned = apply_plan(config, plan)
+    assert (planned.train_steps, planned.epochs, planned.model_width) == (250, 3, 24)
+    assert planned.warmup_epochs == pytest.approx(0.5)  # a fifth of the 2.5 planned epochs, as in the recipe
+    assert planned.tta == 1
+    assert (config.train_steps, config.epochs, config.model_width, config.tta) == (None, 10, None, 2)
+    with pytest.raises(AttributeError):
+        planned.epochs = 4  # frozen: only the run's RunLength changes while training
 
 
 class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
+    """A stopwatch the test moves by hand."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
 
 
-@pytest.mark.parametrize("slowdown", [0.5, 1.0, 2.0, 3.0])
-def test_pacer_refits_the_steps_so_the_schedule_ends_on_time(monkeypatch, slowdown):
-    """Planned at 0.5 s/step; the machine then runs at slowdown x that. Training must end by budget - reserves."""
-    import cifarlab.budget as budget_module
+class TickingClock:
+    """A stopwatch that moves ``tick`` seconds each time it is read: a run's timing without the machine's noise."""
 
-    clock = FakeClock()
-    monkeypatch.setattr(budget_module.time, "perf_counter", clock)
-    config = make_config("fast", model_width=8)
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.mark.parametrize("slowdown", [0.5, 1.0, 2.0, 3.0])
+def test_pacer_refits_the_steps_so_the_schedule_ends_on_time(slowdown):
+    """Planned at 0.5 s/step; the machine then runs at slowdown x that. Training must end by budget - reserves."""
+    clock = FakeClock(5.0)  # probes and setup took 5 s
     plan = BudgetPlan(budget_seconds=100.0, width=8, train_steps=150, epochs=3, steps_per_epoch=50,
                       warmup_epochs=0.6, tta=0, epoch_overhead_seconds=1.0, step_seconds=0.5, predicted_seconds=95,
                       reserved_seconds={"margin": 5.0, "test": 10.0})
-    apply_plan(config, plan)
-    clock.now = 5.0  # probes and setup
-    pacer = budget_module.Pacer(config, plan, started=0.0)
+    length = RunLength(total_steps=150, steps_per_epoch=50)
+    pacer = Pacer(plan, length, started=0.0, clock=clock)
     done = 0
-    while done < config.train_steps:
+    while done < length.total_steps:
         clock.now += 0.5 * slowdown
         done += 1
         pacer.step()
-        if done % 50 == 0 and done < config.train_steps:
+        if done % 50 == 0 and done < length.total_steps:
             clock.now += 1.0 * slowdown  # validation and checkpoints at each epoch's end
     clock.now += 1.0 * slowdown  # the last epoch's validation
-    assert done == config.train_steps == plan.train_steps  # the schedule's end moved with the plan
+    assert done == length.total_steps  # the schedule's end moved with the plan
     assert clock.now <= 100.0 - 5.0 - 10.0 + 0.5 * slowdown  # on time, within one step
     assert clock.now >= 0.8 * (100.0 - 5.0 - 10.0)  # and the time was used
-    assert config.epochs == -(-done // 50)
+    assert plan.record(length)["train_steps"] == done and plan.record(length)["epochs"] == -(-done // 50)
+    assert plan.train_steps == 150  # the plan itself is kept as planned; its replans say what changed
     if slowdown != 1.0:
         assert plan.replans and (done < 150) == (slowdown > 1.0)
+        assert plan.replans[-1]["train_steps"] == done
 
 
 def budget_config(fake_cifar, tmp_path, name: str, **overrides):
@@ -102,67 +122,75 @@ def budget_config(fake_cifar, tmp_path, name: str, **overrides):
     return make_config("fast", **values)
 
 
-def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_path):
-    from cifarlab.checkpoint import load_checkpoint
-    from cifarlab.train import train
+def fixed_probe(config, width, *args, **kwargs) -> Probe:
+    """The probe's measurement replaced by fixed costs, so the plan depends on the clock alone."""
+    return Probe(width, step_seconds=0.5, eval_image_seconds=1e-4, save_seconds=0.01, probe_seconds=0.0)
 
-    budget = 30.0
-    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8), analyze=False)
+
+def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_path, monkeypatch):
+    """A whole run on a clock that moves 0.5 s per reading (the pacer reads it once per step, as fast as the
+    probe said): the plan fits, the pacer keeps the run inside the budget, and every planned step runs."""
+    monkeypatch.setattr(budget_module, "time_probe", fixed_probe)
+    budget = 20.0
+    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8),
+                clock=TickingClock(0.5))
     summary = json.loads((run / "run.json").read_text())
     plan = summary["budget_plan"]
     assert summary["time_budget"] == budget
     assert plan["predicted_seconds"] <= budget  # the planner's own accounting fits
-    assert summary["seconds_used"] <= 1.5 * budget  # wall clock: generous margin for a shared machine
+    assert 0.8 * budget <= summary["seconds_used"] <= budget  # on the fake clock: used, and not overrun
     assert summary["train_steps"] == plan["train_steps"] >= 1
     state = load_checkpoint(run, "last.pt")
     assert state["scheduler"]["last_epoch"] == plan["train_steps"]  # every planned step ran
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == plan["epochs"] == state["config"]["epochs"]
+    assert len(rows) == plan["epochs"] == state["config"]["epochs"] == summary["epochs"]
+    assert state["config"]["train_steps"] == plan["train_steps"]  # the checkpoint records the length as it ran
     assert state["optimizer"]["param_groups"][0]["lr"] == 0.0  # the one-cycle schedule reached its final value
     assert state["model_kwargs"]["width"] == 8
+    planned = json.loads((run / "config.json").read_text())  # the config as first planned
+    assert planned["time_budget"] == budget and planned["model_width"] == 8
+    # validation takes no time on this clock, so the pacer lengthens the run: the LR schedule follows the new end
+    assert plan["replans"] and planned["train_steps"] < plan["train_steps"] == plan["replans"][-1]["train_steps"]
 
 
 def test_planner_takes_the_widest_width_that_fits_the_epochs(monkeypatch):
     """Probes are replaced by costs in proportion to each width's MACs: the choice is pure accounting."""
-    import time as real_time
-
-    import cifarlab.budget as budget_module
-    from cifarlab.models import build_model, count_macs
-
     macs = {w: count_macs(build_model("fastcnn", width=w)) for w in WIDTHS}
     probed = []
 
-    def fake_probe(config, width, batches, num_classes, make_optimizer, device):
+    def fake_probe(config, width, *args, **kwargs):
         probed.append(width)
         return Probe(width, step_seconds=0.01 * macs[width] / macs[16], eval_image_seconds=1e-5,
                      save_seconds=0.01, probe_seconds=0.0)
 
     monkeypatch.setattr(budget_module, "time_probe", fake_probe)
-    batches = list(range(100))  # only its length (steps per epoch) is used
+    images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
+    batches = Batches(images, torch.zeros(100, dtype=torch.long), 1, torch.zeros(3), torch.ones(3))  # 100 steps
     config = make_config("fast", time_budget=60.0, budget_epochs=4.0)
-    plan = budget_module.plan_budget(config, batches, n_val=1000, n_test=10000, num_classes=10,
-                                     make_optimizer=None, device=torch.device("cpu"), started=real_time.perf_counter())
+    plan = plan_budget(config, batches, n_val=1000, n_test=10000, num_classes=10, device=torch.device("cpu"),
+                       started=100.0, train_step=train_step, clock=FakeClock(102.0))  # 2 s have passed
 
     def epochs_that_fit(width: int) -> float:
-        left = 60.0 - 3.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # margin, setup, test with TTA 2 (0.6 s: under 10%)
-        probe = fake_probe(config, width, None, 10, None, None)
+        left = 60.0 - 2.0 - 3.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # elapsed, margin, setup, test with TTA 2
+        probe = fake_probe(config, width)
         return fit_steps(left, probe.step_seconds, epoch_overhead(probe, 1000), 100) / 100
 
     fitting = [w for w in WIDTHS if epochs_that_fit(w) >= 4.0]
     assert plan.width == max(fitting) and plan.width != WIDTHS[-1]
     assert probed[:2] == [16, plan.width]  # the cheap probe, then the chosen width
     assert plan.tta == 2 and plan.train_steps / 100 >= 4.0
+    assert plan.train_steps == int(epochs_that_fit(plan.width) * 100)
+    assert plan.reserved_seconds["elapsed_before_training"] == 2.0
     assert plan.predicted_seconds <= 60.0
-    apply_plan(config, plan)
-    assert config.model_width == plan.width and config.epochs == plan.epochs
+    planned = apply_plan(config, plan)
+    assert planned.model_width == plan.width and planned.epochs == plan.epochs
 
 
 def test_too_short_a_budget_is_a_usage_error(fake_cifar, tmp_path):
-    from cifarlab.train import train
-
     with pytest.raises(UsageError, match="too short"):
         train(budget_config(fake_cifar, tmp_path, "short", time_budget=0.5, model_width=8))
+    assert not (tmp_path / "short").exists()  # refused before any run folder is made
 
 
 def test_time_budget_needs_a_per_step_schedule():

@@ -9,11 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab.averaging import WeightAverager
 from cifarlab.config import RECIPES, TrainConfig, make_config
 from cifarlab.data import Batches, load_cifar10
 from cifarlab.errors import UsageError
-from cifarlab.fast import WeightAverager, init_whitening, model_kwargs, param_groups, patch_whitening, tta_logits
-from cifarlab.models import build_model
+from cifarlab.fast import model_kwargs
+from cifarlab.infer import tta_logits
+from cifarlab.models import build_model, init_whitening, patch_whitening
+from cifarlab.optim import RunLength, param_groups
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
@@ -164,7 +167,7 @@ def set_weight(model: Tiny, value: float) -> None:
 def test_ema_update_moves_the_average_not_the_weights():
     model = Tiny()
     set_weight(model, 1.0)
-    ema = WeightAverager(model, "ema", decay=0.9, every=1, total_steps=10)
+    ema = WeightAverager(model, "ema", decay=0.9, every=1, length=RunLength(10, 10))
     set_weight(model, 3.0)
     model.bn.num_batches_tracked.fill_(7)
     ema.update(model, decay=0.75)
@@ -177,7 +180,7 @@ def test_ema_update_moves_the_average_not_the_weights():
 def test_lookahead_update_resets_weights_to_the_average():
     model = Tiny()
     set_weight(model, 1.0)
-    look = WeightAverager(model, "lookahead", decay=0.9, every=1, total_steps=10)
+    look = WeightAverager(model, "lookahead", decay=0.9, every=1, length=RunLength(10, 10))
     set_weight(model, 3.0)
     look.update(model, decay=0.5)
     assert torch.allclose(model.lin.weight, torch.full((1, 2), 2.0))
@@ -188,7 +191,7 @@ def test_lookahead_update_resets_weights_to_the_average():
 def test_averaging_schedule_ramps_in_and_updates_every_k_steps_and_at_the_end():
     model = Tiny()
     set_weight(model, 0.0)
-    avg = WeightAverager(model, "ema", decay=0.9, every=4, total_steps=10)
+    avg = WeightAverager(model, "ema", decay=0.9, every=4, length=RunLength(10, 10))
     assert avg.decay_at(0) == 0.0
     assert avg.decay_at(10) == pytest.approx(0.9 ** 4)
     assert avg.decay_at(5) == pytest.approx(0.9 ** 4 * 0.125)
@@ -198,6 +201,20 @@ def test_averaging_schedule_ramps_in_and_updates_every_k_steps_and_at_the_end():
         avg.step(model)
     assert [s for s, _ in updates] == [4, 8, 10]  # every 4 steps, and always at the last step
     assert updates[-1][1] == pytest.approx(0.9 ** 4)
+
+
+def test_averaging_follows_a_run_length_re_planned_while_training():
+    model = Tiny()
+    length = RunLength(total_steps=10, steps_per_epoch=10)
+    avg = WeightAverager(model, "ema", decay=0.9, every=4, length=length)
+    updates = []
+    avg.update = lambda m, decay: updates.append((avg.steps, decay))
+    for _ in range(5):
+        avg.step(model)
+    length.total_steps = 6  # the pacer of a time-budget run shortened the run
+    avg.step(model)
+    assert [s for s, _ in updates] == [4, 6]  # the new last step gets the final update
+    assert updates[-1][1] == pytest.approx(0.9 ** 4)  # at full decay: the ramp ends at the new end
 
 
 def test_seed_recipe_leaves_every_fast_switch_off():
@@ -239,7 +256,7 @@ def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
 
     config = make_config("fast", model_width=8, epochs=2, batch_size=100, val_size=100, data_dir=str(fake_cifar),
                          out=str(tmp_path), name="fast", device="cpu", weight_averaging="ema", tta=2)
-    run = train(config, analyze=False)
+    run = train(config)
     summary = json.loads((run / "run.json").read_text())
     assert summary["tta"] == 2 and summary["test_checkpoint"] == "last.pt"
     state = load_checkpoint(run, "last.pt")

@@ -26,9 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from cifarlab.config import make_config
 from cifarlab.errors import UsageError
+from cifarlab.progress import log
+from cifarlab.runfiles import read_json, write_json
 
-if TYPE_CHECKING:  # torch is imported when a benchmark runs, so `cifarlab --help` stays quick
+# cli.py imports this module to register the command: torch and the engine are imported inside the functions that
+# run a benchmark, so that `cifarlab --help` stays quick.
+if TYPE_CHECKING:
     import torch
     from torch import nn
 
@@ -125,7 +130,8 @@ def images_per_second(batches: Iterable, steps: int, device: torch.device,
     other jobs the wall-time rate shrinks with the share of the CPU the process gets; the CPU-time rate (all
     threads together) does not, so it shows what the pipeline costs."""
     import torch
-    import torch.nn.functional as F
+
+    from cifarlab.train import train_step
 
     stream = endless(batches)
     optimizer = None if model is None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -134,10 +140,7 @@ def images_per_second(batches: Iterable, steps: int, device: torch.device,
         x, y = next(stream)
         x, y = x.to(device), y.to(device)
         if model is not None:
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, x, y)
         return len(y)
 
     step()  # warm-up
@@ -156,6 +159,7 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
     import torch
 
     from cifarlab.data import Batches, channel_stats
+    from cifarlab.device import place_model
     from cifarlab.models import build_model
 
     images, labels = data.train_images, data.train_labels
@@ -172,9 +176,9 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
                 model = None
                 if name is not None:
                     torch.manual_seed(0)
-                    model = build_model(name).to(device).train()
-                    if pipeline == "cifarlab" and device.type == "cpu":  # what `cifarlab train` does on CPUs
-                        model = model.to(memory_format=torch.channels_last)
+                    model = build_model(name).train()
+                    # cifarlab's side is placed as `cifarlab train` places it; the reference keeps the default layout
+                    model = place_model(model, device) if pipeline == "cifarlab" else model.to(device)
                 wall, cpu = images_per_second(batches, settings.steps, device, model)
                 measured[pipeline].append(wall)
                 measured[pipeline + "_cpu"].append(cpu)
@@ -199,16 +203,14 @@ def first_reaching(curve: list[tuple[float, float]], threshold: float) -> float 
 
 
 def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log: Callable[[str], None]) -> dict:
-    from cifarlab.config import make_config
-    from cifarlab.runfiles import read_json
     from cifarlab.train import train
 
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
-    run = train(config, data=data, analyze=False)  # figures are not timed or needed here
-    summary = read_json(run / "run.json")
+    run = train(config, data=data)
+    summary, planned = read_json(run / "run.json"), read_json(run / "config.json")  # the config as planned
     result = {"run": f"fast, --time-budget {budget:g}", "recipe": "fast", "budget": budget, "run_dir": str(run),
-              "seconds": summary["seconds_used"], "test_top1": summary["test_top1"], "width": config.model_width,
-              "epochs": summary["train_steps"] / summary["budget_plan"]["steps_per_epoch"], "tta": config.tta}
+              "seconds": summary["seconds_used"], "test_top1": summary["test_top1"], "width": planned["model_width"],
+              "epochs": summary["train_steps"] / summary["budget_plan"]["steps_per_epoch"], "tta": planned["tta"]}
     result["reached"] = {f"{t:.2f}": (result["seconds"] if result["test_top1"] >= t else None) for t in THRESHOLDS}
     log(f"time to accuracy: fast at {budget:g}s -> {100 * result['test_top1']:.2f}% in {result['seconds']:.0f}s")
     return result
@@ -219,9 +221,9 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
     """The seed recipe with the test set scored after each epoch; scoring time is taken off the clock."""
     import torch
 
-    from cifarlab.config import make_config
     from cifarlab.data import Batches
-    from cifarlab.train import predict, prepare_data, train
+    from cifarlab.infer import infer
+    from cifarlab.train import prepare_data, train
 
     values = dict(overrides)
     if settings.seed_epochs is not None:
@@ -239,12 +241,12 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
     def on_epoch(epoch: int, model: nn.Module) -> None:
         nonlocal scoring
         t0 = time.perf_counter()
-        logits, _, y = predict(model, test)
+        logits, y = infer(model, test)
         model.train()
         curve.append((t0 - start - scoring, (logits.argmax(1) == y).float().mean().item()))
         scoring += time.perf_counter() - t0
 
-    run = train(config, data=data, on_epoch=on_epoch, analyze=False)
+    run = train(config, data=data, on_epoch=on_epoch)
     result = {"run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train
                                                         else ")"),
               "recipe": "seed", "budget": None, "run_dir": str(run), "seconds": curve[-1][0],
@@ -314,10 +316,8 @@ def benchmark(out: str | Path = "benchmarks/results", settings: Settings | None 
 
     ``overrides`` go to every training config (tests use them to fit the fake data set)."""
     from cifarlab.data import load_cifar10
+    from cifarlab.device import pick_device
     from cifarlab.models import MODELS
-    from cifarlab.progress import log
-    from cifarlab.runfiles import write_json
-    from cifarlab.train import pick_device
 
     settings = settings or Settings()
     unknown = [m for m in settings.models if m not in MODELS]
@@ -363,6 +363,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     settings = Settings.quick() if args.quick else Settings()
     if args.models:
         settings.models = args.models
+    for key in ("batch_size", "steps", "repeats", "seed_epochs"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            raise UsageError(f"--{key.replace('_', '-')} must be at least 1 (got {getattr(args, key)})")
     for key in ("batch_size", "steps", "repeats", "budgets", "seed_epochs"):
         if getattr(args, key) is not None:
             setattr(settings, key, getattr(args, key))
@@ -392,8 +395,6 @@ def command_line(args: argparse.Namespace) -> str:
 
 def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab benchmark`` to the command line."""
-    from cifarlab.cli import positive_int
-
     def budgets(text: str) -> tuple:
         return parse_list(text, float)
 
@@ -409,12 +410,12 @@ def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
                         "seed recipe for 2 epochs on 10,000 images)")
     p.add_argument("--out", default="benchmarks/results", help="folder for the results (default benchmarks/results)")
     p.add_argument("--models", type=models, help="comma-separated models to time (default: all registered)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size for the throughput runs (default 128)")
-    p.add_argument("--steps", type=positive_int, help="timed steps per repeat (default 5)")
-    p.add_argument("--repeats", type=positive_int, help="repeats per measurement; the median is kept (default 3)")
+    p.add_argument("--batch-size", type=int, help="batch size for the throughput runs (default 128)")
+    p.add_argument("--steps", type=int, help="timed steps per repeat (default 5)")
+    p.add_argument("--repeats", type=int, help="repeats per measurement; the median is kept (default 3)")
     p.add_argument("--budgets", type=budgets, metavar="S1,S2,...",
                    help="time budgets in seconds for the fast recipe (default 150,240,600)")
-    p.add_argument("--seed-epochs", type=positive_int, help="epochs of the seed recipe (default: its 20)")
+    p.add_argument("--seed-epochs", type=int, help="epochs of the seed recipe (default: its 20)")
     p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
     p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")
     p.add_argument("--accuracy-only", action="store_true", help="skip the throughput measurements")

@@ -14,7 +14,8 @@ The budget clock starts once the data is in memory (reading it from disk is repo
 count against it. For models with a width (fastcnn) and no width fixed in the config, the planner also picks the
 widest width that still fits ``budget_epochs`` epochs: at short budgets a narrower net trained for more epochs
 beats a wide one that sees each image once. While training, the :class:`Pacer` re-fits the remaining steps to
-the time left whenever the machine turns out slower or faster than the probes said.
+the time left whenever the machine turns out slower or faster than the probes said. Every function that reads
+the budget clock takes it as ``clock`` (``time.perf_counter`` by default), so tests can run it on a fake one.
 """
 
 from __future__ import annotations
@@ -23,25 +24,30 @@ import io
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from cifarlab.config import TrainConfig
 from cifarlab.data import Batches
+from cifarlab.device import place_model
 from cifarlab.errors import UsageError
-from cifarlab.fast import WIDTH_MODELS, autocast, tta_views
+from cifarlab.fast import WIDTH_MODELS, model_kwargs
+from cifarlab.infer import tta_views
 from cifarlab.models import build_model, count_macs
+from cifarlab.optim import RunLength, make_optimizer, steps_per_epoch
 
-WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (12 costs nearly as much as 16)
+WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (why from 16: docs/benchmarks.md)
 PROBE_WIDTH = 16  # cheap width timed first to gauge the machine when the planner chooses the width
 PROBE_STEPS = 3  # timed steps per probe (their median), after one untimed warm-up step
 MARGIN = 0.05  # share of the budget kept free for timing noise
 TTA_SHARE = 0.1  # the most of the budget the final test may take; a lower TTA level is used beyond it
 TEST_FIXED_SECONDS = 1.0  # loading the checkpoint, writing predictions and metrics after the test pass
 SETUP_SECONDS = 1.0  # building the real model and its whitening after planning
+
+Clock = Callable[[], float]
+StepFunction = Callable[..., Any]  # train.train_step(model, optimizer, x, y, label_smoothing, bf16)
 
 
 @dataclass
@@ -76,6 +82,10 @@ class BudgetPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self, length: RunLength) -> dict[str, Any]:
+        """The plan as the run ended it (for run.json): the steps and epochs its pacer last set."""
+        return {**self.to_dict(), "train_steps": length.total_steps, "epochs": length.epochs}
+
 
 def epoch_overhead(probe: Probe, n_val: int) -> float:
     """Seconds added by each epoch besides its steps: the validation pass and writing best.pt and last.pt."""
@@ -101,28 +111,26 @@ def fit_steps(available: float, step_seconds: float, overhead_per_epoch: float, 
     return steps
 
 
-def time_probe(config: Any, width: int | None, batches: Batches, num_classes: int,
-               make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], device: torch.device,
-               steps: int = PROBE_STEPS) -> Probe:
-    """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded)."""
-    from cifarlab.fast import model_kwargs
+def training_stream(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The batches of ``batches``, pass after pass without end, as training takes them (see ``steps_per_epoch``)."""
+    while True:
+        for _, batch in zip(range(steps_per_epoch(batches)), batches):
+            yield batch
 
+
+def time_probe(config: TrainConfig, width: int | None, batches: Batches, num_classes: int, device: torch.device,
+               train_step: StepFunction, steps: int = PROBE_STEPS) -> Probe:
+    """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded)."""
     t_start = time.perf_counter()
-    model = build_model(config.model, num_classes=num_classes, **model_kwargs(config, width)).to(device)
-    if device.type == "cpu" or config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model)
+    model = place_model(build_model(config.model, num_classes=num_classes, **model_kwargs(config, width)), device,
+                        config.channels_last)
+    optimizer = make_optimizer(model, config)
     model.train()
-    stream = iter(batches)
+    stream = training_stream(batches)
 
     def step() -> None:
         x, y = next(stream)
-        with autocast(config, device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y, config.label_smoothing, config.bf16)
 
     step()  # warm-up: memory allocation and kernel selection make the first step slow
     synchronize(device)
@@ -161,98 +169,100 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plan_budget(config: Any, batches: Batches, n_val: int, n_test: int, num_classes: int,
-                make_optimizer: Callable[[nn.Module], torch.optim.Optimizer], device: torch.device,
-                started: float) -> BudgetPlan:
+def plan_budget(config: TrainConfig, batches: Batches, n_val: int, n_test: int, num_classes: int,
+                device: torch.device, started: float, train_step: StepFunction,
+                clock: Clock = time.perf_counter) -> BudgetPlan:
     """Measure, choose a width if the config leaves it open, and fit the number of steps into the budget.
 
-    ``batches`` is a training stream reserved for probing (its own seed), ``started`` the perf_counter() value at
-    which the budget clock started. Raises UsageError when not even one step fits.
+    ``batches`` is a training stream reserved for probing (its own seed), ``started`` the ``clock()`` reading at
+    which the budget clock started, ``train_step`` the training loop's own step. Raises UsageError when not even
+    one step fits.
     """
-    budget = float(config.time_budget)
-    steps_per_epoch = len(batches)
-    margin = MARGIN * budget
-    probes: list[Probe] = []
+    budget, spe = float(config.time_budget), steps_per_epoch(batches)
 
-    def tta_for(probe: Probe) -> int:
-        return choose_tta(probe, n_test, config.tta, budget)
+    def probe(width: int | None) -> Probe:
+        return time_probe(config, width, batches, num_classes, device, train_step)
 
     def available(probe: Probe) -> float:
         """Seconds left for the steps and epoch overheads, once everything else is set aside."""
-        elapsed = time.perf_counter() - started
-        return budget - elapsed - margin - SETUP_SECONDS - final_test_seconds(probe, n_test, tta_for(probe))
+        test = final_test_seconds(probe, n_test, choose_tta(probe, n_test, config.tta, budget))
+        return budget - (clock() - started) - MARGIN * budget - SETUP_SECONDS - test
 
-    width = config.model_width
-    if config.model in WIDTH_MODELS and width is None:
-        base = time_probe(config, PROBE_WIDTH, batches, num_classes, make_optimizer, device)
-        probes.append(base)
-        base_macs = count_macs(build_model(config.model, num_classes, width=PROBE_WIDTH))
-        width = WIDTHS[0]
-        for candidate in WIDTHS:
-            estimate = scaled(base, base_macs, count_macs(build_model(config.model, num_classes, width=candidate)))
-            epochs = fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val),
-                               steps_per_epoch) / steps_per_epoch
-            if epochs >= config.budget_epochs or candidate == WIDTHS[0]:
-                width = candidate
-        if width != PROBE_WIDTH:
-            probes.append(time_probe(config, width, batches, num_classes, make_optimizer, device))
+    if config.model in WIDTH_MODELS and config.model_width is None:
+        probes = choose_width(config, probe, available, n_val, spe, num_classes)
     else:
-        probes.append(time_probe(config, width, batches, num_classes, make_optimizer, device))
-    probe = probes[-1]
-
-    left = available(probe)
-    steps = fit_steps(left, probe.step_seconds, epoch_overhead(probe, n_val), steps_per_epoch)
+        probes = [probe(config.model_width)]
+    last = probes[-1]
+    left = available(last)
+    steps = fit_steps(left, last.step_seconds, epoch_overhead(last, n_val), spe)
     if steps < 1:
-        needed = budget - left + probe.step_seconds + epoch_overhead(probe, n_val)
+        needed = budget - left + last.step_seconds + epoch_overhead(last, n_val)
         raise UsageError(f"--time-budget {budget:g}s is too short for {config.model}: one step, validation and the "
                          f"test need about {needed:.0f}s on this machine")
-    epochs = math.ceil(steps / steps_per_epoch)
-    elapsed = time.perf_counter() - started
-    train_cost = steps * probe.step_seconds + epochs * epoch_overhead(probe, n_val)
-    reserved = {"elapsed_before_training": elapsed, "setup": SETUP_SECONDS,
-                "validation_and_checkpoints": epochs * epoch_overhead(probe, n_val),
-                "test": final_test_seconds(probe, n_test, tta_for(probe)), "margin": margin}
+    return make_plan(config, probes, steps, spe, n_val, n_test, clock() - started)
+
+
+def choose_width(config: TrainConfig, probe: Callable[[int | None], Probe], available: Callable[[Probe], float],
+                 n_val: int, spe: int, num_classes: int) -> list[Probe]:
+    """Probe the cheap width, price every width from it by multiply-accumulates, take the widest that fits
+    ``budget_epochs`` epochs, and probe that one for real. Returns the probes, the chosen width's last."""
+    probes = [probe(PROBE_WIDTH)]
+    base_macs = count_macs(build_model(config.model, num_classes, width=PROBE_WIDTH))
+    width = WIDTHS[0]
+    for candidate in WIDTHS:
+        estimate = scaled(probes[0], base_macs, count_macs(build_model(config.model, num_classes, width=candidate)))
+        epochs = fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val), spe) / spe
+        if epochs >= config.budget_epochs or candidate == WIDTHS[0]:
+            width = candidate
+    if width != PROBE_WIDTH:
+        probes.append(probe(width))
+    return probes
+
+
+def make_plan(config: TrainConfig, probes: list[Probe], steps: int, spe: int, n_val: int, n_test: int,
+              elapsed: float) -> BudgetPlan:
+    """The plan for ``steps`` steps at the last probe's costs, with the seconds it reserves for everything else."""
+    budget, probe = float(config.time_budget), probes[-1]
+    epochs = math.ceil(steps / spe)
+    tta = choose_tta(probe, n_test, config.tta, budget)
+    overhead = epoch_overhead(probe, n_val)
+    reserved = {"elapsed_before_training": elapsed, "setup": SETUP_SECONDS, "validation_and_checkpoints":
+                epochs * overhead, "test": final_test_seconds(probe, n_test, tta), "margin": MARGIN * budget}
     return BudgetPlan(
-        budget_seconds=budget, width=width if config.model in WIDTH_MODELS else None, train_steps=steps,
-        epochs=epochs, steps_per_epoch=steps_per_epoch,
-        warmup_epochs=config.warmup_epochs * (steps / steps_per_epoch) / config.epochs, tta=tta_for(probe),
-        epoch_overhead_seconds=epoch_overhead(probe, n_val),
-        step_seconds=probe.step_seconds,
-        predicted_seconds=elapsed + SETUP_SECONDS + train_cost + reserved["test"],
+        budget_seconds=budget, width=probe.width if config.model in WIDTH_MODELS else None, train_steps=steps,
+        epochs=epochs, steps_per_epoch=spe, warmup_epochs=config.warmup_epochs * (steps / spe) / config.epochs,
+        tta=tta, epoch_overhead_seconds=overhead, step_seconds=probe.step_seconds,
+        predicted_seconds=elapsed + SETUP_SECONDS + steps * probe.step_seconds + epochs * overhead + reserved["test"],
         reserved_seconds=reserved, probes=[asdict(p) for p in probes],
     )
 
 
-def apply_plan(config: Any, plan: BudgetPlan) -> None:
-    """Write the plan into the config (saved as config.json): the loop then simply runs ``train_steps`` steps."""
-    config.train_steps = plan.train_steps
-    config.epochs = plan.epochs
-    config.warmup_epochs = plan.warmup_epochs
-    config.tta = plan.tta
-    if plan.width is not None:
-        config.model_width = plan.width
+def apply_plan(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
+    """The config of the planned run (saved as config.json): it runs ``train_steps`` steps, scaled warm-up."""
+    return replace(config, train_steps=plan.train_steps, epochs=plan.epochs, warmup_epochs=plan.warmup_epochs,
+                   tta=plan.tta, model_width=plan.width if plan.width is not None else config.model_width)
 
 
 class Pacer:
     """Keeps a time-budget run on time: every few steps, re-fits the remaining steps to the time actually left.
 
     A shared machine can slow down (or speed up) after the probes. The pacer times the steps as they run (leaving
-    out the pause for validation at each epoch's end) and re-fits ``train_steps`` at the speed just measured. Only
-    future steps change; the LR schedule and the weight averaging read ``train_steps`` afresh, so the learning
-    rate still reaches its final value exactly at the last step.
+    out the pause for validation at each epoch's end) and re-fits the run's ``length.total_steps`` at the speed
+    just measured. Only future steps change; the LR schedule and the weight averaging read the length afresh, so
+    the learning rate still reaches its final value exactly at the last step.
     """
 
-    def __init__(self, config: Any, plan: BudgetPlan, started: float, averager: Any = None) -> None:
-        self.config, self.plan, self.started, self.averager = config, plan, started, averager
+    def __init__(self, plan: BudgetPlan, length: RunLength, started: float, clock: Clock = time.perf_counter) -> None:
+        self.plan, self.length, self.started, self.clock = plan, length, started, clock
         self.every = max(5, plan.train_steps // 25)  # about 25 re-fits per run
         self.done = 0  # steps taken
         self.mark: tuple[int, float] | None = None  # (steps, time) where the stopwatch was last read
 
-    def step(self, model: Any = None) -> None:
+    def step(self) -> None:
         """Call after each optimiser step."""
-        now = time.perf_counter()
+        now = self.clock()
         self.done += 1
-        if self.mark is None or (self.done - 1) % self.plan.steps_per_epoch == 0:
+        if self.mark is None or (self.done - 1) % self.length.steps_per_epoch == 0:
             self.mark = (self.done, now)  # first step of the run or of an epoch: the gap before it held validation
             return
         if self.done - self.mark[0] >= self.every:
@@ -261,8 +271,8 @@ class Pacer:
             self.refit(step_seconds, now)
 
     def refit(self, step_seconds: float, now: float) -> None:
-        """Set ``train_steps`` to the most steps that still fit, at ``step_seconds`` per step from now on."""
-        plan, spe, done = self.plan, self.plan.steps_per_epoch, self.done
+        """Set the run's total steps to the most that still fit, at ``step_seconds`` per step from now on."""
+        plan, spe, done = self.plan, self.length.steps_per_epoch, self.done
         overhead = plan.epoch_overhead_seconds * step_seconds / plan.step_seconds  # slows down with the steps
         left = (plan.budget_seconds - (now - self.started) - plan.reserved_seconds["margin"]
                 - plan.reserved_seconds["test"])
@@ -274,10 +284,7 @@ class Pacer:
         while more > 1 and cost(more) > left:
             more -= 1
         total = done + max(1, more)  # at least one more step, so the schedule ends at its final value
-        if total != plan.train_steps:
+        if total != self.length.total_steps:
             plan.replans.append({"after_step": done, "elapsed": round(now - self.started, 3),
                                  "step_seconds": round(step_seconds, 5), "train_steps": total})
-        plan.train_steps = self.config.train_steps = total
-        plan.epochs = self.config.epochs = math.ceil(total / spe)
-        if self.averager is not None:
-            self.averager.total_steps = total
+        self.length.total_steps = total

@@ -81,13 +81,17 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cifarlab.analysis import analyze_after_training
     from cifarlab.config import TrainConfig, make_config
+    from cifarlab.data import load_cifar10
+    from cifarlab.distributed import is_main_process
     from cifarlab.train import train
 
+    resume = None
     if args.resume:
-        train(resume_config(args), resume=Path(args.resume), analyze=not args.no_analysis)
-        return 0
-    if args.config:
+        resume = Path(args.resume)
+        config = resume_config(args)
+    elif args.config:
         if args.recipe:
             raise UsageError("--config replays a saved run; give either --config or --recipe, not both")
         # a replay is a new run, on the data folder of this machine (--data-dir, $CIFARLAB_DATA_DIR, ./data)
@@ -97,7 +101,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
     else:
         config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
-    train(config, analyze=not args.no_analysis)
+    run = train(config, resume=resume)
+    if not args.no_analysis and is_main_process():  # the analysis follows training, once (rank 0 under torchrun)
+        analyze_after_training(run, load_cifar10(config.data_dir, allow_download=False))
     return 0
 
 

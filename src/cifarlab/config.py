@@ -19,7 +19,7 @@ from typing import Any
 from cifarlab.errors import UsageError
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # --- what to train ---
     model: str = "mycnn"  # name in the model registry (`cifarlab models`)

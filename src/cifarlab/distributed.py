@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,6 +41,28 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def process_device(device: torch.device, info: DistInfo) -> torch.device:
+    """This process's own GPU under torchrun (cuda:LOCAL_RANK); otherwise ``device`` as it is."""
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def is_main_process() -> bool:
+    """Rank 0, or no torchrun: the process that writes files and runs what follows training (the analysis)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def broadcast_object(value: Any, info: DistInfo) -> Any:
+    """Rank 0's ``value`` on every process (e.g. the run folder it chose)."""
+    if not info.enabled:
+        return value
+    shared = [value if info.is_main else None]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import UsageError
@@ -213,6 +214,50 @@ def fast_batchnorm(channels: int, frozen_scale: bool) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels, momentum=0.4, eps=1e-12)
     bn.weight.requires_grad_(not frozen_scale)
     return bn
+
+
+WHITEN_IMAGES = 5000  # training images whose patches set FastCNN's whitening filters (more changes nothing visible)
+WHITEN_EPS = 5e-4  # added to the patch-covariance eigenvalues, so near-constant directions are not blown up
+
+
+@torch.no_grad()
+def patch_whitening(images: torch.Tensor, kernel_size: int = 2,
+                    eps: float = WHITEN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Filters that map every ``kernel_size`` x ``kernel_size`` patch of ``images`` to whitened coordinates.
+
+    With patch mean m and covariance C = V diag(e) V^T, the filters are the rows of diag(e + eps)^-1/2 V^T and the
+    bias is -filters @ m: the outputs have zero mean and (nearly) identity covariance. Each filter also appears
+    negated, because the GELU that follows would otherwise discard the negative half of every direction.
+    Returns (weight of shape (2 d, C, k, k), bias of shape (2 d,)) with d = C k k.
+    """
+    channels = images.shape[1]
+    d = channels * kernel_size * kernel_size
+    total = torch.zeros(d, dtype=torch.float64)
+    outer = torch.zeros(d, d, dtype=torch.float64)
+    count = 0
+    for chunk in images.split(500):  # 500 images at a time keeps the float64 patches to ~50 MB
+        patches = F.unfold(chunk.double().cpu(), kernel_size).transpose(1, 2).reshape(-1, d)
+        total += patches.sum(0)
+        outer += patches.T @ patches
+        count += len(patches)
+    mean = total / count
+    cov = outer / count - torch.outer(mean, mean)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    filters = eigenvectors.T / (eigenvalues.clamp(min=0) + eps).sqrt()[:, None]
+    weight = torch.cat([filters, -filters]).reshape(2 * d, channels, kernel_size, kernel_size)
+    bias = -(weight.flatten(1) @ mean)
+    return weight.float(), bias.float()
+
+
+@torch.no_grad()
+def init_whitening(model: FastCNN, images: torch.Tensor) -> None:
+    """Set a FastCNN's stem convolution to whiten the patches of ``images`` (normalised training images)."""
+    stem = model.stem
+    weight, bias = patch_whitening(images[:WHITEN_IMAGES], stem.kernel_size[0])
+    if weight.shape != stem.weight.shape:
+        raise ValueError(f"whitening needs a stem of {weight.shape[0]} filters, the model has {stem.out_channels}")
+    stem.weight.copy_(weight)
+    stem.bias.copy_(bias)
 
 
 class FastCNN(nn.Module):

@@ -282,32 +282,27 @@ def classify(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, s
     """Softmax probabilities for uint8 (N, 3, 32, 32) images, normalised as in training, in batches.
 
     ``tta`` is the run's own test-time augmentation level, so predict scores an image as evaluate would."""
-    from cifarlab.data import normalize
-    from cifarlab.fast import tta_logits
+    from cifarlab.data import Batches
+    from cifarlab.infer import infer
 
-    out = []
-    for start in range(0, len(images), BATCH):
-        x = normalize(images[start:start + BATCH].to(device), mean.to(device), std.to(device))
-        out.append(tta_logits(model, x, tta).float().softmax(1).cpu())
-    return torch.cat(out)
+    logits, _ = infer(model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std,
+                                     device=device), tta)
+    return logits.softmax(1)
 
 
 def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], top_k: int = 3,
                   device: str = "cpu") -> list[Result]:
     """Top-k classes for every image among ``inputs`` (files or folders), in order; unreadable ones get errors."""
-    from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifarlab.checkpoint import load_checkpoint
+    from cifarlab.device import pick_device
+    from cifarlab.infer import inference_model
 
     state = load_checkpoint(checkpoint)
     classes = list(state["classes"])
     if not 1 <= top_k <= len(classes):
         raise UsageError(f"--top-k must be between 1 and {len(classes)} (got {top_k})")
-    if device == "cpu":
-        dev = torch.device("cpu")  # without importing cifarlab.train: it pulls in torchmetrics and scipy (~250 MB)
-    else:
-        from cifarlab.train import pick_device
-
-        dev = pick_device(device)
-    model = model_from_checkpoint(state).to(dev)
+    dev = pick_device(device)
+    model = inference_model(state, dev)
     results, tensors, ok = [], [], []
     for item, problem in expand_inputs(inputs):
         if problem is not None:

@@ -1,7 +1,8 @@
 """The run folder: where each file lives, and writing files so that a crash never leaves a broken one.
 
 A run folder ``runs/<name>/`` holds ``config.json``, ``split.json``, ``normalization.json``, ``metrics.csv``,
-``best.pt``, ``last.pt``, ``run.json``, ``test_metrics.json``, ``test_predictions.npz`` and ``analysis/``.
+``best.pt``, ``last.pt``, ``run.json``, ``test_metrics.json``, ``test_predictions.npz`` and ``analysis/``, and an
+empty ``.lock`` that the process writing the run holds locked (:class:`RunLock`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,17 @@ from typing import Any, Callable
 
 from cifarlab.errors import CifarlabError, UsageError
 
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt locks instead
+    fcntl = None  # type: ignore[assignment]
+    import msvcrt
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+LOCK_FILE = ".lock"
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files are ".<name>.<random>.tmp" beside their target
 
 METRICS_COLUMNS = [
     "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr", "epoch_seconds",
@@ -35,7 +45,7 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) 
     path = Path(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give run files the usual permissions
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
@@ -43,11 +53,76 @@ def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
+        fsync_folder(path.parent)
     except OSError as exc:
         raise CifarlabError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk, so a rename inside it survives a power cut (a no-op where folders cannot
+    be opened, as on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder``; returns them.
+
+    Call it only while holding the folder's :class:`RunLock`, so no live writer's file is taken away."""
+    stale = sorted(p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class RunLock:
+    """An exclusive lock on ``folder/.lock`` for the process writing the run. The operating system releases it
+    when the process ends, however it ends; a second writer is refused with one line.
+
+    Use it as a context manager, or call :meth:`acquire` and :meth:`release`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise CifarlabError(f"cannot lock run folder {self.folder}: {exc.strerror or exc}") from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            else:
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            os.close(fd)
+            raise CifarlabError(f"run folder {self.folder} is in use by another cifarlab process (a training or "
+                                "resume still running); wait for it to end") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file releases the lock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def check_writable(folder: Path) -> None:

@@ -1,7 +1,7 @@
 """``cifarlab study``: the course project's whole study in one command.
 
 Trains ``mycnn`` and ``resnet18`` with the same recipe, seed and split, evaluates both once on the test set
-(each run analyses itself), then ends with ``cifarlab compare`` (``comparison/`` and ``comparison.md``) and
+and writes each run's error analysis, then ends with ``cifarlab compare`` (``comparison/`` and ``comparison.md``) and
 ``cifarlab report`` (``report.html``, self-contained, and ``report.md``) in the study folder.
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from cifarlab.analysis import analyze_after_training
 from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config import make_config
 from cifarlab.data import load_cifar10
+from cifarlab.distributed import is_main_process
 from cifarlab.progress import log
 from cifarlab.report import report
 from cifarlab.runfiles import atomic_write, write_json
@@ -21,6 +23,7 @@ from cifarlab.train import train
 STUDY_MODELS = ("mycnn", "resnet18")
 # --quick: a class-balanced slice and a few epochs, so the whole study runs in minutes on 2 CPU cores.
 QUICK = dict(limit_train=5000, epochs=3)
+
 
 def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: str | None = None,
           models: tuple[str, ...] = STUDY_MODELS, **overrides) -> Path:
@@ -35,6 +38,8 @@ def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: st
     for config in configs:
         log(f"== study: training {config.model} ({config.epochs} epochs, recipe {recipe}) ==")
         run_dirs.append(train(config, data=data))
+        if is_main_process():  # once, under torchrun too
+            analyze_after_training(run_dirs[-1], data)
     comp = compare(run_dirs, out=study_dir / "comparison")
     text = comparison_markdown(comp)
     atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)

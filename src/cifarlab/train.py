@@ -1,19 +1,21 @@
-"""The training loop, top to bottom: set up, train epoch by epoch, evaluate once on the test set.
+"""The training engine, top to bottom: build the run, train it epoch by epoch, test it once.
 
-Read it in stages: ``prepare_data`` (split and normalisation), ``make_optimizer``/``make_scheduler``,
-``train_one_epoch`` (the loss is computed on the line marked ``# the loss``), ``evaluate_batches``
-(validation), and ``train`` which ties them together and writes the run folder.
+Read it in this order: :func:`train` (the three stages), :func:`run_epochs` (the epoch loop: train, validate,
+checkpoint), :func:`train_one_epoch` and :func:`train_step` (the forward pass, the loss, the backward pass and
+the optimiser step), :func:`save_epoch` (the checkpoint), then :func:`build_run` (data, time-budget plan, model,
+optimiser, schedule, and the run folder or the resumed state) and :func:`finish` (the test set, once; run.json).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,37 +23,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab import distributed
+from cifarlab.averaging import WeightAverager, make_averager
+from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
-from cifarlab.budget import Pacer, apply_plan, plan_budget
-from cifarlab.data import (Batches, Cifar10, balanced_subset, channel_stats, load_cifar10, normalize,
-                           stratified_split)
+from cifarlab.data import Batches, Cifar10, balanced_subset, channel_stats, load_cifar10, normalize, stratified_split
+from cifarlab.device import autocast, pick_device, place_model
 from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.fast import (WHITEN_IMAGES, autocast, init_whitening, make_averager, model_kwargs, param_groups,
-                           tta_logits)
-from cifarlab.metrics import summarize
-from cifarlab.models import build_model, count_macs, count_params
+from cifarlab.fast import model_kwargs
+from cifarlab.infer import evaluate_checkpoint, score, write_test_results
+from cifarlab.interrupts import StopSignals, exit_code
+from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
+from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_schedule, steps_per_epoch
 from cifarlab.progress import log, progress
-from cifarlab.runfiles import check_writable, new_run_dir, read_json, write_json, write_metrics_csv
+from cifarlab.runfiles import (RunLock, check_writable, new_run_dir, remove_stale_temp_files, write_json,
+                               write_metrics_csv)
+
+Clock = Callable[[], float]
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, else Apple MPS, else CPU; an explicit name is checked so a typo gives a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps was asked for, but Apple MPS is not available")
-    return device
+class TrainingInterrupted(CifarlabError):
+    """Ctrl-C or SIGTERM during training: the run can be resumed. Exit code 128 + the signal: 130 or 143."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class NonFiniteLoss(CifarlabError):
+    """The loss became NaN or infinite: training cannot go on from these weights."""
 
 
 @dataclass
@@ -62,6 +62,276 @@ class Prepared:
     val_idx: torch.Tensor
     mean: list[float]
     std: list[float]
+
+
+@dataclass
+class Run:
+    """One training run: made by :func:`build_run`, advanced by :func:`run_epochs`, tested by :func:`finish`."""
+
+    config: TrainConfig  # frozen: what changes while training lives in ``length``
+    data: Cifar10
+    prep: Prepared
+    device: torch.device
+    dist: distributed.DistInfo
+    folder: Path
+    model: nn.Module  # the model that trains (inside DDP or torch.compile when they are used)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    length: RunLength
+    train_batches: Batches
+    val_batches: Batches
+    averager: WeightAverager | None
+    pacer: Pacer | None
+    plan: BudgetPlan | None
+    params: int
+    macs: int
+    load_seconds: float
+    budget_start: float  # the budget clock's reading when the data was in memory
+    clock: Clock
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_top1: float = -1.0
+    train_seconds: float = 0.0
+    saved_epoch: int = 0  # the epoch last.pt holds
+
+    def scored(self) -> nn.Module:
+        """The plain model that is validated, checkpointed and tested: the EMA copy when there is one."""
+        model = unwrap(self.model)
+        return self.averager.scored(model) if self.averager is not None else model
+
+
+def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
+          on_epoch: Callable[[int, nn.Module], None] | None = None, clock: Clock = time.perf_counter) -> Path:
+    """Train one model as ``config`` says, test its chosen checkpoint once, and return the run folder.
+
+    ``resume`` continues an interrupted run from its last.pt. ``on_epoch(epoch, model)``, if given, is called
+    after each epoch with the scored model (the benchmark measures test accuracy over time with it; it must not
+    train the model). ``clock`` times a ``time_budget`` (tests pass a fake one). Training writes no analysis:
+    ``cifarlab train`` runs it afterwards, ``cifarlab analyze RUN`` at any time.
+    """
+    with contextlib.ExitStack() as cleanup:  # releases the run folder's lock however training ends
+        run = build_run(config, data, resume, clock, cleanup)
+        run_epochs(run, on_epoch)
+        finish(run)
+    return run.folder
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = None) -> None:
+    """Train epoch by epoch to the planned length; after each epoch validate, then write the checkpoints."""
+    epoch = run.saved_epoch
+    try:
+        with StopSignals() as signals:  # SIGTERM stops training as Ctrl-C does
+            for epoch in itertools.count(run.saved_epoch + 1):
+                if epoch > run.length.epochs:  # read each time: a time-budget run's pacer re-plans the length
+                    break
+                t0 = time.perf_counter()
+                lr = run.optimizer.param_groups[0]["lr"]  # the epoch's LR (per-step schedules: its first step's)
+                train_sums = train_one_epoch(run, epoch)
+                t_train = time.perf_counter() - t0
+                val = score(run.scored(), run.val_batches, run.dist, run.device)
+                if not math.isfinite(val["loss"]):
+                    raise stopped(run, f"the validation loss became {val['loss']} at epoch {epoch}")
+                improved = record_epoch(run, epoch, train_sums, val, lr, time.perf_counter() - t0, t_train)
+                with signals.deferred():  # a stop request waits until the epoch's files are whole
+                    save_epoch(run, epoch, improved)
+                log_epoch(run, improved)
+                if on_epoch is not None:
+                    on_epoch(epoch, run.scored())
+    except KeyboardInterrupt as exc:
+        distributed.teardown(run.dist)
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch}: {run.folder}/last.pt holds epoch {run.saved_epoch}, the last completed "
+            f"one. Resume with: cifarlab train --resume {run.folder}", exit_code(exc)) from None
+
+
+def train_one_epoch(run: Run, epoch: int) -> list[float]:
+    """One pass over the training split: the summed loss, correct count and images, over all processes."""
+    model, length, config = run.model, run.length, run.config
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    taken = (epoch - 1) * length.steps_per_epoch  # optimiser steps before this epoch
+    batches = progress(run.train_batches, length.steps_per_epoch, f"epoch {epoch}/{length.epochs}",
+                       enabled=run.dist.is_main)
+    for i, (x, y) in enumerate(batches):
+        if i == length.steps_per_epoch or taken + i >= length.total_steps:
+            break  # a lone last image (see optim.steps_per_epoch), or a run's end part-way into an epoch
+        try:
+            loss, logits = train_step(model, run.optimizer, x, y, config.label_smoothing, config.bf16)
+        except NonFiniteLoss as exc:
+            raise stopped(run, f"{exc} at epoch {epoch}, batch {i + 1}") from None
+        if per_batch_schedule(config):
+            run.scheduler.step()
+        if run.averager is not None:
+            run.averager.step(unwrap(model))
+        if run.pacer is not None:
+            run.pacer.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+    if not per_batch_schedule(config):
+        run.scheduler.step()
+    return distributed.all_reduce_sum([loss_sum, correct, seen], run.device, run.dist)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               label_smoothing: float = 0.0, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch: forward pass, loss, backward pass, update. Returns the loss and the logits.
+
+    A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched."""
+    with autocast(bf16, x.device):  # bf16 on CUDA when asked for; plain fp32 elsewhere
+        logits = model(x)  # the forward pass
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # the loss
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"the loss became {loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # the backward pass: the loss's gradient for every weight
+    optimizer.step()  # the optimiser step: move the weights against their gradients
+    return loss.detach(), logits.detach()
+
+
+def stopped(run: Run, what: str) -> NonFiniteLoss:
+    """The error that ends a run whose loss stopped being a number; last.pt still holds the last good epoch."""
+    return NonFiniteLoss(f"training stopped: {what}. The last good checkpoint, last.pt (epoch {run.saved_epoch}), "
+                         "is intact; try a lower --lr.")
+
+
+def record_epoch(run: Run, epoch: int, train_sums: list[float], val: dict[str, float], lr: float,
+                 epoch_seconds: float, train_seconds: float) -> bool:
+    """Add the epoch's row to the history; True when its validation top-1 is the best so far."""
+    loss_sum, correct, seen = train_sums
+    run.train_seconds += epoch_seconds
+    run.history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen,
+                        "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "lr": lr,
+                        "epoch_seconds": epoch_seconds, "images_per_second": seen / train_seconds})
+    improved = val["top1"] > run.best_top1
+    run.best_top1 = max(run.best_top1, val["top1"])
+    return improved
+
+
+def log_epoch(run: Run, improved: bool) -> None:
+    row = run.history[-1]
+    log(f"epoch {row['epoch']:3d}/{run.length.epochs}  train loss {row['train_loss']:.4f} top-1 "
+        f"{100 * row['train_top1']:5.2f}%  |  val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:5.2f}% "
+        f"top-3 {100 * row['val_top3']:5.2f}%  |  lr {row['lr']:.2e}  {row['epoch_seconds']:6.1f}s  "
+        f"{row['images_per_second']:7.0f} img/s" + ("  *best" if improved else ""), run.dist.is_main)
+
+
+# --- the checkpoint ---------------------------------------------------------------------------------------------
+
+def save_epoch(run: Run, epoch: int, improved: bool) -> None:
+    """best.pt (if improved), last.pt and metrics.csv, written by the main process. Each write is atomic, so on a
+    write error (full disk, read-only folder) every earlier file is still whole and last.pt can be resumed."""
+    if run.dist.is_main:
+        state = checkpoint_state(run, epoch)
+        try:
+            if improved:
+                save_checkpoint(state, run.folder / "best.pt")
+            save_checkpoint(state, run.folder / "last.pt")
+            write_metrics_csv(run.folder / "metrics.csv", run.history)
+        except CifarlabError as exc:
+            raise CifarlabError(f"{exc}. Training stopped in epoch {epoch}; every file written before is intact. "
+                                "Free some space or make the folder writable, then resume with: "
+                                f"cifarlab train --resume {run.folder}") from None
+    run.saved_epoch = epoch
+
+
+def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
+    """Everything needed to resume the run after ``epoch``, or to use its model (keys: checkpoint.py)."""
+    model = unwrap(run.model)
+    extra = {} if run.averager is None else {"averager": run.averager.state_dict(), "train_model": model.state_dict()}
+    return {"model": run.scored().state_dict(), "model_name": run.config.model,
+            "model_kwargs": model_kwargs(run.config), **extra, "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "epoch": epoch, "config": config_as_run(run).to_dict(),
+            "mean": run.prep.mean, "std": run.prep.std, "classes": list(run.data.classes),
+            "rng": rng_state(run.train_batches), "best_val_top1": run.best_top1, "history": run.history,
+            "train_seconds": run.train_seconds}
+
+
+def config_as_run(run: Run) -> TrainConfig:
+    """The config with the length the run has now (a time-budget run's pacer may have re-planned it)."""
+    steps = run.length.total_steps if run.config.train_steps is not None else None
+    return replace(run.config, epochs=run.length.epochs, train_steps=steps)
+
+
+def rng_state(batches: Batches) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "batches": batches.generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], batches: Batches) -> None:
+    torch.set_rng_state(state["torch"])
+    batches.generator.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --- setup -------------------------------------------------------------------------------------------------------
+
+def build_run(config: TrainConfig, data: Cifar10 | None, resume: str | Path | None, clock: Clock,
+              cleanup: contextlib.ExitStack) -> Run:
+    """Everything a run needs before its first epoch, in the order that fixes its random numbers: processes and
+    device, the data and its split, the time-budget plan, model, batches, optimiser, schedule, weight averaging,
+    then the run folder (a new one, or the resumed one with every state restored from last.pt)."""
+    validate(config)
+    device, dist = start_processes(config)
+    if resume is not None and dist.is_main:
+        claim_folder(Path(resume), cleanup)
+    if resume is None and config.name and (Path(config.out) / config.name).exists():
+        raise UsageError(f"run folder {Path(config.out) / config.name} already exists; choose another --name "
+                         "(runs are never overwritten)")
+    torch.manual_seed(config.seed)
+    t_load = time.perf_counter()
+    data = data if data is not None else load_cifar10(config.data_dir)
+    load_seconds = time.perf_counter() - t_load
+    budget_start = clock()  # a --time-budget covers everything from here to the test's end
+    prep = prepare_data(data, config)
+    plan = None
+    if config.time_budget is not None and resume is None:
+        plan, config = plan_run(config, data, prep, device, dist, budget_start, clock)
+    model, params, macs = make_model(config, data, prep, device)
+    train_batches, val_batches = make_batches(config, data, prep, device, dist)
+    length = RunLength.of(config, steps_per_epoch(train_batches))
+    if config.train_steps is not None:  # whole epochs to run; the last one stops at train_steps
+        config = replace(config, epochs=length.epochs)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, length)
+    averager = make_averager(model, config, length)
+    pacer = None if plan is None else Pacer(plan, length, budget_start, clock)  # keeps a budget run on time
+    model = wrap_model(model, config, device, dist)
+    if resume is None:
+        folder, config = create_folder(config, prep, dist, cleanup)
+    else:
+        folder = Path(resume)
+    run = Run(config, data, prep, device, dist, folder, model, optimizer, scheduler, length, train_batches,
+              val_batches, averager, pacer, plan, params, macs, load_seconds, budget_start, clock)
+    if resume is not None:
+        restore(run, load_checkpoint(folder, "last.pt"))
+    elif dist.is_main:
+        save_checkpoint(checkpoint_state(run, 0), folder / "last.pt")  # so even an early Ctrl-C can be resumed
+    log(f"run {folder}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
+        f"{len(prep.train_idx)} train / {len(prep.val_idx)} val images, device {device}"
+        + (f" x {dist.world_size} processes" if dist.enabled else ""), dist.is_main)
+    return run
+
+
+def start_processes(config: TrainConfig) -> tuple[torch.device, distributed.DistInfo]:
+    """The device of this process, and its place among the processes torchrun started (if any)."""
+    device = pick_device(config.device)
+    dist = distributed.setup(device)
+    device = distributed.process_device(device, dist)
+    if config.batch_size % dist.world_size:
+        raise UsageError(f"--batch-size {config.batch_size} must divide by the {dist.world_size} processes")
+    return device, dist
+
+
+def claim_folder(folder: Path, cleanup: contextlib.ExitStack) -> None:
+    """Make sure the folder being resumed can be written and no other process writes it; clear stale temp files."""
+    check_writable(folder)
+    cleanup.enter_context(RunLock(folder))
+    remove_stale_temp_files(folder)
 
 
 def prepare_data(data: Cifar10, config: TrainConfig) -> Prepared:
@@ -81,380 +351,128 @@ def probe_batches(data: Cifar10, prep: Prepared, config: TrainConfig, device: to
                    crop_padding=config.crop_padding, seed=config.seed + 1, device=device)
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config)  # trainable parameters; BatchNorm's at bias_lr_scale x the LR
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
-                           weight_decay=config.weight_decay)
+def plan_run(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device,
+             dist: distributed.DistInfo, started: float, clock: Clock) -> tuple[BudgetPlan, TrainConfig]:
+    """Time a few steps, fit the whole schedule (and width) into the budget (budget.py); the planned config."""
+    if dist.enabled:
+        raise UsageError("--time-budget plans for one process; run it without torchrun")
+    plan = plan_budget(config, probe_batches(data, prep, config, device), len(prep.val_idx), len(data.test_labels),
+                       len(data.classes), device, started, train_step, clock)
+    log(f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
+        f"({plan.train_steps / plan.steps_per_epoch:.2f} epochs) at {plan.step_seconds:.3f}s/step"
+        + (f", width {plan.width}" if plan.width else "") + f", planned total {plan.predicted_seconds:.0f}s")
+    return plan, apply_plan(config, plan)
 
 
-def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
-    """Optimiser steps in the whole run: ``train_steps`` when set (time-budget runs), else whole epochs."""
-    return config.train_steps or config.epochs * steps_per_epoch
+def make_model(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device) -> tuple[nn.Module, int, int]:
+    """The freshly initialised model, placed on the device, with its parameter and multiply-accumulate counts."""
+    model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config)).to(device)
+    if config.whiten:  # frozen first conv that whitens 2x2 patches of (normalised) training images
+        images = data.train_images[prep.train_idx[:WHITEN_IMAGES]]
+        init_whitening(model, normalize(images, torch.tensor(prep.mean), torch.tensor(prep.std)).to(device))
+    params, macs = count_params(model), count_macs(model)
+    return place_model(model, device, config.channels_last), params, macs
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    """StepLR is stepped once per epoch; the others once per batch (see ``per_batch_schedule``)."""
-    if config.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        total = total_steps(config, steps_per_epoch)  # read afresh: a time-budget run may re-plan it
-        if step < warmup:
-            return (step + 1) / warmup
-        progress_ = (step - warmup) / max(1, total - warmup)
-        if config.scheduler == "onecycle":
-            return max(0.0, 1.0 - progress_)
-        if config.scheduler == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def make_batches(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device,
+                 dist: distributed.DistInfo) -> tuple[Batches, Batches]:
+    """This process's shard of the shuffled, augmented training split, and its slice of the validation split."""
+    mean, std = torch.tensor(prep.mean), torch.tensor(prep.std)
+    train = Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx],
+                    config.batch_size // dist.world_size, mean, std, shuffle=True, augment=config.augment,
+                    crop_padding=config.crop_padding, seed=config.seed, device=device, rank=dist.rank,
+                    world_size=dist.world_size)
+    val_shard = prep.val_idx[dist.rank::dist.world_size]  # every validation image scored once, none dropped
+    val = Batches(data.train_images[val_shard], data.train_labels[val_shard], config.eval_batch_size, mean, std,
+                  device=device)
+    return train, val
 
 
-def per_batch_schedule(config: TrainConfig) -> bool:
-    return config.scheduler != "step"
+def wrap_model(model: nn.Module, config: TrainConfig, device: torch.device, dist: distributed.DistInfo) -> nn.Module:
+    """DistributedDataParallel under torchrun, then torch.compile when asked for."""
+    if dist.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        model = torch.compile(model)
+    return model
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    config: TrainConfig, epoch: int, dist: distributed.DistInfo, device: torch.device,
-                    step_hooks: Sequence[Any] = ()) -> dict:
-    """One pass over the training split. Returns summed loss, correct count and images (this process).
-
-    ``step_hooks`` are called after every optimiser step: weight averaging (fast.py) and time-budget pacing
-    (budget.py)."""
-    model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    desc = f"epoch {epoch}/{config.epochs}"
-    for step, (x, y) in enumerate(progress(batches, len(batches), desc, enabled=dist.is_main)):
-        if (epoch - 1) * len(batches) + step >= total_steps(config, len(batches)):
-            break  # a run of `train_steps` steps (time budget) ends part-way through its last epoch
-        with autocast(config, device):  # bf16 on CUDA when config.bf16; otherwise plain fp32
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)  # the loss
-        if not torch.isfinite(loss):
-            raise CifarlabError(
-                f"training stopped: the loss became {loss.item()} at epoch {epoch}, batch {step + 1}. "
-                f"The last good checkpoint, last.pt (epoch {epoch - 1}), is intact; try a lower --lr."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if per_batch_schedule(config):
-            scheduler.step()
-        for hook in step_hooks:
-            hook.step(unwrap(model))
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-    if not per_batch_schedule(config):
-        scheduler.step()
-    return {"loss_sum": loss_sum, "correct": correct, "seen": seen}
+def create_folder(config: TrainConfig, prep: Prepared, dist: distributed.DistInfo,
+                  cleanup: contextlib.ExitStack) -> tuple[Path, TrainConfig]:
+    """A new run folder (made and locked by the main process) with config.json, split.json, normalization.json;
+    returns it with the config named after it."""
+    folder = None
+    if dist.is_main:
+        folder = new_run_dir(config.out, config.name, config.model)
+        cleanup.enter_context(RunLock(folder))
+        named = replace(config, name=folder.name)
+        write_json(folder / "config.json", named.to_dict())
+        write_json(folder / "split.json", {"seed": config.seed, "train": prep.train_idx.tolist(),
+                                           "val": prep.val_idx.tolist()})
+        write_json(folder / "normalization.json", {"mean": prep.mean, "std": prep.std, "computed_on": "train"})
+    folder = Path(distributed.broadcast_object(str(folder), dist))  # every process writes nothing, but logs it
+    return folder, replace(config, name=folder.name)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, batches: Batches, tta: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits, softmax probabilities and labels for every image of ``batches``, in order (on the CPU).
-
-    ``tta`` averages the logits over mirrored (1) and also 1-pixel-shifted (2) views of each image."""
-    model.eval()
-    all_logits, all_labels = [], []
-    for x, y in batches:
-        all_logits.append(tta_logits(model, x, tta).float().cpu())
-        all_labels.append(y.cpu())
-    logits = torch.cat(all_logits)
-    return logits, logits.softmax(1), torch.cat(all_labels)
-
-
-def evaluate_batches(model: nn.Module, batches: Batches, dist: distributed.DistInfo,
-                     device: torch.device) -> dict[str, float]:
-    """Loss, top-1 and top-3 over a split; each process takes its shard and the sums are reduced.
-
-    Under DDP every process first takes rank 0's BatchNorm statistics (the ones its checkpoint saves), then
-    scores with the plain model, so no collective runs per batch and shards may differ in size.
-    """
-    distributed.broadcast_buffers(unwrap(model), dist)
-    logits, _, y = predict(unwrap(model), batches)
-    top3 = logits.topk(3, dim=1).indices
-    sums = [F.cross_entropy(logits, y, reduction="sum").item(), (top3[:, 0] == y).sum().item(),
-            (top3 == y[:, None]).any(1).sum().item(), len(y)]
-    loss_sum, top1, top3_hits, n = distributed.all_reduce_sum(sums, device, dist)
-    return {"loss": loss_sum / n, "top1": top1 / n, "top3": top3_hits / n}
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Continue from last.pt: weights, averager, optimiser, schedule, random streams, history and length."""
+    unwrap(run.model).load_state_dict(state.get("train_model", state["model"]))
+    if run.averager is not None and "averager" in state:
+        run.averager.load_state_dict(state["averager"])
+    run.train_batches.epoch = state["epoch"]  # the alternating flip continues with the right parity
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], run.train_batches)
+    if run.config.train_steps is not None:  # a time-budget run goes on with the length its pacer last set
+        run.length.total_steps = state["config"].get("train_steps") or run.length.total_steps
+    run.history, run.best_top1 = state["history"], state["best_val_top1"]
+    run.saved_epoch, run.train_seconds = state["epoch"], state["train_seconds"]
+    log(f"resuming {run.folder} after epoch {state['epoch']}", run.dist.is_main)
 
 
-def rng_state(batches: Batches) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), "batches": batches.generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
+# --- the test ----------------------------------------------------------------------------------------------------
+
+def finish(run: Run) -> None:
+    """Score best.pt (or last.pt, per ``test_checkpoint``) on the test set, once, and write run.json.
+
+    The budget clock stops at the end of the test: run.json records the time used since the data was in memory,
+    with the planner's accounting when the run had a time budget."""
+    if run.dist.is_main:
+        tested = f"{run.config.test_checkpoint}.pt"
+        state = load_checkpoint(run.folder, tested)
+        t0 = time.perf_counter()
+        probs, y, index = evaluate_checkpoint(state, run.data, "test", run.device, run.config.eval_batch_size)
+        test_seconds = time.perf_counter() - t0
+        seconds_used = run.clock() - run.budget_start
+        metrics = write_test_results(run.folder, "test", probs, y, index, list(run.data.classes),
+                                     {"checkpoint": tested, "epoch": state["epoch"], "tta": run.config.tta})
+        write_json(run.folder / "run.json", run_summary(run, metrics, tested, test_seconds, seconds_used))
+        log(f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
+            f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run.folder}/test_metrics.json")
+    distributed.barrier(run.dist)
+    distributed.teardown(run.dist)
 
 
-def set_rng_state(state: dict[str, torch.Tensor], batches: Batches) -> None:
-    torch.set_rng_state(state["torch"])
-    batches.generator.set_state(state["batches"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def write_test_results(run_dir: Path, split: str, probs: torch.Tensor, y_true: torch.Tensor,
-                       index: torch.Tensor, classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """``<split>_metrics.json`` and ``<split>_predictions.npz``: the numbers, and what they are computed from."""
-    from cifarlab.runfiles import atomic_write
-
-    metrics = {"split": split, **summarize(probs, y_true, classes), **extra}
-    arrays = {"y_true": y_true.numpy().astype(np.int64), "probs": probs.numpy().astype(np.float32),
-              "index": index.numpy().astype(np.int64)}
-    atomic_write(run_dir / f"{split}_predictions.npz", lambda f: np.savez_compressed(f, **arrays))
-    write_json(run_dir / f"{split}_metrics.json", metrics)
-    return metrics
-
-
-class TrainingInterrupted(CifarlabError):
-    """Ctrl-C during training: the run can be resumed. Exit code 130, the shell's code for SIGINT."""
-
-    exit_code = 130
-
-
-def save_epoch(run_dir: Path, state: dict[str, Any], improved: bool, history: list[dict[str, Any]]) -> None:
-    """best.pt (if improved), last.pt, metrics.csv. Each write is atomic, so on a write error (full disk,
-    read-only folder) every earlier file is still whole and the run can be resumed from last.pt."""
-    try:
-        if improved:
-            save_checkpoint(state, run_dir / "best.pt")
-        save_checkpoint(state, run_dir / "last.pt")
-        write_metrics_csv(run_dir / "metrics.csv", history)
-    except CifarlabError as exc:
-        raise CifarlabError(f"{exc}. Training stopped in epoch {state['epoch']}; every file written before is "
-                            "intact. Free some space or make the folder writable, then resume with: "
-                            f"cifarlab train --resume {run_dir}") from None
+def run_summary(run: Run, metrics: dict[str, Any], tested: str, test_seconds: float,
+                seconds_used: float) -> dict[str, Any]:
+    """run.json: what was trained, how long it took, how it scored, on what machine."""
+    config, history = config_as_run(run), run.history
+    best = max(history, key=lambda r: r["val_top1"])
+    return {
+        "name": run.folder.name, "model": config.model, "recipe": config.recipe, "seed": config.seed,
+        "params": run.params, "macs": run.macs, "epochs": config.epochs, "train_images": len(run.prep.train_idx),
+        "train_seconds": run.train_seconds, "test_seconds": test_seconds, "data_load_seconds": run.load_seconds,
+        "images_per_second": float(np.median([r["images_per_second"] for r in history])),
+        "best_epoch": best["epoch"], "best_val_top1": best["val_top1"], "train_top1_at_best": best["train_top1"],
+        "train_val_gap": best["train_top1"] - best["val_top1"], "test_top1": metrics["top1"],
+        "test_top3": metrics["top3"], "test_loss": metrics["loss"], "device": str(run.device), **environment(),
+        "test_checkpoint": tested, "tta": config.tta, "train_steps": config.train_steps,
+        "time_budget": config.time_budget, "seconds_used": seconds_used,
+        "budget_plan": None if run.plan is None else run.plan.record(run.length),
+    }
 
 
 def environment() -> dict[str, Any]:
     """Hardware and versions, for the record (reports show it in their setup section)."""
     return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-
-
-def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
-          on_epoch: Callable[[int, nn.Module], None] | None = None, analyze: bool = True) -> Path:
-    """Train one model as ``config`` says, evaluate its best checkpoint on the test set, return the run folder.
-
-    ``on_epoch(epoch, model)``, if given, is called after each epoch with the scored model (the benchmark uses it
-    to measure test accuracy over time; it must not train the model). ``analyze=False`` skips the error analysis
-    written after the test (figures, Grad-CAM: slow on a CPU); ``cifarlab analyze RUN`` writes it later."""
-    # --- setup: device, processes, seed, data ------------------------------------------------------------
-    validate(config)
-    device = pick_device(config.device)
-    dist = distributed.setup(device)
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    if config.batch_size % dist.world_size:
-        raise UsageError(f"--batch-size {config.batch_size} must divide by the {dist.world_size} processes")
-    if resume is None and config.name and (Path(config.out) / config.name).exists():
-        raise UsageError(f"run folder {Path(config.out) / config.name} already exists; choose another --name "
-                         "(runs are never overwritten)")
-    torch.manual_seed(config.seed)
-    t_load = time.perf_counter()
-    data = data if data is not None else load_cifar10(config.data_dir)
-    load_seconds = time.perf_counter() - t_load
-    budget_start = time.perf_counter()  # a --time-budget covers everything from here to the test's end
-    prep = prepare_data(data, config)
-    mean, std = torch.tensor(prep.mean), torch.tensor(prep.std)
-
-    # --- time budget: time a few steps, then fit the whole schedule (and width) into it (budget.py) ----
-    plan = None
-    if config.time_budget is not None and resume is None:
-        if dist.enabled:
-            raise UsageError("--time-budget plans for one process; run it without torchrun")
-        plan = plan_budget(config, probe_batches(data, prep, config, device), len(prep.val_idx), len(data.test_labels), len(data.classes),
-                           lambda m: make_optimizer(m, config), device, budget_start)
-        apply_plan(config, plan)
-        log(f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
-            f"({plan.train_steps / plan.steps_per_epoch:.2f} epochs) at {plan.step_seconds:.3f}s/step"
-            + (f", width {plan.width}" if plan.width else "") + f", planned total {plan.predicted_seconds:.0f}s",
-            dist.is_main)
-
-    # --- model, optimiser, schedule -------------------------------------------------------------------
-    model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config)).to(device)
-    if config.whiten:  # frozen first conv that whitens 2x2 patches of (normalised) training images
-        init_whitening(model, normalize(data.train_images[prep.train_idx[:WHITEN_IMAGES]], mean, std).to(device))
-    params, macs = count_params(model), count_macs(model)
-    if device.type == "cpu" or config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    train_batches = Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx],
-                            config.batch_size // dist.world_size, mean, std, shuffle=True, augment=config.augment,
-                            crop_padding=config.crop_padding, seed=config.seed, device=device,
-                            rank=dist.rank, world_size=dist.world_size)
-    val_shard = prep.val_idx[dist.rank::dist.world_size]  # every validation image scored once, none dropped
-    val_batches = Batches(data.train_images[val_shard], data.train_labels[val_shard], config.eval_batch_size,
-                          mean, std, device=device)
-    if config.train_steps is not None:  # whole epochs to run; the last one stops at train_steps
-        config.epochs = math.ceil(config.train_steps / len(train_batches))
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, len(train_batches))
-    averager = make_averager(model, config, total_steps(config, len(train_batches)))  # None unless ema/lookahead
-    pacer = None if plan is None else Pacer(config, plan, budget_start, averager)  # keeps a budget run on time
-    step_hooks = [hook for hook in (averager, pacer) if hook is not None]
-
-    def scored(net: nn.Module) -> nn.Module:
-        """The weights that are validated, checkpointed and tested: the EMA copy when there is one."""
-        return averager.scored(unwrap(net)) if averager is not None else net
-
-    if dist.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        model = torch.compile(model)
-
-    # --- run folder: new, or the one being resumed ----------------------------------------------------
-    history: list[dict[str, Any]] = []
-    start_epoch, best_top1, train_seconds = 1, -1.0, 0.0
-    if resume is not None:
-        run_dir = Path(resume)
-        state = load_checkpoint(run_dir, "last.pt")
-        unwrap(model).load_state_dict(state.get("train_model", state["model"]))
-        if averager is not None and "averager" in state:
-            averager.load_state_dict(state["averager"])
-        train_batches.epoch = state["epoch"]  # the alternating flip continues with the right parity
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], train_batches)
-        history, best_top1 = state["history"], state["best_val_top1"]
-        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
-        if dist.is_main:
-            check_writable(run_dir)
-        log(f"resuming {run_dir} after epoch {state['epoch']}", dist.is_main)
-    elif dist.is_main:
-        run_dir = new_run_dir(config.out, config.name, config.model)
-        config.name = run_dir.name
-        write_json(run_dir / "config.json", config.to_dict())
-        write_json(run_dir / "split.json", {"seed": config.seed, "train": prep.train_idx.tolist(),
-                                            "val": prep.val_idx.tolist()})
-        write_json(run_dir / "normalization.json", {"mean": prep.mean, "std": prep.std, "computed_on": "train"})
-    if dist.enabled:  # every process needs the folder name chosen by rank 0
-        shared = [str(run_dir) if dist.is_main else None]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        extra = {} if averager is None else {"averager": averager.state_dict(),
-                                             "train_model": unwrap(model).state_dict()}
-        return {"model": unwrap(scored(model)).state_dict(), "model_name": config.model,
-                "model_kwargs": model_kwargs(config), **extra, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch, "config": config.to_dict(),
-                "mean": prep.mean, "std": prep.std, "classes": list(data.classes), "rng": rng_state(train_batches),
-                "best_val_top1": best_top1, "history": history, "train_seconds": train_seconds}
-
-    if dist.is_main and resume is None:
-        save_checkpoint(checkpoint(0), run_dir / "last.pt")  # so even an early Ctrl-C can be resumed
-    log(f"run {run_dir}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
-        f"{len(prep.train_idx)} train / {len(prep.val_idx)} val images, device {device}"
-        + (f" x {dist.world_size} processes" if dist.enabled else ""), dist.is_main)
-
-    # --- the epochs -----------------------------------------------------------------------------------
-    epoch = saved_epoch = start_epoch - 1
-    try:
-        for epoch in itertools.count(start_epoch):
-            if epoch > config.epochs:  # checked each time: a --time-budget run re-plans it as it goes
-                break
-            t0 = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]  # the epoch's LR (a per-batch schedule: its starting LR)
-            sums = train_one_epoch(model, train_batches, optimizer, scheduler, config, epoch, dist, device,
-                                   step_hooks)
-            loss_sum, correct, seen = distributed.all_reduce_sum(
-                [sums["loss_sum"], sums["correct"], sums["seen"]], device, dist)
-            t_train = time.perf_counter() - t0
-            val = evaluate_batches(scored(model), val_batches, dist, device)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                   "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
-                   "lr": lr, "epoch_seconds": epoch_seconds,
-                   "images_per_second": seen / t_train}
-            history.append(row)
-            improved = val["top1"] > best_top1
-            best_top1 = max(best_top1, val["top1"])
-            if dist.is_main:
-                save_epoch(run_dir, checkpoint(epoch), improved, history)
-            saved_epoch = epoch
-            log(f"epoch {epoch:3d}/{config.epochs}  train loss {row['train_loss']:.4f} top-1 "
-                f"{100 * row['train_top1']:5.2f}%  |  val loss {val['loss']:.4f} top-1 {100 * val['top1']:5.2f}% "
-                f"top-3 {100 * val['top3']:5.2f}%  |  lr {row['lr']:.2e}  {epoch_seconds:6.1f}s  "
-                f"{row['images_per_second']:7.0f} img/s" + ("  *best" if improved else ""), dist.is_main)
-            if on_epoch is not None:
-                on_epoch(epoch, unwrap(scored(model)))
-    except KeyboardInterrupt:
-        distributed.teardown(dist)
-        raise TrainingInterrupted(f"interrupted in epoch {epoch}: {run_dir}/last.pt holds epoch {saved_epoch}, "
-                                  f"the last completed one. Resume with: cifarlab train --resume {run_dir}") from None
-
-    # --- the test set, once, with the best-validation (or last, see test_checkpoint) checkpoint ---------
-    if dist.is_main:
-        finish_run(run_dir, data, config, device, params, macs, train_seconds, load_seconds,
-                   budget_start=budget_start, plan=None if plan is None else plan.to_dict(), analyze=analyze)
-    distributed.barrier(dist)
-    distributed.teardown(dist)
-    return run_dir
-
-
-def evaluate_checkpoint(state: dict[str, Any], data: Cifar10, split: str, device: torch.device,
-                        batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone."""
-    from cifarlab.checkpoint import model_from_checkpoint
-
-    model = model_from_checkpoint(state).to(device)
-    cfg = state["config"]
-    if device.type == "cpu" or cfg.get("channels_last"):  # as in training: oneDNN convolutions ~2x faster in NHWC
-        model = model.to(memory_format=torch.channels_last)
-    if split == "test":
-        images, labels, index = data.test_images, data.test_labels, torch.arange(len(data.test_labels))
-    else:
-        _, index = stratified_split(data.train_labels, cfg["val_size"], cfg["seed"])
-        images, labels = data.train_images[index], data.train_labels[index]
-    batches = Batches(images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]),
-                      device=device)
-    _, probs, y = predict(model, batches, tta=cfg.get("tta", 0))
-    return probs, y, index
-
-
-def finish_run(run_dir: Path, data: Cifar10, config: TrainConfig, device: torch.device, params: int, macs: int,
-               train_seconds: float, load_seconds: float, budget_start: float | None = None,
-               plan: dict[str, Any] | None = None, analyze: bool = True) -> None:
-    """Evaluate best.pt (or last.pt, per ``test_checkpoint``) on the test set, once, and write the run summary.
-
-    ``budget_start`` is when the budget clock started (data in memory); the time used up to the end of the test
-    is recorded whether or not the run had a ``time_budget``, with the planner's accounting (``plan``) if any."""
-    tested = f"{config.test_checkpoint}.pt"
-    state = load_checkpoint(run_dir, tested)
-    t0 = time.perf_counter()
-    probs, y, index = evaluate_checkpoint(state, data, "test", device, config.eval_batch_size)
-    test_seconds = time.perf_counter() - t0
-    seconds_used = None if budget_start is None else time.perf_counter() - budget_start
-    metrics = write_test_results(run_dir, "test", probs, y, index, list(data.classes),
-                                 {"checkpoint": tested, "epoch": state["epoch"], "tta": config.tta})
-    history = state["history"]
-    best = max(history, key=lambda r: r["val_top1"])
-    last = load_checkpoint(run_dir, "last.pt")["history"]
-    ips = [r["images_per_second"] for r in last]
-    summary = {
-        "name": run_dir.name, "model": config.model, "recipe": config.recipe, "seed": config.seed,
-        "params": params, "macs": macs, "epochs": config.epochs,
-        "train_images": len(read_json(run_dir / "split.json")["train"]),
-        "train_seconds": train_seconds, "test_seconds": test_seconds, "data_load_seconds": load_seconds,
-        "images_per_second": float(np.median(ips)), "best_epoch": best["epoch"],
-        "best_val_top1": best["val_top1"], "train_top1_at_best": best["train_top1"],
-        "train_val_gap": best["train_top1"] - best["val_top1"], "test_top1": metrics["top1"],
-        "test_top3": metrics["top3"], "test_loss": metrics["loss"], "device": str(device), **environment(),
-        "test_checkpoint": tested, "tta": config.tta, "train_steps": config.train_steps,
-        "time_budget": config.time_budget, "seconds_used": seconds_used, "budget_plan": plan,
-    }
-    write_json(run_dir / "run.json", summary)
-    log(f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
-        f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run_dir}/test_metrics.json")
-    if analyze:
-        from cifarlab.analysis import analyze_after_training
-
-        analyze_after_training(run_dir, data)

@@ -1,0 +1,54 @@
+"""Where a model computes: the device, the memory layout of its weights, and the precision of its forward pass.
+
+Every model that trains, is probed or scores images is placed by :func:`place_model`, so training, the
+time-budget probe, validation, the test, ``evaluate`` and ``predict`` all compute in the same layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+from cifarlab.errors import UsageError
+
+
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA, else Apple MPS, else CPU; an explicit name is checked so a typo gives a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available")
+    if device.type == "mps" and not mps_available():
+        raise UsageError("--device mps was asked for, but Apple MPS is not available")
+    return device
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """``model`` on ``device``, in channels-last (NHWC) layout on CPUs, where oneDNN's convolutions are faster in
+    it, and wherever ``channels_last`` asks for it (tensor cores on GPUs). Evidence: docs/benchmarks.md, "Memory
+    layout and precision on the CPU"."""
+    model = model.to(device)
+    if device.type == "cpu" or channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(bf16: bool, device: torch.device) -> ContextManager:
+    """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster:
+    docs/benchmarks.md, "Memory layout and precision on the CPU")."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,95 @@
+"""The optimiser, the length of the run in optimiser steps, and the learning-rate schedule over that length.
+
+:class:`RunLength` is the one thing about a run that changes while it trains: the pacer of a time-budget run
+re-plans the number of steps, and the LR schedule and the weight averager read it afresh at every step. The
+config itself never changes once training starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifarlab.data import Batches
+
+
+@dataclass
+class RunLength:
+    """How long the run is: optimiser steps in all, and per epoch. Owned by the training loop."""
+
+    total_steps: int  # the last step of the schedule; a time-budget run's pacer moves it while training
+    steps_per_epoch: int
+
+    @property
+    def epochs(self) -> int:
+        """Epochs begun by the run (the last one may stop part-way, at ``total_steps``)."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    @classmethod
+    def of(cls, config: Any, steps_per_epoch: int) -> RunLength:
+        """``config.train_steps`` when set (time-budget runs), else whole epochs."""
+        return cls(config.train_steps or config.epochs * steps_per_epoch, steps_per_epoch)
+
+
+def steps_per_epoch(batches: Batches) -> int:
+    """Optimiser steps in one pass over ``batches``: one per batch, except a last batch of a single image, which
+    is left out because BatchNorm cannot normalise one value per channel."""
+    per_process = len(batches.images) // batches.world_size
+    return len(batches) - (batches.batch_size > 1 and per_process % batches.batch_size == 1)
+
+
+def param_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
+    """Trainable parameters, with BatchNorm's own at ``bias_lr_scale`` x the LR and weight decay / that factor.
+
+    BatchNorm shifts get gradients of a different size than conv weights; a higher LR lets them keep up, and
+    dividing their decay keeps the per-step shrinkage the same. Frozen parameters (a whitened stem, a frozen BN
+    scale) are left out so no optimiser state or weight decay touches them.
+    """
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for p in m.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.bias_lr_scale == 1.0:
+        return [{"params": trainable}]
+    others = [p for p in trainable if id(p) not in norm_ids]
+    norms = [p for p in trainable if id(p) in norm_ids]
+    return [{"params": others},
+            {"params": norms, "lr": config.lr * config.bias_lr_scale,
+             "weight_decay": config.weight_decay / config.bias_lr_scale}]
+
+
+def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
+    """Adam, or Nesterov SGD, over :func:`param_groups`."""
+    groups = param_groups(model, config)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def per_batch_schedule(config: Any) -> bool:
+    """StepLR steps once per epoch; the other schedules once per optimiser step."""
+    return config.scheduler != "step"
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: Any, length: RunLength) -> Any:
+    """StepLR, or a per-step schedule (linear warm-up, then one-cycle, cosine or constant) over ``length``."""
+    if config.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    warmup = int(config.warmup_epochs * length.steps_per_epoch)
+
+    def factor(step: int) -> float:
+        total = length.total_steps  # read at every step: a time-budget run re-plans it
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if config.scheduler == "onecycle":
+            return max(0.0, 1.0 - progress)
+        if config.scheduler == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
