@@ -33,6 +33,7 @@ from cifarlab.metrics import summarize
 from cifarlab.models import build_model, count_macs, count_params
 from cifarlab.progress import log, progress
 from cifarlab.runfiles import check_writable, new_run_dir, read_json, write_json, write_metrics_csv
+from cifarlab.tracking import open_tracker
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -338,6 +339,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
         shared = [str(run_dir) if dist.is_main else None]
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])
+    tracker = open_tracker(run_dir, config, enabled=dist.is_main)  # TensorBoard events (and MLflow, if asked)
 
     def checkpoint(epoch: int) -> dict[str, Any]:
         extra = {} if averager is None else {"averager": averager.state_dict(),
@@ -375,6 +377,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
                    "lr": lr, "epoch_seconds": epoch_seconds,
                    "images_per_second": seen / t_train}
             history.append(row)
+            tracker.epoch(row)
             improved = val["top1"] > best_top1
             best_top1 = max(best_top1, val["top1"])
             if dist.is_main:
@@ -395,6 +398,8 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
     if dist.is_main:
         finish_run(run_dir, data, config, device, params, macs, train_seconds, load_seconds,
                    budget_start=budget_start, plan=None if plan is None else plan.to_dict(), analyze=analyze)
+        tracker.finish(run_dir, data)
+        tracker.close()
     distributed.barrier(dist)
     distributed.teardown(dist)
     return run_dir
