@@ -20,6 +20,7 @@ Running a sweep again skips finished runs and resumes interrupted ones; a run wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -42,7 +43,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.errors import CifarlabError, UsageError
@@ -970,6 +971,22 @@ def stop_cleanly(sweep: Sweep, pool: Any, progress: Progress) -> None:
             signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (a scheduler or ``kill``) stops the sweep as cleanly as Ctrl-C does."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def compare_and_report(sweep: Sweep, data_dir: str | None) -> str:
     """compare and report over the finished runs of the grid; the groups go into sweep.json."""
     from cifarlab.compare import build_comparison, comparison_markdown, write_comparison
@@ -1039,7 +1056,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
                 print(f"FAILED  {run['name']}: {run['message']}", flush=True)
         progress = Progress(total, sweep.count("done", "failed"), spec.name)
         try:
-            drive(sweep, pool, env, progress)
+            with sigterm_as_ctrl_c():
+                drive(sweep, pool, env, progress)
         except KeyboardInterrupt:
             stop_cleanly(sweep, pool, progress)
             sweep.status = "interrupted"
