@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--seed-study", action="store_true", help="also the seed recipe, 2 models x seeds 0-4")
     p.add_argument("--study-workers", type=int, default=2, help="workers of the seed study (default 2)")
     p.add_argument("--smoke", action="store_true", help="tiny runs (500 images, 1 epoch): checks the script")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value for every run (e.g. val_size=100 for a small generated data set)")
     args = p.parse_args()
 
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -69,6 +71,8 @@ def main() -> int:
               "--epochs", str(epochs), "--device", args.device, "--no-report"]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
+    for item in args.set:
+        common += ["--set", item]
     rows = []
     for way, flags in WAYS.items():
         if args.skip_ray and way.startswith("Ray"):
@@ -91,6 +95,8 @@ def main() -> int:
                  "--workers", str(args.study_workers)]
         if args.data_dir:
             study += ["--data-dir", args.data_dir]
+        for item in args.set:
+            study += ["--set", item]
         if args.smoke:
             study += ["--limit-train", "500", "--epochs", "1", "--no-report"]
         seconds, data = sweep("seed-study", study, out)

@@ -289,6 +289,25 @@ def test_failed_runs_are_marked_with_their_message_and_the_others_finish(fake_ci
     assert (folder / "comparison.md").is_file()  # the finished run is still compared
 
 
+@pytest.mark.slow
+def test_gather_mode_trains_in_a_scratch_folder_and_sends_the_run_back(fake_cifar, tmp_path):
+    """What a Ray task does without shared storage, run here in-process: the run folder comes back packed."""
+    spec = SweepSpec(name="gathered", models=["mycnn"], out=str(tmp_path / "driver"),
+                     grid={"epochs": [1], "batch_size": [50], "limit_train": [200], "val_size": [100],
+                           "device": ["cpu"]})
+    (planned,) = expand(spec, str(fake_cifar))
+    job = {"name": planned.name, "config": planned.config, "sweep_dir": "/nonexistent/on/this/node", "threads": 1,
+           "env": {}, "gather": True, "analysis": "none"}
+    result = sweep_module.execute_run(job)
+    assert result["state"] == "done", result
+    assert "$ " in result["log"] and "test (best.pt" in result["log"]
+    sweep_module.unpack_folder(result["blob"], tmp_path / "driver" / "gathered")
+    run = tmp_path / "driver" / "gathered" / planned.name
+    assert json.loads((run / "run.json").read_text())["test_top1"] == result["headline"]["test_top1"]
+    scratch = Path(json.loads((run / "config.json").read_text())["out"])
+    assert scratch != run.parent and not scratch.exists()  # the node's scratch folder is cleaned up
+
+
 SIX_EPOCHS = ["--set", "lr=0.001", "--seeds", "0", "--epochs", "6"]
 ONE_RUN = "mycnn-seed-s0"
 

@@ -691,22 +691,27 @@ def fmt_seconds(seconds: float | None) -> str:
 
 
 class Progress:
-    """One overall bar (a tqdm bar in a terminal, else nothing) and one printed line per finished run."""
+    """One overall bar in a terminal (a log gets the same as a line whenever a run ends), and one printed line
+    per finished run."""
 
     def __init__(self, total: int, finished: int, name: str) -> None:
         from cifarlab.progress import is_terminal
 
         self.bar = None
+        self.total, self.finished = total, finished
         if is_terminal():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=finished, desc=f"sweep {name}", unit="run", dynamic_ncols=True,
-                            bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {postfix}")
+                            bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} finished{postfix}")
 
     def show(self, finished: int, status: str) -> None:
         if self.bar is not None:
             self.bar.n = finished
             self.bar.set_postfix_str(status, refresh=True)
+        elif finished != self.finished:
+            print(f"        {finished}/{self.total} finished, {status}", flush=True)
+        self.finished = finished
 
     def line(self, text: str) -> None:
         if self.bar is not None:
@@ -877,8 +882,10 @@ def eta(sweep: Sweep, slots: int, durations: list[float]) -> float | None:
 
 
 def status_text(sweep: Sweep, slots: int, durations: list[float]) -> str:
-    return (f"{sweep.count('done')} done, {sweep.count('running')} running, {sweep.count('failed')} failed, "
-            f"~{fmt_seconds(eta(sweep, slots, durations))} left")
+    """``2 running, 0 failed, ~4m10s left`` (the time is estimated once a run has finished)."""
+    left = eta(sweep, slots, durations)
+    return (f"{sweep.count('running')} running, {sweep.count('failed')} failed, "
+            + ("time left: known after the first run" if left is None else f"~{fmt_seconds(left)} left"))
 
 
 def finished_line(run: dict[str, Any], attempts_note: str) -> str:
