@@ -1141,7 +1141,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
         base.update(name=spec_saved.get("name"), out=str(Path(args.resume).parent), models=spec_saved.get("models"),
                     recipes=spec_saved.get("recipes"), seeds=spec_saved.get("seeds"),
                     set=dict(spec_saved.get("grid") or {}))
-        base.update({k: v for k, v in options_saved.items() if k in ("retries", "mlflow", "report", "images")})
+        # the saved options (a Ray address included) hold, flags override; workers and threads fit this machine
+        base.update({k: v for k, v in options_saved.items() if k in OPTION_KEYS - {"workers", "threads"}})
         grid_flags = [f for f, v in (("--model", args.model), ("--recipe", args.recipe), ("--seeds", args.seeds),
                                      ("--set", args.set), ("--name", args.name), ("a sweep file", args.file)) if v]
         if grid_flags:
