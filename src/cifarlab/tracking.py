@@ -320,7 +320,11 @@ class Tracker:
         metrics = read_json(run_dir / "test_metrics.json")
         test = {k: float(metrics[k]) for k in TEST_KEYS if k in metrics}
         step = max(self.last_step, int(metrics.get("epoch", 0)))
-        figures = self.figures(run_dir, data)
+        try:
+            figures = self.figures(run_dir, data)
+        except Exception as exc:  # noqa: BLE001 - the run is finished and saved; a missing figure must not undo it
+            print(f"cifarlab: warning: tracking figures not drawn ({type(exc).__name__}: {exc})", flush=True)
+            figures = {}
         if self.tensorboard:
             self._guard("TensorBoard", lambda: self._tensorboard_finish(test, step, figures))
         if self.mlflow is not None:
