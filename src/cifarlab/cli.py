@@ -291,6 +291,11 @@ from cifarlab.benchmark import register_benchmark_command  # noqa: E402
 
 EXTRA_COMMANDS += [register_benchmark_command]
 
+# Grids of runs on a local pool or on Ray (cifarlab sweep); its workers load torch, the driver barely.
+from cifarlab.sweep import register_sweep_command  # noqa: E402
+
+EXTRA_COMMANDS += [register_sweep_command]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

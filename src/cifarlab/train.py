@@ -38,6 +38,7 @@ from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_
 from cifarlab.progress import log, progress
 from cifarlab.runfiles import (RunLock, check_writable, new_run_dir, remove_stale_temp_files, write_json,
                                write_metrics_csv)
+from cifarlab.tracking import NullTracker, Tracker, open_tracker
 
 Clock = Callable[[], float]
 
@@ -92,6 +93,7 @@ class Run:
     best_top1: float = -1.0
     train_seconds: float = 0.0
     saved_epoch: int = 0  # the epoch last.pt holds
+    tracker: Tracker | NullTracker = field(default_factory=NullTracker)  # TensorBoard events (and MLflow)
 
     def scored(self) -> nn.Module:
         """The plain model that is validated, checkpointed and tested: the EMA copy when there is one."""
@@ -110,6 +112,8 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
     """
     with contextlib.ExitStack() as cleanup:  # releases the run folder's lock however training ends
         run = build_run(config, data, resume, clock, cleanup)
+        run.tracker = open_tracker(run.folder, config_as_run(run), enabled=run.dist.is_main)
+        cleanup.callback(run.tracker.close)
         run_epochs(run, on_epoch)
         finish(run)
     return run.folder
@@ -133,6 +137,7 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
                 if not math.isfinite(val["loss"]):
                     raise stopped(run, f"the validation loss became {val['loss']} at epoch {epoch}")
                 improved = record_epoch(run, epoch, train_sums, val, lr, time.perf_counter() - t0, t_train)
+                run.tracker.epoch(run.history[-1])  # before the checkpoint: a resumed run logs each epoch once
                 with signals.deferred():  # a stop request waits until the epoch's files are whole
                     save_epoch(run, epoch, improved)
                 log_epoch(run, improved)
@@ -447,6 +452,7 @@ def finish(run: Run) -> None:
         metrics = write_test_results(run.folder, "test", probs, y, index, list(run.data.classes),
                                      {"checkpoint": tested, "epoch": state["epoch"], "tta": run.config.tta})
         write_json(run.folder / "run.json", run_summary(run, metrics, tested, test_seconds, seconds_used))
+        run.tracker.finish(run.folder, run.data)
         log(f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
             f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run.folder}/test_metrics.json")
     distributed.barrier(run.dist)
