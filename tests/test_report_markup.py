@@ -11,6 +11,7 @@ import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote
 
 import matplotlib
@@ -19,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_analysis import crafted_run
 
 from cifarlab import analysis, plots
 from cifarlab.cli import main
@@ -69,10 +69,10 @@ def rename_class(data: dict) -> None:
     data["per_class_accuracy"] = {HOSTILE_CLASS if k == "cat" else k: v for k, v in data["per_class_accuracy"].items()}
 
 
-def hostile_copy(tiny_run: Path, dest: Path, seed: int) -> Path:
+def hostile_copy(crafted_run: Callable[..., Path], dest: Path, seed: int) -> Path:
     """A copy of the tiny run (with mistakes) with a hostile folder name, class name, config value and run.json
     fields (``lr`` differs between the copies, so each is a group of its own, labelled by its folder name)."""
-    crafted_run(tiny_run, dest, seed=seed, config={"recipe": SCRIPT, "lr": 0.001 * (seed + 1)},
+    crafted_run(dest, seed=seed, config={"recipe": SCRIPT, "lr": 0.001 * (seed + 1)},
                 info={"params": SCRIPT, "cpu": SCRIPT, "platform": f"{IMG} http://x"})
     edit_json(dest / "test_metrics.json", rename_class)
     return dest
@@ -95,10 +95,10 @@ def poison_analysis(run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def hostile_runs(tiny_run, fake_cifar, tmp_path_factory) -> list[Path]:
+def hostile_runs(crafted_run, fake_cifar, tmp_path_factory) -> list[Path]:
     """Two hostile runs: the first analysed here (then poisoned), the second left for `report` to analyse."""
     root = tmp_path_factory.mktemp("hostile")
-    runs = [hostile_copy(tiny_run, root / name, seed) for seed, name in enumerate(RUN_NAMES)]
+    runs = [hostile_copy(crafted_run, root / name, seed) for seed, name in enumerate(RUN_NAMES)]
     analysis.analyze(runs[0], data_dir=str(fake_cifar))
     poison_analysis(runs[0])
     return runs
