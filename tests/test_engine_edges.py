@@ -127,7 +127,7 @@ def test_a_time_budget_too_short_for_a_tiny_split_is_refused_in_one_line(fake_ci
     config = write_config(tmp_path / "config.json", make_config(
         "fast", model_width=8, val_size=100, data_dir=str(fake_cifar), device="cpu"))
     code = main(["train", "--config", str(config), "--limit-train", "10", "--time-budget", "1",
-                 "--out", str(tmp_path), "--name", "tiny", "--no-analysis"])
+                 "--out", str(tmp_path), "--name", "tiny", "--no-analysis", "--data-dir", str(fake_cifar)])
     line = one_line(capsys.readouterr().err)
     assert code == 2 and line.startswith("cifarlab: error: --time-budget 1s is too short for fastcnn")
     assert not (tmp_path / "tiny").exists()  # refused before any run folder is made
@@ -167,7 +167,7 @@ def start_paused_run(tmp_path: Path, fake_cifar: Path) -> tuple[subprocess.Popen
     config = write_config(tmp_path / "config.json", small_config(fake_cifar, tmp_path))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(script), str(ready), str(go), "train", "--config", str(config),
-                             "--out", str(tmp_path), "--name", "run", "--no-analysis"],
+                             "--out", str(tmp_path), "--name", "run", "--no-analysis", "--data-dir", str(fake_cifar)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while not ready.exists():
@@ -189,7 +189,7 @@ def test_sigterm_stops_training_like_ctrl_c_and_the_run_resumes(fake_cifar, tmp_
     assert "last.pt holds epoch 1" in line and line.endswith(f"Resume with: cifarlab train --resume {run}")
     assert load_checkpoint(run, "last.pt")["epoch"] == 1  # whole and loadable
 
-    assert main(["train", "--resume", str(run), "--no-analysis"]) == 0
+    assert main(["train", "--resume", str(run), "--no-analysis", "--data-dir", str(fake_cifar)]) == 0
     assert f"resuming {run} after epoch 1" in capsys.readouterr().out
     assert load_checkpoint(run, "last.pt")["epoch"] == 2 and (run / "run.json").is_file()
 
@@ -199,7 +199,7 @@ def test_a_second_writer_of_a_run_folder_is_refused_in_one_line(fake_cifar, tmp_
     proc, run, go = start_paused_run(tmp_path, fake_cifar)
     try:
         before = (run / "last.pt").read_bytes()
-        assert main(["train", "--resume", str(run), "--no-analysis"]) == 1
+        assert main(["train", "--resume", str(run), "--no-analysis", "--data-dir", str(fake_cifar)]) == 1
         line = one_line(capsys.readouterr().err)
         assert line == (f"cifarlab: error: run folder {run} is in use by another cifarlab process (a training or "
                         "resume still running); wait for it to end")
@@ -231,14 +231,14 @@ def test_a_stop_signal_waits_for_the_deferred_block_and_exits_143():
 
 # --- temporary files and durability --------------------------------------------------------------------------------
 
-def test_stale_temporary_files_are_removed_when_a_run_is_resumed(tiny_run, tmp_path):
+def test_stale_temporary_files_are_removed_when_a_run_is_resumed(tiny_run, fake_cifar, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     stale = [run / ".last.pt.k2j4h1.tmp", run / ".metrics.csv.8fa0qz.tmp"]  # left by writes cut short
     for path in stale:
         path.write_bytes(b"half a file")
     (run / ".keep").write_text("not ours")
-    assert main(["train", "--resume", str(run), "--no-analysis"]) == 0
+    assert main(["train", "--resume", str(run), "--no-analysis", "--data-dir", str(fake_cifar)]) == 0
     assert not any(path.exists() for path in stale)
     assert (run / ".keep").exists()
 

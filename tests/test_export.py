@@ -104,7 +104,7 @@ def test_the_onnx_graph_takes_pixels_in_0_1_and_returns_logits(exported):
 
 
 @pytest.mark.parametrize("fmt", RUNNERS)
-def test_the_json_beside_it_says_how_to_use_it(fmt, exported, tiny_run):
+def test_the_json_beside_it_says_how_to_use_it(fmt, exported, tiny_run, fake_cifar):
     path = exported(fmt)
     info = json.loads(path.with_name(path.name + ".json").read_text())
     state = load_checkpoint(tiny_run)
@@ -112,7 +112,7 @@ def test_the_json_beside_it_says_how_to_use_it(fmt, exported, tiny_run):
     assert info["normalization"] == {**info["normalization"], "mean": state["mean"], "std": state["std"],
                                      "inside_model": True}
     assert info["input"]["range"].startswith("[0, 1]")
-    assert info["check"]["images"] == "the first 100 CIFAR-10 test images"
+    assert info["check"]["images"] == f"the first 100 CIFAR-10 test images in {fake_cifar}"
     assert info["check"]["max_abs_logit_diff"] <= 1e-4
 
 

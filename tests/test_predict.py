@@ -159,7 +159,7 @@ def test_a_bad_top_k_is_a_usage_error(tiny_run, photos, k, capsys):
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_predict_applies_the_runs_test_time_augmentation(tiny_run, tmp_path, level):
     """README: predict scores an image as the run's own test did, with its TTA level (0, mirror, or shifts too)."""
-    from cifarlab.fast import tta_logits
+    from cifarlab.infer import tta_logits
 
     state = torch.load(tiny_run / "best.pt", weights_only=True)
     state["config"]["tta"] = level

@@ -105,9 +105,9 @@ def hostile_runs(crafted_run, fake_cifar, tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def hostile_report(hostile_runs, tmp_path_factory) -> Path:
+def hostile_report(hostile_runs, fake_cifar, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hostile-report") / "report.html"
-    assert main(["report", *map(str, hostile_runs), "--out", str(out)]) == 0
+    assert main(["report", *map(str, hostile_runs), "--out", str(out), "--data-dir", str(fake_cifar)]) == 0
     return out
 
 

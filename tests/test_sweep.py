@@ -121,7 +121,7 @@ def test_the_grid_is_every_combination_times_seeds_and_bad_values_fail_alone(tmp
     assert first.config["epochs"] == 3 and first.config["out"] == str(tmp_path.resolve() / "g")
     assert first.config["name"] == first.name and first.config["data_dir"] == str(tmp_path / "data")
     bad = [r for r in planned if r.error]
-    assert len(bad) == 4 and all(r.point["lr"] == -1.0 and "--lr must be positive" in r.error for r in bad)
+    assert len(bad) == 4 and all(r.point["lr"] == -1.0 and "lr: must be positive" in r.error for r in bad)
     typed = expand(SweepSpec(name="t", grid={"epochs": ["abc", 2]}, out=str(tmp_path)))
     assert typed[0].error == 'bad config: epochs must be int, got "abc"' and typed[1].error is None
 

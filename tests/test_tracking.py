@@ -142,7 +142,8 @@ def test_a_training_run_logs_params_metrics_and_figures_to_mlflow(fake_cifar, tm
     config = make_config("seed", model="mycnn", epochs=2, batch_size=50, val_size=100, limit_train=100,
                          data_dir=str(fake_cifar), out=str(tmp_path / "runs"), device="cpu")
     config.save(tmp_path / "config.json")
-    assert main(["train", "--config", str(tmp_path / "config.json"), "--name", "tracked", "--no-analysis"]) == 0
+    assert main(["train", "--config", str(tmp_path / "config.json"), "--name", "tracked", "--no-analysis",
+                 "--data-dir", str(fake_cifar)]) == 0
     run = tmp_path / "runs" / "tracked"
     saved = json.loads((run / tracking.TRACKING_FILE).read_text())
     assert saved["mlflow_uri"] == uri

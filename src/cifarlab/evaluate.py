@@ -9,7 +9,8 @@ from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.data import load_cifar10, resolve_data_dir
 from cifarlab.device import pick_device
 from cifarlab.errors import UsageError
-from cifarlab.infer import evaluate_checkpoint, write_test_results
+from cifarlab.infer import evaluate_checkpoint
+from cifarlab.metrics import write_test_results
 
 
 def evaluate(run_or_checkpoint: str | Path, split: str = "test", data_dir: str | None = None,

@@ -7,10 +7,8 @@ scores a split; :func:`write_test_results` writes what it scored.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +17,6 @@ from cifarlab import distributed
 from cifarlab.checkpoint import model_from_checkpoint
 from cifarlab.data import Batches, Cifar10, stratified_split
 from cifarlab.device import place_model
-from cifarlab.metrics import summarize
-from cifarlab.runfiles import atomic_write, write_json
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level
 
@@ -101,13 +97,3 @@ def evaluate_checkpoint(state: dict[str, Any], data: Cifar10, split: str, device
     logits, y = infer(inference_model(state, device), batches, tta=cfg.get("tta", 0))
     return logits.softmax(1), y, index
 
-
-def write_test_results(run_dir: Path, split: str, probs: torch.Tensor, y_true: torch.Tensor,
-                       index: torch.Tensor, classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """``<split>_metrics.json`` and ``<split>_predictions.npz``: the numbers, and what they are computed from."""
-    metrics = {"split": split, **summarize(probs, y_true, classes), **extra}
-    arrays = {"y_true": y_true.numpy().astype(np.int64), "probs": probs.numpy().astype(np.float32),
-              "index": index.numpy().astype(np.int64)}
-    atomic_write(run_dir / f"{split}_predictions.npz", lambda f: np.savez_compressed(f, **arrays))
-    write_json(run_dir / f"{split}_metrics.json", metrics)
-    return metrics

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics.classification import MulticlassStatScores
+
+from cifarlab.runfiles import atomic_write, write_json
 
 
 def topk_hits(probs: torch.Tensor, y_true: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,3 +51,14 @@ def summarize(probs: torch.Tensor, y_true: torch.Tensor, classes: list[str]) -> 
         "loss": nll(probs, y_true),
         "per_class_accuracy": dict(zip(classes, per_class_accuracy(probs, y_true))),
     }
+
+
+def write_test_results(run_dir: Path, split: str, probs: torch.Tensor, y_true: torch.Tensor,
+                       index: torch.Tensor, classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """``<split>_metrics.json`` and ``<split>_predictions.npz``: the numbers, and what they are computed from."""
+    metrics = {"split": split, **summarize(probs, y_true, classes), **extra}
+    arrays = {"y_true": y_true.numpy().astype(np.int64), "probs": probs.numpy().astype(np.float32),
+              "index": index.numpy().astype(np.int64)}
+    atomic_write(run_dir / f"{split}_predictions.npz", lambda f: np.savez_compressed(f, **arrays))
+    write_json(run_dir / f"{split}_metrics.json", metrics)
+    return metrics

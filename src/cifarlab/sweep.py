@@ -515,18 +515,19 @@ def execute_locked(job: dict[str, Any], work: Path, run_dir: Path, log_path: Pat
     if state == "empty":  # started, but killed before its first checkpoint: nothing to resume
         shutil.rmtree(run_dir)
     resuming = state == "partial"
+    data = ["--data-dir", job["config"]["data_dir"]] if job["config"].get("data_dir") else []  # the sweep's own
     if resuming:
-        cmd = python + ["train", "--resume", str(run_dir), "--no-analysis"]
+        cmd = python + ["train", "--resume", str(run_dir), "--no-analysis", *data]
     else:
         config_file = log_path.with_name(f"{job['name']}.config.json")
         write_json(config_file, job["config"])
         cmd = python + ["train", "--config", str(config_file), "--out", str(work), "--name", job["name"],
-                        "--no-analysis"]
+                        "--no-analysis", *data]
     state, message = classify(run_process(cmd, job, log_path, cancel, on_start, fd), run_dir, log_path)
     if resuming:
         result["resumed_from"] = resumed_epoch(log_path, run_dir)
     if state == "done" and job.get("analysis", "none") != "none":
-        cmd = python + ["analyze", str(run_dir)] + (["--no-images"] if job["analysis"] == "numbers" else [])
+        cmd = python + ["analyze", str(run_dir), *data] + (["--no-images"] if job["analysis"] == "numbers" else [])
         code = run_process(cmd, job, log_path, cancel, on_start, fd)
         if code != 0:
             message = f"trained, but its analysis failed ({last_error(log_path)}); the report retries it"

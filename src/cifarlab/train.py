@@ -31,7 +31,8 @@ from cifarlab.data import Batches, Cifar10, balanced_subset, channel_stats, load
 from cifarlab.device import autocast, pick_device, place_model
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.fast import model_kwargs
-from cifarlab.infer import evaluate_checkpoint, score, write_test_results
+from cifarlab.infer import evaluate_checkpoint, score
+from cifarlab.metrics import write_test_results
 from cifarlab.interrupts import StopSignals, exit_code
 from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
 from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_schedule, steps_per_epoch
