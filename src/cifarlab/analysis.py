@@ -511,7 +511,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_analysis_commands(sub: argparse._SubParsersAction) -> None:
+def register_analyze(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab analyze`` to the command line."""
     p = sub.add_parser("analyze", help="error analysis of a finished run (confusions, calibration, Grad-CAM)",
                        description="Write RUN/analysis/: confusion matrix, per-class metrics, confused pairs, "

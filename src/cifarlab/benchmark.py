@@ -393,7 +393,7 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
+def register_benchmark(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab benchmark`` to the command line."""
     def budgets(text: str) -> tuple:
         return parse_list(text, float)

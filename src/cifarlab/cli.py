@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+from cifarlab.analysis import register_analyze
+from cifarlab.benchmark import register_benchmark
+from cifarlab.compare import register_compare
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
+from cifarlab.report import register_report
+from cifarlab.sweep import register_sweep
 
 MAX_SEED = 2**32 - 1  # as config.MAX_SEED; repeated so that building the parser imports nothing heavy
 # What last.pt must hold, and of which type, for training to continue where it stopped.
@@ -185,12 +190,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="cifarlab", description="Train, evaluate, explain and compare image classifiers on CIFAR-10.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def register_train(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab train`` to the command line."""
     p = sub.add_parser("train", help="train one model, then evaluate it once on the test set")
     p.add_argument("--model", help="model name (see `cifarlab models`); default: the recipe's, else mycnn")
     add_common_run_flags(p)
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channel width of models that take one (fastcnn; default 64, or the budget planner's)")
     p.set_defaults(func=cmd_train)
 
+
+def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab evaluate`` to the command line."""
     p = sub.add_parser("evaluate", help="score a checkpoint on the test (or validation) set")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--split", choices=["test", "val"], default="test", help="which split to score (default test)")
@@ -214,32 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the metrics files (default: beside the checkpoint)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def register_study(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab study`` to the command line."""
     p = sub.add_parser("study", help="the whole study: mycnn vs resnet18, same setup, compared")
     p.add_argument("--quick", action="store_true", help="a 5,000-image slice and 3 epochs: minutes on a CPU")
     add_common_run_flags(p)
     p.set_defaults(func=cmd_study)
 
+
+def register_models(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab models`` to the command line."""
     p = sub.add_parser("models", help="list the registered models with their size and cost")
     p.set_defaults(func=cmd_models)
 
+
+def register_recipes(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab recipes`` to the command line."""
     p = sub.add_parser("recipes", help="list the training recipes")
     p.set_defaults(func=cmd_recipes)
-
-    for register in EXTRA_COMMANDS:
-        register(sub)
-    return parser
-
-
-# Further sub-commands register themselves here: each entry is a function(subparsers) that adds one parser
-# and sets its ``func``.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-# Error analysis, comparison and report (issue 3). These modules load torch only when a command runs.
-from cifarlab.analysis import register_analysis_commands  # noqa: E402
-from cifarlab.compare import register_compare_commands  # noqa: E402
-from cifarlab.report import register_report_commands  # noqa: E402
-
-EXTRA_COMMANDS += [register_analysis_commands, register_compare_commands, register_report_commands]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -253,7 +250,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def register_predict_command(sub: argparse._SubParsersAction) -> None:
+def register_predict(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab predict`` to the command line."""
     p = sub.add_parser("predict", help="classify your own images (any format and size) with a trained model")
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE", help="a run folder (uses best.pt) or a .pt")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
@@ -275,7 +273,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_export_command(sub: argparse._SubParsersAction) -> None:
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab export`` to the command line."""
     p = sub.add_parser("export", help="write a trained model as ONNX or TorchScript, normalisation inside")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the --out suffix")
@@ -284,17 +283,23 @@ def register_export_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-EXTRA_COMMANDS += [register_predict_command, register_export_command]
+# Every sub-command, in the order `cifarlab --help` lists them: each adds one parser and sets its ``func``.
+# The consumer modules load torch only when their command runs, so building the parser stays light.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    register_train, register_evaluate, register_study, register_analyze, register_compare, register_report,
+    register_predict, register_export, register_sweep, register_benchmark, register_models, register_recipes,
+)
 
-# Throughput and time-to-accuracy benchmark (issue 4); torch is loaded only when it runs.
-from cifarlab.benchmark import register_benchmark_command  # noqa: E402
 
-EXTRA_COMMANDS += [register_benchmark_command]
-
-# Grids of runs on a local pool or on Ray (cifarlab sweep); its workers load torch, the driver barely.
-from cifarlab.sweep import register_sweep_command  # noqa: E402
-
-EXTRA_COMMANDS += [register_sweep_command]
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cifarlab`` parser: one OneLineParser per sub-command, added in COMMANDS order."""
+    parser = OneLineParser(
+        prog="cifarlab", description="Train, evaluate, explain and compare image classifiers on CIFAR-10.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for register in COMMANDS:
+        register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -376,7 +376,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_compare_commands(sub: argparse._SubParsersAction) -> None:
+def register_compare(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab compare`` to the command line."""
     p = sub.add_parser("compare", help="finished runs side by side (seeds of one setup as mean ± std)",
                        description="Compare finished runs: a table on stdout (Markdown) and CSV, overlaid "

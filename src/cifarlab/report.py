@@ -603,7 +603,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_report_commands(sub: argparse._SubParsersAction) -> None:
+def register_report(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab report`` to the command line."""
     p = sub.add_parser("report", help="one self-contained HTML report (and report.md) for one or more runs",
                        description="Write a self-contained HTML report (every figure embedded, no network "

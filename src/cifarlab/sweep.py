@@ -1224,7 +1224,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_sweep_command(sub: argparse._SubParsersAction) -> None:
+def register_sweep(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab sweep`` to the command line."""
     p = sub.add_parser(
         "sweep", help="a grid of runs (models x recipes x config values x seeds) on a local pool or Ray",
