@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cifarlab.cli import main
+from cifarlab.cli import OneLineParser, build_parser, main
 
 
 @pytest.mark.parametrize("args, message", [
@@ -64,6 +64,29 @@ def test_models_lists_every_model(capsys):
     out = capsys.readouterr().out
     for name in MODELS:
         assert name in out
+
+
+HELP_ORDER = ["train", "evaluate", "study", "analyze", "compare", "report", "predict", "export", "sweep",
+              "benchmark", "models", "recipes"]
+
+
+def test_help_lists_every_command_in_order(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == HELP_ORDER
+
+
+@pytest.mark.parametrize("command", HELP_ORDER)
+def test_each_command_has_help_and_one_line_errors(command, capsys):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices[command], OneLineParser)
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: cifarlab {command}")
 
 
 def test_console_script_and_module_agree(child):
