@@ -30,9 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning, so tests stay fast beside other CPU-bound jobs.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

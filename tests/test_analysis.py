@@ -359,7 +359,7 @@ def test_gradcam_puts_the_evidence_where_the_class_is():
     for colour in (0, 1):
         maps = grad_cam(model, images, torch.full((len(pairs),), colour), layer)
         assert maps.shape == (len(pairs), 32, 32)
-        for shares, pair in zip(quadrant_shares(maps), pairs):
+        for shares, pair in zip(quadrant_shares(maps), pairs, strict=True):
             assert shares[pair[colour]] > 0.99, (colour, pair, shares)
     centred = torch.zeros(1, 3, 32, 32)
     centred[0, 0, 12:20, 12:20] = 1.0

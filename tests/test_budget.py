@@ -10,8 +10,18 @@ import pytest
 import torch
 
 import cifarlab.budget as budget_module
-from cifarlab.budget import (WIDTHS, BudgetPlan, Pacer, Probe, apply_plan, choose_tta, epoch_overhead,
-                             final_test_seconds, fit_steps, plan_budget)
+from cifarlab.budget import (
+    WIDTHS,
+    BudgetPlan,
+    Pacer,
+    Probe,
+    apply_plan,
+    choose_tta,
+    epoch_overhead,
+    final_test_seconds,
+    fit_steps,
+    plan_budget,
+)
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
 from cifarlab.data import Batches
@@ -19,7 +29,6 @@ from cifarlab.errors import UsageError
 from cifarlab.models import build_model, count_macs
 from cifarlab.optim import RunLength
 from cifarlab.train import train, train_step
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cifarlab.data
 from cifarlab.cli import main
 from cifarlab.config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
 from cifarlab.errors import UsageError
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def field_error(values: dict) -> str:

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlab.data import (CLASSES, Batches, balanced_subset, channel_stats, load_cifar10, random_crop,
-                           random_flip, resolve_data_dir, stratified_split)
+from cifarlab.data import (
+    CLASSES,
+    Batches,
+    balanced_subset,
+    channel_stats,
+    load_cifar10,
+    random_crop,
+    random_flip,
+    resolve_data_dir,
+    stratified_split,
+)
 from cifarlab.errors import DataError
 
 
@@ -158,7 +167,7 @@ def test_random_flip_flips_some_and_keeps_others():
     out = random_flip(images, torch.Generator().manual_seed(0))
     flipped = [torch.equal(out[i], images[i].flip(2)) for i in range(64)]
     kept = [torch.equal(out[i], images[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 10 < sum(flipped) < 54
 
 
 def make_batches(seed: int, augment: str = "crop-flip") -> Batches:
@@ -172,7 +181,7 @@ def test_batches_are_deterministic_under_the_seed_and_cover_the_data():
     a, b, c = make_batches(1), make_batches(1), make_batches(2)
     b.images, c.images = a.images, a.images
     first = list(a)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b, strict=True))
     assert not torch.equal(first[0][0], next(iter(c))[0])
     assert [len(y) for _, y in first] == [32, 32, 32, 4]
     assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted((torch.arange(100) % 10).tolist())

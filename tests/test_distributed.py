@@ -70,7 +70,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path, s
 
     one, two = (read_metrics_csv(tmp_path / "runs" / n / "metrics.csv") for n in ("one", "two"))
     assert len(one) == len(two) == 2
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert abs(b["val_top1"] - a["val_top1"]) <= 1 / 100  # one image of 100

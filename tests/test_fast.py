@@ -18,7 +18,6 @@ from cifarlab.infer import tta_logits
 from cifarlab.models import build_model, init_whitening, patch_whitening
 from cifarlab.optim import RunLength, param_groups
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
@@ -88,7 +87,7 @@ def test_translate_altflip_keeps_labels_aligned_and_shifts_at_most_the_padding()
 
 def flips(batches: Batches) -> dict[int, bool]:
     """Which image (by label) each pass mirrored: the images are bright on the left only."""
-    return {int(label): bool(row[0, 0, -1] > row[0, 0, 0]) for x, y in batches for row, label in zip(x, y)}
+    return {int(label): bool(row[0, 0, -1] > row[0, 0, 0]) for x, y in batches for row, label in zip(x, y, strict=True)}
 
 
 def test_flip_alternates_across_epochs_and_is_seeded():
@@ -113,8 +112,8 @@ def test_augmented_batches_are_deterministic_under_the_seed():
     a = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=3)]
     b = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=3)]
     c = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=4)]
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
-    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True))
+    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c, strict=True))
 
 
 def test_tta_shapes_and_level_zero_is_the_plain_model():

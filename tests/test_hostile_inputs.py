@@ -28,9 +28,8 @@ from cifarlab import predict
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES
-from cifarlab.errors import CheckpointError, UsageError
+from cifarlab.errors import CheckpointError, UsageError, escape
 from cifarlab.models import build_model
-from cifarlab.errors import escape
 from cifarlab.predict import Result, load_image, render
 
 SRC = Path(__file__).resolve().parents[1] / "src"

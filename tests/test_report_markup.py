@@ -9,9 +9,9 @@ import html
 import io
 import json
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote
 
 import matplotlib

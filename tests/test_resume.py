@@ -94,7 +94,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     """Same per-epoch metrics, same test metrics, bit-identical final weights (times excepted)."""
     rows_a, rows_b = read_metrics_csv(a / "metrics.csv"), read_metrics_csv(b / "metrics.csv")
     assert len(rows_a) == len(rows_b) == EPOCHS
-    for ra, rb in zip(rows_a, rows_b):
+    for ra, rb in zip(rows_a, rows_b, strict=True):
         assert {k: v for k, v in ra.items() if k not in TIMING_COLUMNS} == \
                {k: v for k, v in rb.items() if k not in TIMING_COLUMNS}
     test_a, test_b = (json.loads((r / "test_metrics.json").read_text()) for r in (a, b))
@@ -245,8 +245,7 @@ def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, fake_cifar, tmp_pa
         flags = ["--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis"]
         assert f"run folder {run} is not writable" in cli_error("train", "--resume", str(run), *flags, code=1)
         out = run / "sub"
-        err = cli_error("train", "--config", str(tiny_run / "config.json"), "--out", str(out), "--data-dir", str(fake_cifar),
-                        *flags, code=1)
+        err = cli_error("train", "--config", str(tiny_run / "config.json"), "--out", str(out), *flags, code=1)
         assert f"cannot create run folder {out}" in err
     finally:
         make_writable(run)

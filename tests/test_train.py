@@ -243,7 +243,7 @@ def test_same_seed_same_metrics_and_replay_from_config(fake_cifar, tmp_path, tin
                                                "name": "replay"}
     a, b = read_metrics_csv(tiny_run / "metrics.csv"), read_metrics_csv(run / "metrics.csv")
     assert len(a) == len(b) == 2
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr"):
             assert ra[key] == rb[key], key
     assert read(run, "test_metrics.json")["top1"] == read(tiny_run, "test_metrics.json")["top1"]
@@ -266,7 +266,7 @@ def test_recipes_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(RECIPES)
-    for line, name in zip(lines, RECIPES):
+    for line, name in zip(lines, RECIPES, strict=True):
         assert RECIPE_HELP[name] in line
 
 

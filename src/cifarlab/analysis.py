@@ -21,9 +21,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def per_class_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[s
         return num / den if den else None
 
     rows = []
-    for name, (tp, fp, _tn, fn, support) in zip(classes, counts):
+    for name, (tp, fp, _tn, fn, support) in zip(classes, counts, strict=True):
         recall = ratio(tp, tp + fn)
         rows.append({"class": name, "precision": ratio(tp, tp + fp), "recall": recall,
                      "f1": ratio(2 * tp, 2 * tp + fp + fn), "support": support, "accuracy": recall})

@@ -22,9 +22,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from cifarlab.config import make_config
 from cifarlab.errors import UsageError
@@ -54,7 +55,7 @@ class Settings:
     seed_limit_train: int | None = None
 
     @classmethod
-    def quick(cls) -> "Settings":
+    def quick(cls) -> Settings:
         return cls(batch_size=32, steps=2, repeats=2, budgets=(60.0,), seed_epochs=2, seed_limit_train=10000)
 
 

@@ -24,8 +24,9 @@ import io
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -114,7 +115,7 @@ def fit_steps(available: float, step_seconds: float, overhead_per_epoch: float, 
 def training_stream(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of ``batches``, pass after pass without end, as training takes them (see ``steps_per_epoch``)."""
     while True:
-        for _, batch in zip(range(steps_per_epoch(batches)), batches):
+        for _, batch in zip(range(steps_per_epoch(batches)), batches, strict=False):
             yield batch
 
 

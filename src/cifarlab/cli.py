@@ -6,8 +6,9 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from cifarlab.analysis import register_analyze
 from cifarlab.benchmark import register_benchmark

@@ -15,9 +15,10 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -184,7 +185,7 @@ def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     configs = [g.runs[0].config for g in result]
     keys = sorted({k for c in configs for k in c} - set(GROUP_IGNORES) - {"model"})
     differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
-    for g, config in zip(result, configs):
+    for g, config in zip(result, configs, strict=True):
         extra = " ".join(f"{k}={config.get(k)}" for k in differing)
         g.label = f"{config.get('model', '?')} {extra}".strip() if g.n > 1 else g.runs[0].name
         g.stats = {c.key: mean_std([r.values[c.key] for r in g.runs]) for c in COLUMNS}

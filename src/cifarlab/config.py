@@ -82,7 +82,7 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """A config from field values, each checked for its type and range (one UsageError naming the field)."""
         unknown = sorted(set(values) - cls.field_names())
         if unknown:
@@ -90,7 +90,7 @@ class TrainConfig:
         return cls(**check_values(values))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"

@@ -7,8 +7,9 @@ scores a split; :func:`write_test_results` writes what it scored.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -27,7 +27,7 @@ def per_class_accuracy(probs: torch.Tensor, y_true: torch.Tensor) -> list[float]
     """Top-1 accuracy (recall) of each class; NaN for a class with no samples."""
     support = torch.bincount(y_true, minlength=probs.shape[1]).tolist()
     hits = topk_hits(probs, y_true, 1).tolist()
-    return [h / s if s else float("nan") for h, s in zip(hits, support)]
+    return [h / s if s else float("nan") for h, s in zip(hits, support, strict=True)]
 
 
 def nll(probs: torch.Tensor, y_true: torch.Tensor) -> float:
@@ -45,5 +45,6 @@ def summarize(probs: torch.Tensor, y_true: torch.Tensor, classes: list[str]) -> 
         "top1": topk_accuracy(probs, y_true, 1),
         "top3": topk_accuracy(probs, y_true, 3),
         "loss": nll(probs, y_true),
-        "per_class_accuracy": dict(zip(classes, per_class_accuracy(probs, y_true))),
+        # not strict: a checkpoint may have more outputs than the data has class names; only named classes are kept
+        "per_class_accuracy": dict(zip(classes, per_class_accuracy(probs, y_true), strict=False)),
     }

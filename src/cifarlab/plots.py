@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np

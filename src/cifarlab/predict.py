@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -318,8 +319,8 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], top_k: i
         probs = classify(model, torch.stack(tensors), torch.tensor(state["mean"]), torch.tensor(state["std"]), dev,
                          tta=state["config"].get("tta", 0))
         values, indices = probs.topk(top_k, dim=1)
-        for i, vs, js in zip(ok, values.tolist(), indices.tolist()):
-            results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js)]
+        for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
+            results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js, strict=True)]
     return results
 
 

@@ -38,12 +38,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.errors import CifarlabError, UsageError
@@ -741,7 +742,7 @@ class SweepLock:
         self.path = folder / ".sweep.lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         if fcntl is not None:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -13,9 +13,10 @@ import itertools
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +37,14 @@ from cifarlab.interrupts import StopSignals, exit_code
 from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
 from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_schedule, steps_per_epoch
 from cifarlab.progress import log, progress
-from cifarlab.runfiles import (RunLock, check_writable, new_run_dir, remove_stale_temp_files, write_json,
-                               write_metrics_csv)
+from cifarlab.runfiles import (
+    RunLock,
+    check_writable,
+    new_run_dir,
+    remove_stale_temp_files,
+    write_json,
+    write_metrics_csv,
+)
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 
 Clock = Callable[[], float]
