@@ -33,7 +33,7 @@ def test_reads_generated_batches_in_official_format(fake_cifar):
     # the pixel layout: 1024 red values, then green, then blue, each row-major
     with open(fake_cifar / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="latin1")["data"][0]
-    assert torch.equal(data.train_images[0, 1, 2], torch.from_numpy(raw[1024 + 2 * 32:1024 + 3 * 32]))
+    assert torch.equal(data.train_images[0, 1, 2], torch.from_numpy(raw[1024 + 2 * 32 : 1024 + 3 * 32]))
 
 
 def test_reads_real_cifar(real_cifar):
@@ -159,7 +159,7 @@ def test_random_crop_is_a_shifted_window():
     assert out.shape == images.shape
     padded = torch.nn.functional.pad(images, (4,) * 4)
     for i in range(2):  # every output image equals some 32x32 window of its own padded image
-        assert any(torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9))
+        assert any(torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32]) for dy in range(9) for dx in range(9))
 
 
 def test_random_flip_flips_some_and_keeps_others():
@@ -189,8 +189,9 @@ def test_batches_are_deterministic_under_the_seed_and_cover_the_data():
 
 def test_batches_normalise_with_given_stats():
     images = torch.full((4, 3, 32, 32), 51, dtype=torch.uint8)  # 51/255 = 0.2
-    batches = Batches(images, torch.zeros(4, dtype=torch.long), 4, torch.tensor([0.1, 0.2, 0.3]),
-                      torch.tensor([0.5, 0.5, 0.5]))
+    batches = Batches(
+        images, torch.zeros(4, dtype=torch.long), 4, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.5, 0.5])
+    )
     x, _ = next(iter(batches))
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([0.2, 0.0, -0.2]), atol=1e-6)
 
@@ -198,7 +199,9 @@ def test_batches_normalise_with_given_stats():
 def test_batches_shard_without_overlap():
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     labels = torch.arange(100)
-    shards = [Batches(images, labels, 10, torch.zeros(3), torch.ones(3), shuffle=True, seed=5, rank=r, world_size=2)
-              for r in range(2)]
+    shards = [
+        Batches(images, labels, 10, torch.zeros(3), torch.ones(3), shuffle=True, seed=5, rank=r, world_size=2)
+        for r in range(2)
+    ]
     seen = [torch.cat([y for _, y in s]).tolist() for s in shards]
     assert len(seen[0]) == len(seen[1]) == 50 and not set(seen[0]) & set(seen[1])
