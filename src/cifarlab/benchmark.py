@@ -130,7 +130,11 @@ def reference_loader(
         ]
     )
     return torch.utils.data.DataLoader(
-        ReferenceCifar(images, labels, transform), batch_size=batch_size, shuffle=True, num_workers=0
+        # DataLoader needs only __getitem__ and __len__; subclassing Dataset would load torch with the CLI
+        ReferenceCifar(images, labels, transform),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
     )
 
 
@@ -157,7 +161,7 @@ def images_per_second(
     def step() -> int:
         x, y = next(stream)
         x, y = x.to(device), y.to(device)
-        if model is not None:
+        if model is not None and optimizer is not None:
             train_step(model, optimizer, x, y)
         return len(y)
 
@@ -209,7 +213,7 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
                 wall, cpu = images_per_second(batches, settings.steps, device, model)
                 measured[pipeline].append(wall)
                 measured[pipeline + "_cpu"].append(cpu)
-        row = {"model": label, "repeats": measured}
+        row: dict[str, Any] = {"model": label, "repeats": measured}
         row.update({key: statistics.median(values) for key, values in measured.items()})
         row["ratio"] = row["cifarlab"] / row["reference"]
         row["ratio_cpu"] = row["cifarlab_cpu"] / row["reference_cpu"]
@@ -292,7 +296,7 @@ def run_seed(
         scoring += time.perf_counter() - t0
 
     run = train(config, data=data, on_epoch=on_epoch)
-    result = {
+    result: dict[str, Any] = {
         "run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train else ")"),
         "recipe": "seed",
         "budget": None,

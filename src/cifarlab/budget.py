@@ -178,6 +178,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def budget_seconds(config: TrainConfig) -> float:
+    """The config's time budget in seconds (a plan is only made for a config that has one)."""
+    if config.time_budget is None:
+        raise ValueError("a time-budget plan needs a config with a time_budget")
+    return float(config.time_budget)
+
+
 def plan_budget(
     config: TrainConfig,
     batches: Batches,
@@ -195,7 +202,7 @@ def plan_budget(
     which the budget clock started, ``train_step`` the training loop's own step. Raises UsageError when not even
     one step fits.
     """
-    budget, spe = float(config.time_budget), steps_per_epoch(batches)
+    budget, spe = budget_seconds(config), steps_per_epoch(batches)
 
     def probe(width: int | None) -> Probe:
         return time_probe(config, width, batches, num_classes, device, train_step)
@@ -248,7 +255,7 @@ def make_plan(
     config: TrainConfig, probes: list[Probe], steps: int, spe: int, n_val: int, n_test: int, elapsed: float
 ) -> BudgetPlan:
     """The plan for ``steps`` steps at the last probe's costs, with the seconds it reserves for everything else."""
-    budget, probe = float(config.time_budget), probes[-1]
+    budget, probe = budget_seconds(config), probes[-1]
     epochs = math.ceil(steps / spe)
     tta = choose_tta(probe, n_test, config.tta, budget)
     overhead = epoch_overhead(probe, n_val)

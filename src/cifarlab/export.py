@@ -34,6 +34,9 @@ INSTALL_HINT = "install the export extra: pip install 'cifarlab[export]' (onnx, 
 class Normalized(nn.Module):
     """The trained model behind its training normalisation: takes [0, 1] RGB images, returns logits."""
 
+    mean: torch.Tensor  # registered buffers, declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
         self.model = model
@@ -78,6 +81,8 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
             )
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; say so in one line
         raise CifarlabError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if program is None:  # only the legacy (TorchScript-based) exporter returns nothing
+        raise CifarlabError("ONNX export failed: the exporter returned no program")
     return program.model_proto.SerializeToString()
 
 

@@ -120,11 +120,12 @@ def write_test_results(
 ) -> dict[str, Any]:
     """``<split>_metrics.json`` and ``<split>_predictions.npz``: the numbers, and what they are computed from."""
     metrics = {"split": split, **summarize(probs, y_true, classes), **extra}
-    arrays = {
-        "y_true": y_true.numpy().astype(np.int64),
-        "probs": probs.numpy().astype(np.float32),
-        "index": index.numpy().astype(np.int64),
-    }
-    atomic_write(run_dir / f"{split}_predictions.npz", lambda f: np.savez_compressed(f, **arrays))
+    labels = y_true.numpy().astype(np.int64)
+    scores = probs.numpy().astype(np.float32)
+    indices = index.numpy().astype(np.int64)
+    atomic_write(
+        run_dir / f"{split}_predictions.npz",
+        lambda f: np.savez_compressed(f, y_true=labels, probs=scores, index=indices),
+    )
     write_json(run_dir / f"{split}_metrics.json", metrics)
     return metrics

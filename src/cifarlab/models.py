@@ -82,7 +82,7 @@ def shorten(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Make a freshly initialised model from its registry name (kwargs go to the factory, e.g. a width).
 
     Arguments outside what the factory declares (type and range) are a UsageError, so no run can train a model
@@ -259,9 +259,12 @@ def patch_whitening(
 
 
 @torch.no_grad()
-def init_whitening(model: FastCNN, images: torch.Tensor) -> None:
+def init_whitening(model: nn.Module, images: torch.Tensor) -> None:
     """Set a FastCNN's stem convolution to whiten the patches of ``images`` (normalised training images)."""
+    if not isinstance(model, FastCNN):
+        raise ValueError(f"whitening needs a FastCNN, got {type(model).__name__}")
     stem = model.stem
+    assert stem.bias is not None  # FastCNN builds its stem with a bias
     weight, bias = patch_whitening(images[:WHITEN_IMAGES], stem.kernel_size[0])
     if weight.shape != stem.weight.shape:
         raise ValueError(f"whitening needs a stem of {weight.shape[0]} filters, the model has {stem.out_channels}")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -96,7 +97,7 @@ def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, no
     return save_png(fig, path)
 
 
-def epoch_ticks(ax, epochs: Sequence[int]) -> None:
+def epoch_ticks(ax: Axes, epochs: Sequence[int]) -> None:
     """Whole epochs on the x axis (every epoch when there are few, so one epoch is not drawn as 0.96-1.04)."""
     from matplotlib.ticker import MaxNLocator
 

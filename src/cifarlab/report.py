@@ -25,7 +25,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -446,10 +446,10 @@ def split_sizes(run: Path) -> tuple[str, str]:
 def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
     """Data, split, recipe, hardware and versions of every run, in one table (a column per run)."""
 
-    def row(label: str, get) -> list[str]:
+    def row(label: str, get: Callable[[RunView], str]) -> list[str]:
         return [label] + [get(v) for v in views]
 
-    def value_of(key: str, source: str = "config"):
+    def value_of(key: str, source: str = "config") -> Callable[[RunView], str]:
         return lambda v: shown(getattr(v, source).get(key))
 
     sizes = [split_sizes(v.path) for v in views]

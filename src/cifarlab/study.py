@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from cifarlab.analysis import analyze_after_training
 from cifarlab.compare import compare, comparison_markdown
@@ -31,7 +32,7 @@ def study(
     out: str = "runs",
     name: str | None = None,
     models: tuple[str, ...] = STUDY_MODELS,
-    **overrides,
+    **overrides: Any,
 ) -> Path:
     """Train every study model with one shared config, then compare them. Returns the study folder."""
     overrides = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}

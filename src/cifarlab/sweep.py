@@ -284,11 +284,11 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read it ({exc})") from None
     if path.suffix.lower() == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
+        else:
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ImportError:
                 raise UsageError(f"{path}: reading TOML needs Python 3.11+ (or: pip install tomli)") from None
         try:
@@ -878,7 +878,7 @@ class Sweep:
         state = folder_state(self.folder / run.name)
         if state == "done":
             entry.update(state="done", headline=headline(self.folder / run.name))
-            old = next((r for r in self.old.get("runs", []) if r["name"] == run.name), {})
+            old: dict[str, Any] = next((r for r in self.old.get("runs", []) if r["name"] == run.name), {})
             entry.update(seconds=old.get("seconds"), attempts=old.get("attempts", 0))
         elif state == "partial":
             entry["state"] = "interrupted"
@@ -1011,7 +1011,7 @@ def drive(sweep: Sweep, pool: Any, env: dict[str, str], progress: Progress) -> N
     """Hand out runs as workers free up, retry runs whose worker died, record every change in sweep.json."""
     options = sweep.options
     queue = deque(name for name, run in sweep.runs.items() if run["state"] in ("pending", "interrupted"))
-    slots = getattr(pool, "slots", options.workers)
+    slots: int = getattr(pool, "slots", options.workers or 1)
     durations: list[float] = []
     while queue or any(r["state"] == "running" for r in sweep.runs.values()):
         while queue and pool.has_room():
@@ -1315,11 +1315,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
         raise UsageError("give the sweep a --name (its folder is OUT/NAME), a sweep file, or --resume OUT/NAME")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    models: list[str | None] = [*comma_list(args.model)] if args.model else list(base.get("models") or [None])
     try:
         spec = SweepSpec(
             name=name,
             out=args.out or base.get("out") or "runs",
-            models=comma_list(args.model) if args.model else list(base.get("models") or [None]),
+            models=models,
             recipes=comma_list(args.recipe) if args.recipe else list(base.get("recipes") or ["seed"]),
             grid=grid,
             seeds=parse_seeds(args.seeds) if args.seeds else list(base.get("seeds") or [0]),

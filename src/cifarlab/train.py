@@ -188,7 +188,7 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
         if run.pacer is not None:
             run.pacer.step()
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     if not per_batch_schedule(config):
         run.scheduler.step()
@@ -523,7 +523,8 @@ def wrap_model(model: nn.Module, config: TrainConfig, device: torch.device, dist
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        model = torch.compile(model)
+        # for a module torch.compile returns an OptimizedModule (an nn.Module); its annotation only says Callable
+        model = torch.compile(model)  # type: ignore[assignment]
     return model
 
 
