@@ -23,8 +23,12 @@ demo: install
 study: install
 	$(BIN)/cifarlab study
 
+# Lint, format check and type check first (settings in pyproject.toml), then the tests.
 # PYTEST_ARGS passes options on, e.g. make test PYTEST_ARGS="-m 'not slow'" (markers: see docs/testing.md)
 test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -78,8 +78,12 @@ def fingerprints(run: Path) -> list[tuple[str, str]]:
     table = "\n".join(",".join(line.split(",")[i] for i in keep) for line in lines)
     rows.append(("extra metrics.csv (no timings)", digest(table.encode())))
     weights = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
-    rows.append(("extra last.pt weights", digest(b"".join(
-        name.encode() + weights[name].contiguous().numpy().tobytes() for name in sorted(weights)))))
+    rows.append(
+        (
+            "extra last.pt weights",
+            digest(b"".join(name.encode() + weights[name].contiguous().numpy().tobytes() for name in sorted(weights))),
+        )
+    )
     return rows
 
 

@@ -25,8 +25,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override (a JSON value, else text)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override (a JSON value, else text)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/gpu-fast")
     p.add_argument("--tag", default="fast")
@@ -42,14 +43,19 @@ def main() -> int:
         run = train(make_config("fast", seed=seed, name=f"{args.tag}-s{seed}", **common), data=data)
         summary = json.loads((Path(run) / "run.json").read_text())
         results.append(summary)
-        print(f"RESULT {args.tag} seed {seed}: test top-1 {100 * summary['test_top1']:.2f}%  "
-              f"{summary['seconds_used']:.2f}s used (train {summary['train_seconds']:.2f}s, "
-              f"test {summary['test_seconds']:.2f}s)  {summary['device']}", flush=True)
+        print(
+            f"RESULT {args.tag} seed {seed}: test top-1 {100 * summary['test_top1']:.2f}%  "
+            f"{summary['seconds_used']:.2f}s used (train {summary['train_seconds']:.2f}s, "
+            f"test {summary['test_seconds']:.2f}s)  {summary['device']}",
+            flush=True,
+        )
     tops = [r["test_top1"] for r in results]
     secs = [r["seconds_used"] for r in results]
-    print(f"SUMMARY {args.tag}: {len(tops)} runs, test top-1 mean {100 * statistics.mean(tops):.2f}% "
-          f"(min {100 * min(tops):.2f}, max {100 * max(tops):.2f}), seconds used median {statistics.median(secs):.2f} "
-          f"(min {min(secs):.2f}, max {max(secs):.2f}), overrides {overrides}")
+    print(
+        f"SUMMARY {args.tag}: {len(tops)} runs, test top-1 mean {100 * statistics.mean(tops):.2f}% "
+        f"(min {100 * min(tops):.2f}, max {100 * max(tops):.2f}), seconds used median {statistics.median(secs):.2f} "
+        f"(min {min(secs):.2f}, max {max(secs):.2f}), overrides {overrides}"
+    )
     return 0
 
 

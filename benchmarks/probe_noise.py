@@ -29,8 +29,11 @@ def main() -> int:
     p.add_argument("--seeds", default="0,1,2", help="each seed's split and batch stream, probed in turn")
     p.add_argument("--repeats", type=int, default=6, help="probes per seed")
     p.add_argument("--width", type=int, default=PROBE_WIDTH)
-    p.add_argument("--steps", default=str(PROBE_STEPS),
-                   help="timed steps per probe; a list (3,9) compares them side by side, interleaved")
+    p.add_argument(
+        "--steps",
+        default=str(PROBE_STEPS),
+        help="timed steps per probe; a list (3,9) compares them side by side, interleaved",
+    )
     args = p.parse_args()
     step_counts = [int(n) for n in args.steps.split(",")]
 
@@ -43,15 +46,21 @@ def main() -> int:
         times: dict[int, list[float]] = {n: [] for n in step_counts}
         for _ in range(args.repeats):
             for n in step_counts:
-                times[n].append(time_probe(config, args.width, batches, len(data.classes), device, train_step,
-                                           steps=n).step_seconds)
+                times[n].append(
+                    time_probe(config, args.width, batches, len(data.classes), device, train_step, steps=n).step_seconds
+                )
         for n in step_counts:
             every[n] += times[n]
-            print(f"seed {seed}, {n} timed steps: width-{args.width} probe, seconds per step in order: "
-                  + ", ".join(f"{t:.3f}" for t in times[n]), flush=True)
+            print(
+                f"seed {seed}, {n} timed steps: width-{args.width} probe, seconds per step in order: "
+                + ", ".join(f"{t:.3f}" for t in times[n]),
+                flush=True,
+            )
     for n, values in every.items():
-        print(f"{n} timed steps, all {len(values)} probes: median {statistics.median(values):.3f} s, "
-              f"min {min(values):.3f}, max {max(values):.3f} (max/min {max(values) / min(values):.2f}x)")
+        print(
+            f"{n} timed steps, all {len(values)} probes: median {statistics.median(values):.3f} s, "
+            f"min {min(values):.3f}, max {max(values):.3f} (max/min {max(values) / min(values):.2f}x)"
+        )
     print(f"torch threads {torch.get_num_threads()}")
     return 0
 

@@ -48,8 +48,15 @@ def main() -> int:
     runs = []
     for name, overrides in variants:
         for seed in (int(s) for s in args.seeds.split(",")):
-            config = make_config(args.recipe, model=args.model, seed=seed, data_dir=args.data_dir,
-                                 device=args.device, out=str(out), **overrides)
+            config = make_config(
+                args.recipe,
+                model=args.model,
+                seed=seed,
+                data_dir=args.data_dir,
+                device=args.device,
+                out=str(out),
+                **overrides,
+            )
             path = out / "configs" / f"{args.model}-{name}-s{seed}.json"
             config.save(path)
             runs.append((name, seed, path, f"{args.model}-{name}-s{seed}"))
@@ -66,8 +73,13 @@ def main() -> int:
             active.remove((run, proc))
             print(f"{time.perf_counter() - t0:7.0f}s  {run} exited {proc.returncode}", flush=True)
 
-    rows, lines = [], ["| variant | overrides | test top-1 per seed | mean | std | best epochs |",
-                       "| --- | --- | --- | ---: | ---: | --- |"]
+    rows, lines = (
+        [],
+        [
+            "| variant | overrides | test top-1 per seed | mean | std | best epochs |",
+            "| --- | --- | --- | ---: | ---: | --- |",
+        ],
+    )
     for name, overrides in variants:
         results = []
         for run_name in [r[3] for r in runs if r[0] == name]:
@@ -78,8 +90,10 @@ def main() -> int:
         mean = statistics.mean(tops) if tops else float("nan")
         std = statistics.stdev(tops) if len(tops) > 1 else 0.0
         rows.append({"variant": name, "overrides": overrides, "runs": results})
-        lines.append(f"| {name} | {overrides or '(recipe)'} | {', '.join(f'{100 * t:.2f}' for t in tops)} | "
-                     f"{100 * mean:.2f} | {100 * std:.2f} | {', '.join(str(r['best_epoch']) for r in results)} |")
+        lines.append(
+            f"| {name} | {overrides or '(recipe)'} | {', '.join(f'{100 * t:.2f}' for t in tops)} | "
+            f"{100 * mean:.2f} | {100 * std:.2f} | {', '.join(str(r['best_epoch']) for r in results)} |"
+        )
     text = "\n".join(lines)
     print(text)
     (out / "sweep.md").write_text(text + "\n")

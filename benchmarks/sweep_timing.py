@@ -61,14 +61,32 @@ def main() -> int:
     p.add_argument("--seed-study", action="store_true", help="also the seed recipe, 2 models x seeds 0-4")
     p.add_argument("--study-workers", type=int, default=2, help="workers of the seed study (default 2)")
     p.add_argument("--smoke", action="store_true", help="tiny runs (500 images, 1 epoch): checks the script")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config value for every run (e.g. val_size=100 for a small generated data set)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config value for every run (e.g. val_size=100 for a small generated data set)",
+    )
     args = p.parse_args()
 
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     limit, epochs = (500, 1) if args.smoke else (args.limit_train, args.epochs)
-    common = ["--model", args.models, "--recipe", "seed", "--seeds", "0-1", "--limit-train", str(limit),
-              "--epochs", str(epochs), "--device", args.device, "--no-report"]
+    common = [
+        "--model",
+        args.models,
+        "--recipe",
+        "seed",
+        "--seeds",
+        "0-1",
+        "--limit-train",
+        str(limit),
+        "--epochs",
+        str(epochs),
+        "--device",
+        args.device,
+        "--no-report",
+    ]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
     for item in args.set:
@@ -81,18 +99,31 @@ def main() -> int:
         seconds, data = sweep(name, common + flags, out)
         rows.append((way, seconds, data))
     base = rows[0][1]
-    lines = [f"4-run sweep ({args.models} x seeds 0,1; {limit} training images, {epochs} epochs, "
-             f"device {args.device}); folders under {out}", "",
-             "| how | wall time (s) | ratio to sequential | threads per run | test top-1 (mean per model) |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        f"4-run sweep ({args.models} x seeds 0,1; {limit} training images, {epochs} epochs, "
+        f"device {args.device}); folders under {out}",
+        "",
+        "| how | wall time (s) | ratio to sequential | threads per run | test top-1 (mean per model) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for way, seconds, data in rows:
         tops = "; ".join(group_line(g) for g in data["groups"])
         lines.append(f"| {way} | {seconds:.0f} | {seconds / base:.2f} | {data['options']['threads']} | {tops} |")
     print("\n" + "\n".join(lines), flush=True)
 
     if args.seed_study:
-        study = ["--model", args.models, "--recipe", "seed", "--seeds", "0-4", "--device", args.device,
-                 "--workers", str(args.study_workers)]
+        study = [
+            "--model",
+            args.models,
+            "--recipe",
+            "seed",
+            "--seeds",
+            "0-4",
+            "--device",
+            args.device,
+            "--workers",
+            str(args.study_workers),
+        ]
         if args.data_dir:
             study += ["--data-dir", args.data_dir]
         for item in args.set:

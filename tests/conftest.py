@@ -30,9 +30,10 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning, so tests stay fast beside other CPU-bound jobs.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -48,8 +49,7 @@ from cifarlab.data import CLASSES  # noqa: E402
 torch.set_num_threads(1)
 
 # Property tests: reproducible draws, no example database written to disk, no deadline on a busy machine.
-hypothesis_settings.register_profile("cifarlab", database=None, deadline=None, derandomize=True,
-                                     max_examples=60)
+hypothesis_settings.register_profile("cifarlab", database=None, deadline=None, derandomize=True, max_examples=60)
 hypothesis_settings.load_profile("cifarlab")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +64,7 @@ ENGINE_MODULES = ("cifarlab.train", "cifarlab.budget", "cifarlab.device", "cifar
 # ----------------------------------------------------------------------------------------------------------
 # Markers and CI
 # ----------------------------------------------------------------------------------------------------------
+
 
 def in_ci() -> bool:
     """True when the CI environment variable says so (GitHub Actions, GitLab and .ci/run set CI=true)."""
@@ -91,6 +92,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
 # ----------------------------------------------------------------------------------------------------------
 # Isolation
 # ----------------------------------------------------------------------------------------------------------
+
 
 def is_local(host: Any) -> bool:
     """True for this machine: loopback names and addresses (and non-IP families such as Unix sockets)."""
@@ -148,9 +150,20 @@ def offline_and_clean_environment(tmp_path_factory: pytest.TempPathFactory) -> A
 
 
 # Outside cifarlab, the attributes tests replace (a first import may rewrap others, e.g. torch._dynamo).
-WATCHED_ATTRIBUTES = ("torch.nn.functional.cross_entropy", "torch.cuda.is_available", "torch.backends.mps.is_available",
-                      "torch.load", "torch.save", "socket.getaddrinfo", "socket.socket.connect", "tempfile.mkstemp",
-                      "os.replace", "time.perf_counter", "time.monotonic", "subprocess.run")
+WATCHED_ATTRIBUTES = (
+    "torch.nn.functional.cross_entropy",
+    "torch.cuda.is_available",
+    "torch.backends.mps.is_available",
+    "torch.load",
+    "torch.save",
+    "socket.getaddrinfo",
+    "socket.socket.connect",
+    "tempfile.mkstemp",
+    "os.replace",
+    "time.perf_counter",
+    "time.monotonic",
+    "subprocess.run",
+)
 
 
 # Set by pytest itself (the current test) and by torch on a first import (its cache folder), not by a test.
@@ -189,8 +202,9 @@ def no_patch_left_in_place() -> Any:
 
 
 @pytest.fixture(autouse=True)
-def isolated_test(no_patch_left_in_place: None, tmp_path_factory: pytest.TempPathFactory,
-                  monkeypatch: pytest.MonkeyPatch) -> Any:
+def isolated_test(
+    no_patch_left_in_place: None, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Any:
     """Each test starts in an empty working folder without $CIFARLAB_DATA_DIR, and must leave the folder empty."""
     monkeypatch.delenv(DATA_ENV, raising=False)
     cwd = tmp_path_factory.mktemp("cwd")
@@ -202,8 +216,11 @@ def isolated_test(no_patch_left_in_place: None, tmp_path_factory: pytest.TempPat
 
 def fingerprint(folder: Path) -> dict[str, str]:
     """SHA-256 of every file below ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_only_fixture(folder: Path) -> Any:
@@ -219,6 +236,7 @@ def read_only_fixture(folder: Path) -> Any:
 # Data
 # ----------------------------------------------------------------------------------------------------------
 
+
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Noisy images whose mean colour and a bright stripe depend on the class: learnable in a few steps."""
     n = len(labels)
@@ -226,7 +244,7 @@ def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     for c in range(10):
         sel = labels == c
         x[sel, c % 3] += 60 + 15 * c
-        x[sel, :, 3 * c:3 * c + 3, :] += 100
+        x[sel, :, 3 * c : 3 * c + 3, :] += 100
     return np.clip(x, 0, 255).astype(np.uint8).reshape(n, 3072)
 
 
@@ -238,8 +256,12 @@ def write_fake_cifar(root: Path, per_batch: int = 200, test_size: int = 200, see
     for i, n in [(f"data_batch_{k}", per_batch) for k in range(1, 6)] + [("test_batch", test_size)]:
         labels = np.arange(n) % 10
         rng.shuffle(labels)
-        batch = {"batch_label": f"fake {i}", "labels": labels.tolist(), "data": make_images(labels, rng),
-                 "filenames": [f"{i}_{k}.png" for k in range(n)]}
+        batch = {
+            "batch_label": f"fake {i}",
+            "labels": labels.tolist(),
+            "data": make_images(labels, rng),
+            "filenames": [f"{i}_{k}.png" for k in range(n)],
+        }
         with open(folder / i, "wb") as f:
             pickle.dump(batch, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:
@@ -274,13 +296,19 @@ def real_cifar(offline_and_clean_environment: str | None) -> Path:
 # Configs and runs
 # ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SmallConfig:
     """The one small training config of the suite: mycnn, 2 epochs, batch 50, 100 validation images, CPU."""
 
     data_dir: Path
-    defaults: tuple[tuple[str, Any], ...] = (("model", "mycnn"), ("epochs", 2), ("batch_size", 50),
-                                             ("val_size", 100), ("device", "cpu"))
+    defaults: tuple[tuple[str, Any], ...] = (
+        ("model", "mycnn"),
+        ("epochs", 2),
+        ("batch_size", 50),
+        ("val_size", 100),
+        ("device", "cpu"),
+    )
 
     def values(self, **values: Any) -> dict[str, Any]:
         return {**dict(self.defaults), "data_dir": str(self.data_dir), **values}
@@ -314,8 +342,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_config: SmallConfig
     work = tmp_path_factory.mktemp("tiny")
     config = small_config.write(work / "config.json")
     out = work / "runs"
-    assert main(["train", "--config", str(config), "--out", str(out), "--name", "tiny", "--no-analysis",
-                 "--data-dir", str(small_config.data_dir), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--name",
+                "tiny",
+                "--no-analysis",
+                "--data-dir",
+                str(small_config.data_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     yield from read_only_fixture(out / "tiny")
 
 
@@ -340,8 +385,9 @@ def craft_predictions(y: np.ndarray, seed: int, wrong_share: float = 0.3) -> tup
     return probs.astype(np.float32), y != ship
 
 
-def make_crafted_run(tiny_run: Path, dest: Path, seed: int = 0, config: dict | None = None,
-                     info: dict | None = None) -> Path:
+def make_crafted_run(
+    tiny_run: Path, dest: Path, seed: int = 0, config: dict | None = None, info: dict | None = None
+) -> Path:
     """A copy of the tiny run with crafted test predictions (and optionally edited config/run.json)."""
     shutil.copytree(tiny_run, dest, ignore=shutil.ignore_patterns("last.pt", "analysis", "report.*"))
     with np.load(dest / "test_predictions.npz") as f:
@@ -366,6 +412,7 @@ def crafted_run(tiny_run: Path) -> Callable[..., Path]:
 # Helpers
 # ----------------------------------------------------------------------------------------------------------
 
+
 def default_sigint() -> None:
     """A child started from a shell that ignores SIGINT would inherit that; restore Python's Ctrl-C."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -378,14 +425,28 @@ class Child:
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
-    def run(self, *args: str, cwd: Path | None = None, timeout: float = 600, expect: int | None = 0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        timeout: float = 600,
+        expect: int | None = 0,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """``python ARGS`` to the end; with ``expect`` set, its exit code must be that (the output is shown if not)."""
-        result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                                env=env or self.env(), preexec_fn=default_sigint)
+        result = subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=timeout,
+            env=env or self.env(),
+            preexec_fn=default_sigint,
+        )
         if expect is not None:
-            assert result.returncode == expect, \
+            assert result.returncode == expect, (
                 f"exit code {result.returncode}, expected {expect}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def cli(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -395,8 +456,14 @@ class Child:
     def start(self, *args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen:
         """``python ARGS`` in the background, stdout and stderr into ``log``."""
         with open(log, "w") as out:
-            return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
-                                    env=self.env(), preexec_fn=default_sigint)
+            return subprocess.Popen(
+                [sys.executable, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=self.env(),
+                preexec_fn=default_sigint,
+            )
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ SHIP, TRUCK, CAT, DOG = 8, 9, 3, 5
 # Independent recomputations (plain NumPy, no torchmetrics)
 # ----------------------------------------------------------------------------------------------------------
 
+
 def np_confusion(y: np.ndarray, pred: np.ndarray, c: int) -> np.ndarray:
     m = np.zeros((c, c), dtype=np.int64)
     np.add.at(m, (y, pred), 1)
@@ -70,6 +71,7 @@ def value(text: str) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # A run with known mistakes (conftest's crafted_run), analysed once for this module
 # ----------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def analysed(crafted_run, fake_cifar, tmp_path_factory) -> Path:
@@ -157,14 +159,14 @@ def test_ece_matches_numpy_on_random_input():
     probs[:100] = np.eye(10)[rng.integers(0, 10, 100)]  # confidence exactly 1
     y = np.where(rng.random(2000) < 0.7, probs.argmax(1), rng.integers(0, 10, 2000))
     assert analysis.calibration(probs.astype(np.float32), y)["ece"] == pytest.approx(
-        np_ece(probs.astype(np.float32), y), abs=1e-6)
+        np_ece(probs.astype(np.float32), y), abs=1e-6
+    )
 
 
 def test_confused_pairs_are_ordered_by_count_then_class_order():
     counts = np.array([[5, 3, 1], [3, 4, 0], [0, 7, 2]])
     pairs = analysis.confused_pairs(counts, ["a", "b", "c"], top=3)
-    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "b", 7), ("a", "b", 3),
-                                                                         ("b", "a", 3)]
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "b", 7), ("a", "b", 3), ("b", "a", 3)]
     assert pairs[0]["share_of_true"] == pytest.approx(7 / 9)
 
 
@@ -172,11 +174,21 @@ def test_confused_pairs_are_ordered_by_count_then_class_order():
 # The analysis folder of a run, checked against the saved predictions
 # ----------------------------------------------------------------------------------------------------------
 
+
 def test_cli_train_writes_the_analysis_unless_told_not_to(small_config, fake_cifar, tmp_path):
     """README: the analysis is written at the end of every `cifarlab train`, unless `--no-analysis`."""
     config = small_config.write(tmp_path / "config.json", epochs=1, limit_train=100)
-    common = ["train", "--config", str(config), "--out", str(tmp_path), "--data-dir", str(fake_cifar),
-              "--device", "cpu"]
+    common = [
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path),
+        "--data-dir",
+        str(fake_cifar),
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "--name", "with"]) == 0
     assert main([*common, "--name", "without", "--no-analysis"]) == 0
     summary = json.loads((tmp_path / "with" / "analysis" / "summary.json").read_text())
@@ -246,8 +258,15 @@ def test_confused_pairs_csv(analysed):
 def test_figures_are_valid_pngs(analysed):
     out = analysed / "analysis"
     summary = json.loads((out / "summary.json").read_text())
-    expected = {"confusion_matrix.png", "confusion_matrix_normalized.png", "learning_curves.png",
-                "reliability_diagram.png", "misclassified.png", "top_losses.png", "gradcam.png"}
+    expected = {
+        "confusion_matrix.png",
+        "confusion_matrix_normalized.png",
+        "learning_curves.png",
+        "reliability_diagram.png",
+        "misclassified.png",
+        "top_losses.png",
+        "gradcam.png",
+    }
     assert expected <= set(summary["figures"]) and summary["skipped"] == []
     for name in expected:
         data = (out / name).read_bytes()
@@ -303,6 +322,7 @@ def test_analysis_without_test_images_still_writes_the_numbers(crafted_run, make
 # Grad-CAM for every registered model
 # ----------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_gradcam_works_for_every_registered_model(name):
     torch.manual_seed(0)
@@ -340,26 +360,30 @@ QUADRANTS = {"top-left": (0, 0), "top-right": (0, 16), "bottom-left": (16, 0), "
 
 
 def quadrant_shares(maps: np.ndarray) -> list[dict[str, float]]:
-    return [{q: m[r:r + 16, c:c + 16].sum() / m.sum() for q, (r, c) in QUADRANTS.items()} for m in maps]
+    return [{q: m[r : r + 16, c : c + 16].sum() / m.sum() for q, (r, c) in QUADRANTS.items()} for m in maps]
 
 
 def test_gradcam_puts_the_evidence_where_the_class_is():
     """Red in one quadrant, green in another: the red class's map lies on the red square, the green one's on
     the green square (so maps are neither transposed nor flipped, and follow the target class)."""
-    pairs = [("top-left", "bottom-right"), ("top-right", "bottom-left"), ("bottom-left", "top-right"),
-             ("bottom-right", "top-left")]
+    pairs = [
+        ("top-left", "bottom-right"),
+        ("top-right", "bottom-left"),
+        ("bottom-left", "top-right"),
+        ("bottom-right", "top-left"),
+    ]
     images = torch.zeros(len(pairs), 3, 32, 32)
     for i, (red, green) in enumerate(pairs):
         for colour, quadrant in ((0, red), (1, green)):
             r, c = QUADRANTS[quadrant]
-            images[i, colour, r + 4:r + 12, c + 4:c + 12] = 1.0
+            images[i, colour, r + 4 : r + 12, c + 4 : c + 12] = 1.0
     model = ColourEvidence().eval()
     layer = find_target_layer(model)
     assert (layer.name, layer.height, layer.width) == ("conv", 16, 16)
     for colour in (0, 1):
         maps = grad_cam(model, images, torch.full((len(pairs),), colour), layer)
         assert maps.shape == (len(pairs), 32, 32)
-        for shares, pair in zip(quadrant_shares(maps), pairs):
+        for shares, pair in zip(quadrant_shares(maps), pairs, strict=True):
             assert shares[pair[colour]] > 0.99, (colour, pair, shares)
     centred = torch.zeros(1, 3, 32, 32)
     centred[0, 0, 12:20, 12:20] = 1.0
@@ -389,6 +413,7 @@ def test_scale_and_centre_share():
 # Command line
 # ----------------------------------------------------------------------------------------------------------
 
+
 def test_cli_analyze_numbers_only(crafted_run, fake_cifar, tmp_path, capsys):
     run = crafted_run(tmp_path / "cli")
     assert main(["analyze", str(run), "--no-images", "--data-dir", str(fake_cifar)]) == 0
@@ -397,10 +422,13 @@ def test_cli_analyze_numbers_only(crafted_run, fake_cifar, tmp_path, capsys):
     assert (run / "analysis" / "confusion_matrix.png").is_file()
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: p / "missing", "no such run folder"),
-    (lambda p: (p / "empty").mkdir() or p / "empty", "no test_predictions.npz"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p / "missing", "no such run folder"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no test_predictions.npz"),
+    ],
+)
 def test_cli_analyze_bad_run_is_one_line_exit_2(tmp_path, cli_error, fake_cifar, setup, message):
     assert message in cli_error("analyze", str(setup(tmp_path)), "--data-dir", str(fake_cifar), code=2)
 

@@ -35,8 +35,25 @@ def seconds(value: float | None) -> str:
 
 def test_quick_throughput_from_the_command_line_writes_both_files(fake_cifar, tmp_path):
     out = tmp_path / "bench"
-    code = main(["benchmark", "--quick", "--throughput-only", "--models", "fastcnn", "--steps", "1",
-                 "--repeats", "1", "--data-dir", str(fake_cifar), "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "benchmark",
+            "--quick",
+            "--throughput-only",
+            "--models",
+            "fastcnn",
+            "--steps",
+            "1",
+            "--repeats",
+            "1",
+            "--data-dir",
+            str(fake_cifar),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "benchmark.json").read_text())
     assert [row["model"] for row in result["throughput"]] == ["(data only)", "fastcnn"]
@@ -50,18 +67,34 @@ def test_quick_throughput_from_the_command_line_writes_both_files(fake_cifar, tm
     assert "reference pipeline (PIL + DataLoader)" in text and result["machine"]["cpu"] in text
     for row in result["throughput"]:
         assert table_row(text, row["model"]) == [
-            row["model"], f"{row['cifarlab']:,.0f}", f"{row['reference']:,.0f}", f"{row['ratio']:.2f}x",
-            f"{row['cifarlab_cpu']:,.0f}", f"{row['reference_cpu']:,.0f}", f"{row['ratio_cpu']:.2f}x"]
+            row["model"],
+            f"{row['cifarlab']:,.0f}",
+            f"{row['reference']:,.0f}",
+            f"{row['ratio']:.2f}x",
+            f"{row['cifarlab_cpu']:,.0f}",
+            f"{row['reference_cpu']:,.0f}",
+            f"{row['ratio_cpu']:.2f}x",
+        ]
 
 
 def test_time_to_accuracy_runs_fast_budgets_and_the_seed_recipe(fake_cifar, tmp_path, engine, engine_patch):
     # a fixed probe, so that a busy machine cannot make the planner call the budget too short
     probe = engine("Probe")
-    engine_patch("time_probe", lambda config, width, *args: probe(
-        width, step_seconds=0.5, eval_image_seconds=1e-4, save_seconds=0.01, probe_seconds=0.0))
+    engine_patch(
+        "time_probe",
+        lambda config, width, *args: probe(
+            width, step_seconds=0.5, eval_image_seconds=1e-4, save_seconds=0.01, probe_seconds=0.0
+        ),
+    )
     settings = Settings(models=(), budgets=(10.0,), seed_epochs=2, seed_limit_train=200)
-    result = benchmark(tmp_path / "bench", settings, data_dir=str(fake_cifar), device="cpu", accuracy_only=True,
-                       overrides={"val_size": 100, "batch_size": 100})
+    result = benchmark(
+        tmp_path / "bench",
+        settings,
+        data_dir=str(fake_cifar),
+        device="cpu",
+        accuracy_only=True,
+        overrides={"val_size": 100, "batch_size": 100},
+    )
     fast, seed = result["accuracy"]
     assert fast["recipe"] == "fast" and fast["budget"] == 10.0 and 0 < fast["seconds"]
     fast_run = json.loads((Path(fast["run_dir"]) / "run.json").read_text())
@@ -80,8 +113,12 @@ def test_time_to_accuracy_runs_fast_budgets_and_the_seed_recipe(fake_cifar, tmp_
     text = (tmp_path / "bench" / "benchmark.md").read_text()
     assert "Time to accuracy" in text
     for row, title in ((fast, "fast, --time-budget 10"), (seed, "seed (2 epochs, 200 images)")):
-        assert table_row(text, title) == [title, seconds(row["seconds"]), f"{100 * row['test_top1']:.2f}%",
-                                          *(seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS)]
+        assert table_row(text, title) == [
+            title,
+            seconds(row["seconds"]),
+            f"{100 * row['test_top1']:.2f}%",
+            *(seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS),
+        ]
 
 
 def test_bad_benchmark_flags_are_usage_errors(cli_error, fake_cifar, tmp_path):

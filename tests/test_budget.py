@@ -10,8 +10,18 @@ import pytest
 import torch
 
 import cifarlab.budget as budget_module
-from cifarlab.budget import (WIDTHS, BudgetPlan, Pacer, Probe, apply_plan, choose_tta, epoch_overhead,
-                             final_test_seconds, fit_steps, plan_budget)
+from cifarlab.budget import (
+    WIDTHS,
+    BudgetPlan,
+    Pacer,
+    Probe,
+    apply_plan,
+    choose_tta,
+    epoch_overhead,
+    final_test_seconds,
+    fit_steps,
+    plan_budget,
+)
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
 from cifarlab.data import Batches
@@ -19,7 +29,6 @@ from cifarlab.errors import UsageError
 from cifarlab.models import build_model, count_macs
 from cifarlab.optim import RunLength
 from cifarlab.train import train, train_step
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
@@ -55,9 +64,18 @@ def test_tta_is_lowered_when_the_test_would_eat_the_budget():
 
 def test_apply_plan_returns_the_planned_config_and_leaves_the_original_alone():
     config = make_config("fast")  # 10 epochs, 2 of warm-up
-    plan = BudgetPlan(budget_seconds=60, width=24, train_steps=250, epochs=3, steps_per_epoch=100,
-                      warmup_epochs=2.0 * 2.5 / 10, tta=1, epoch_overhead_seconds=0.5, step_seconds=0.1,
-                      predicted_seconds=55)
+    plan = BudgetPlan(
+        budget_seconds=60,
+        width=24,
+        train_steps=250,
+        epochs=3,
+        steps_per_epoch=100,
+        warmup_epochs=2.0 * 2.5 / 10,
+        tta=1,
+        epoch_overhead_seconds=0.5,
+        step_seconds=0.1,
+        predicted_seconds=55,
+    )
     planned = apply_plan(config, plan)
     assert (planned.train_steps, planned.epochs, planned.model_width) == (250, 3, 24)
     assert planned.warmup_epochs == pytest.approx(0.5)  # a fifth of the 2.5 planned epochs, as in the recipe
@@ -92,9 +110,19 @@ class TickingClock:
 def test_pacer_refits_the_steps_so_the_schedule_ends_on_time(slowdown):
     """Planned at 0.5 s/step; the machine then runs at slowdown x that. Training must end by budget - reserves."""
     clock = FakeClock(5.0)  # probes and setup took 5 s
-    plan = BudgetPlan(budget_seconds=100.0, width=8, train_steps=150, epochs=3, steps_per_epoch=50,
-                      warmup_epochs=0.6, tta=0, epoch_overhead_seconds=1.0, step_seconds=0.5, predicted_seconds=95,
-                      reserved_seconds={"margin": 5.0, "test": 10.0})
+    plan = BudgetPlan(
+        budget_seconds=100.0,
+        width=8,
+        train_steps=150,
+        epochs=3,
+        steps_per_epoch=50,
+        warmup_epochs=0.6,
+        tta=0,
+        epoch_overhead_seconds=1.0,
+        step_seconds=0.5,
+        predicted_seconds=95,
+        reserved_seconds={"margin": 5.0, "test": 10.0},
+    )
     length = RunLength(total_steps=150, steps_per_epoch=50)
     pacer = Pacer(plan, length, started=0.0, clock=clock)
     done = 0
@@ -116,8 +144,9 @@ def test_pacer_refits_the_steps_so_the_schedule_ends_on_time(slowdown):
 
 
 def budget_config(fake_cifar, tmp_path, name: str, **overrides):
-    values = dict(batch_size=100, val_size=100, data_dir=str(fake_cifar), out=str(tmp_path), name=name,
-                  device="cpu", tta=1)
+    values = dict(
+        batch_size=100, val_size=100, data_dir=str(fake_cifar), out=str(tmp_path), name=name, device="cpu", tta=1
+    )
     values.update(overrides)
     return make_config("fast", **values)
 
@@ -132,8 +161,9 @@ def test_budget_run_completes_its_schedule_within_the_budget(fake_cifar, tmp_pat
     probe said): the plan fits, the pacer keeps the run inside the budget, and every planned step runs."""
     monkeypatch.setattr(budget_module, "time_probe", fixed_probe)
     budget = 20.0
-    run = train(budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8),
-                clock=TickingClock(0.5))
+    run = train(
+        budget_config(fake_cifar, tmp_path, "budget", time_budget=budget, model_width=8), clock=TickingClock(0.5)
+    )
     summary = json.loads((run / "run.json").read_text())
     plan = summary["budget_plan"]
     assert summary["time_budget"] == budget
@@ -161,15 +191,29 @@ def test_planner_takes_the_widest_width_that_fits_the_epochs(monkeypatch):
 
     def fake_probe(config, width, *args, **kwargs):
         probed.append(width)
-        return Probe(width, step_seconds=0.01 * macs[width] / macs[16], eval_image_seconds=1e-5,
-                     save_seconds=0.01, probe_seconds=0.0)
+        return Probe(
+            width,
+            step_seconds=0.01 * macs[width] / macs[16],
+            eval_image_seconds=1e-5,
+            save_seconds=0.01,
+            probe_seconds=0.0,
+        )
 
     monkeypatch.setattr(budget_module, "time_probe", fake_probe)
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     batches = Batches(images, torch.zeros(100, dtype=torch.long), 1, torch.zeros(3), torch.ones(3))  # 100 steps
     config = make_config("fast", time_budget=60.0, budget_epochs=4.0)
-    plan = plan_budget(config, batches, n_val=1000, n_test=10000, num_classes=10, device=torch.device("cpu"),
-                       started=100.0, train_step=train_step, clock=FakeClock(102.0))  # 2 s have passed
+    plan = plan_budget(
+        config,
+        batches,
+        n_val=1000,
+        n_test=10000,
+        num_classes=10,
+        device=torch.device("cpu"),
+        started=100.0,
+        train_step=train_step,
+        clock=FakeClock(102.0),
+    )  # 2 s have passed
 
     def epochs_that_fit(width: int) -> float:
         left = 60.0 - 2.0 - 3.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # elapsed, margin, setup, test with TTA 2

@@ -6,20 +6,23 @@ import shutil
 
 import pytest
 
-from cifarlab.cli import main
+from cifarlab.cli import OneLineParser, build_parser, main
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--model", "vgg99"], "unknown model 'vgg99'"),
-    (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
-    (["train", "--epochs", "0"], "--epochs: must be at least 1"),
-    (["train", "--batch-size", "0"], "--batch-size: must be at least 1"),
-    (["train", "--lr", "-1"], "--lr: must be positive"),
-    (["train", "--device", "tpu9"], "unknown device"),
-    (["evaluate", "no/such/run"], "no such run folder or checkpoint"),
-    (["train", "--resume", "no/such/run"], "cannot resume"),
-    (["train", "--config", "no/such/config.json"], "config file not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "vgg99"], "unknown model 'vgg99'"),
+        (["train", "--recipe", "nope"], "unknown recipe 'nope'"),
+        (["train", "--epochs", "0"], "--epochs: must be at least 1"),
+        (["train", "--batch-size", "0"], "--batch-size: must be at least 1"),
+        (["train", "--lr", "-1"], "--lr: must be positive"),
+        (["train", "--device", "tpu9"], "unknown device"),
+        (["evaluate", "no/such/run"], "no such run folder or checkpoint"),
+        (["train", "--resume", "no/such/run"], "cannot resume"),
+        (["train", "--config", "no/such/config.json"], "config file not found"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_clear_message(args, message, capsys, fake_cifar, tmp_path):
     with pytest.raises(SystemExit) as info:
         code = main(args + ["--data-dir", str(fake_cifar), "--out", str(tmp_path)])
@@ -33,8 +36,9 @@ def test_missing_data_is_a_short_clear_error(tmp_path, child):
     env = {"PATH": "/usr/bin:/bin", "CIFARLAB_DATA_DIR": str(tmp_path / "nothing-here"), "HOME": str(tmp_path)}
     # an unroutable proxy makes the download fail at once, as offline
     env.update({"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
-    result = child.cli("train", "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu", env=env,
-                       expect=None)
+    result = child.cli(
+        "train", "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu", env=env, expect=None
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "nothing-here" in result.stderr and "--data-dir" in result.stderr
@@ -45,8 +49,18 @@ def test_corrupt_data_is_a_short_clear_error(tmp_path, fake_cifar, child):
     root = tmp_path / "data"
     shutil.copytree(fake_cifar, root)
     (root / "cifar-10-batches-py" / "data_batch_5").write_bytes(b"\x80\x02garbage")
-    result = child.cli("train", "--epochs", "1", "--data-dir", str(root), "--out", str(tmp_path / "runs"), "--device",
-                       "cpu", expect=None)
+    result = child.cli(
+        "train",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(root),
+        "--out",
+        str(tmp_path / "runs"),
+        "--device",
+        "cpu",
+        expect=None,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "data_batch_5 is truncated or corrupt" in result.stderr
 
@@ -66,14 +80,50 @@ def test_models_lists_every_model(capsys):
         assert name in out
 
 
+HELP_ORDER = [
+    "train",
+    "evaluate",
+    "study",
+    "analyze",
+    "compare",
+    "report",
+    "predict",
+    "export",
+    "sweep",
+    "benchmark",
+    "models",
+    "recipes",
+]
+
+
+def test_help_lists_every_command_in_order(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == HELP_ORDER
+
+
+@pytest.mark.parametrize("command", HELP_ORDER)
+def test_each_command_has_help_and_one_line_errors(command, capsys):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices[command], OneLineParser)
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: cifarlab {command}")
+
+
 def test_console_script_and_module_agree(child):
     result = child.cli("--help")
     assert result.returncode == 0 and "train" in result.stdout and "study" in result.stdout
 
 
 def test_evaluate_command_prints_metrics(tiny_run, fake_cifar, tmp_path, capsys):
-    assert main(["evaluate", str(tiny_run), "--out", str(tmp_path), "--device", "cpu",
-                 "--data-dir", str(fake_cifar)]) == 0
+    assert (
+        main(["evaluate", str(tiny_run), "--out", str(tmp_path), "--device", "cpu", "--data-dir", str(fake_cifar)]) == 0
+    )
     out = capsys.readouterr().out
     assert "test: top-1" in out and (tmp_path / "test_metrics.json").is_file()
     assert f"data {fake_cifar.resolve()}" in out  # says which data folder was read

@@ -25,10 +25,18 @@ def runs(crafted_run, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compare")
     made = {}
     for seed, seconds, val in [(0, 10.0, 0.5), (1, 20.0, 0.6), (2, 30.0, 0.7)]:
-        made[f"a{seed}"] = crafted_run(root / f"mycnn-s{seed}", seed=seed, config={"seed": seed},
-                                       info={"seed": seed, "train_seconds": seconds, "best_val_top1": val})
-    b = crafted_run(root / "resnet", seed=5, config={"model": "resnet18"},
-                    info={"model": "resnet18", "params": 11_181_642, "train_seconds": 99.0})
+        made[f"a{seed}"] = crafted_run(
+            root / f"mycnn-s{seed}",
+            seed=seed,
+            config={"seed": seed},
+            info={"seed": seed, "train_seconds": seconds, "best_val_top1": val},
+        )
+    b = crafted_run(
+        root / "resnet",
+        seed=5,
+        config={"model": "resnet18"},
+        info={"model": "resnet18", "params": 11_181_642, "train_seconds": 99.0},
+    )
     with np.load(b / "test_predictions.npz") as f:
         y, index = f["y_true"], f["index"]
     np.savez_compressed(b / "test_predictions.npz", y_true=y, probs=np.eye(10, dtype=np.float32)[y], index=index)

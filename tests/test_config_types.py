@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cifarlab.data
 from cifarlab.cli import main
 from cifarlab.config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
 from cifarlab.errors import UsageError
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def field_error(values: dict) -> str:
@@ -28,43 +26,46 @@ def field_error(values: dict) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"epochs": "20"}, "epochs: expected a whole number, got the string '20'"),
-    ({"epochs": 2.5}, "epochs: expected a whole number, got the number 2.5"),
-    ({"epochs": True}, "epochs: expected a whole number, got true"),
-    ({"epochs": None}, "epochs: a value is required, got null"),
-    ({"epochs": 0}, "epochs: must be at least 1, got the whole number 0"),
-    ({"batch_size": [64]}, "batch_size: expected a whole number, got a list [64]"),
-    ({"lr": "0.1"}, "lr: expected a number, got the string '0.1'"),
-    ({"lr": float("nan")}, "lr: must be a finite number"),
-    ({"lr": 0}, "lr: must be positive"),
-    ({"whiten": 1}, "whiten: expected true or false, got the whole number 1"),
-    ({"seed": -1}, f"seed: must be between 0 and {MAX_SEED}"),
-    ({"seed": 2**32}, f"seed: must be between 0 and {MAX_SEED}"),
-    ({"momentum": 1.0}, "momentum: must be in [0, 1)"),
-    ({"momentum": -0.1}, "momentum: must be in [0, 1)"),
-    ({"weight_decay": -1e-4}, "weight_decay: must not be negative"),
-    ({"crop_padding": -1}, "crop_padding: must be between 0 and 16"),
-    ({"crop_padding": 100}, "crop_padding: must be between 0 and 16"),
-    ({"step_size": 0}, "step_size: must be at least 1"),
-    ({"gamma": 0.0}, "gamma: must be positive"),
-    ({"warmup_epochs": -1}, "warmup_epochs: must not be negative"),
-    ({"val_size": 15}, "val_size: must be a multiple of 10"),
-    ({"limit_train": 5}, "limit_train: must be at least 10"),
-    ({"limit_train": 49000}, "limit_train: must be between 10 and 45000"),
-    ({"optimizer": "rmsprop"}, "optimizer: must be one of adam, sgd"),
-    ({"augment": "mixup"}, "augment: unknown augmentation"),
-    ({"model": None}, "model: a value is required"),
-    ({"model": "vgg99"}, "model: unknown model 'vgg99'"),
-    ({"recipe": "nope"}, "recipe: unknown recipe 'nope'"),
-    ({"name": "../elsewhere"}, "name: must be a plain folder name"),
-    ({"name": ".."}, "name: must be a plain folder name"),
-    ({"out": ""}, "out: must name a folder"),
-    ({"model_width": 0, "model": "fastcnn"}, "model_width must be at least 1"),
-    ({"tta": 3}, "tta must be 0"),
-    ({"time_budget": -5.0, "model": "fastcnn", "scheduler": "onecycle"}, "--time-budget must be a positive"),
-    ({"average_every": 0}, "average_every must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"epochs": "20"}, "epochs: expected a whole number, got the string '20'"),
+        ({"epochs": 2.5}, "epochs: expected a whole number, got the number 2.5"),
+        ({"epochs": True}, "epochs: expected a whole number, got true"),
+        ({"epochs": None}, "epochs: a value is required, got null"),
+        ({"epochs": 0}, "epochs: must be at least 1, got the whole number 0"),
+        ({"batch_size": [64]}, "batch_size: expected a whole number, got a list [64]"),
+        ({"lr": "0.1"}, "lr: expected a number, got the string '0.1'"),
+        ({"lr": float("nan")}, "lr: must be a finite number"),
+        ({"lr": 0}, "lr: must be positive"),
+        ({"whiten": 1}, "whiten: expected true or false, got the whole number 1"),
+        ({"seed": -1}, f"seed: must be between 0 and {MAX_SEED}"),
+        ({"seed": 2**32}, f"seed: must be between 0 and {MAX_SEED}"),
+        ({"momentum": 1.0}, "momentum: must be in [0, 1)"),
+        ({"momentum": -0.1}, "momentum: must be in [0, 1)"),
+        ({"weight_decay": -1e-4}, "weight_decay: must not be negative"),
+        ({"crop_padding": -1}, "crop_padding: must be between 0 and 16"),
+        ({"crop_padding": 100}, "crop_padding: must be between 0 and 16"),
+        ({"step_size": 0}, "step_size: must be at least 1"),
+        ({"gamma": 0.0}, "gamma: must be positive"),
+        ({"warmup_epochs": -1}, "warmup_epochs: must not be negative"),
+        ({"val_size": 15}, "val_size: must be a multiple of 10"),
+        ({"limit_train": 5}, "limit_train: must be at least 10"),
+        ({"limit_train": 49000}, "limit_train: must be between 10 and 45000"),
+        ({"optimizer": "rmsprop"}, "optimizer: must be one of adam, sgd"),
+        ({"augment": "mixup"}, "augment: unknown augmentation"),
+        ({"model": None}, "model: a value is required"),
+        ({"model": "vgg99"}, "model: unknown model 'vgg99'"),
+        ({"recipe": "nope"}, "recipe: unknown recipe 'nope'"),
+        ({"name": "../elsewhere"}, "name: must be a plain folder name"),
+        ({"name": ".."}, "name: must be a plain folder name"),
+        ({"out": ""}, "out: must name a folder"),
+        ({"model_width": 0, "model": "fastcnn"}, "model_width must be at least 1"),
+        ({"tta": 3}, "tta must be 0"),
+        ({"time_budget": -5.0, "model": "fastcnn", "scheduler": "onecycle"}, "--time-budget must be a positive"),
+        ({"average_every": 0}, "average_every must be at least 1"),
+    ],
+)
 def test_wrong_types_and_ranges_name_the_field(values, message):
     assert message in field_error(values)
 
@@ -120,8 +121,13 @@ def test_any_json_value_gives_a_config_or_one_line_naming_the_field(field, value
 
 
 @settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, MAX_SEED), epochs=st.integers(1, 10**6), lr=st.floats(1e-9, 1e3),
-       momentum=st.floats(0, 0.999), padding=st.integers(0, 16))
+@given(
+    seed=st.integers(0, MAX_SEED),
+    epochs=st.integers(1, 10**6),
+    lr=st.floats(1e-9, 1e3),
+    momentum=st.floats(0, 0.999),
+    padding=st.integers(0, 16),
+)
 def test_valid_configs_survive_a_save_and_load(tmp_path_factory, seed, epochs, lr, momentum, padding):
     config = make_config("seed", seed=seed, epochs=epochs, lr=lr, momentum=momentum, crop_padding=padding)
     path = tmp_path_factory.mktemp("cfg") / "config.json"
@@ -133,9 +139,11 @@ def test_valid_configs_survive_a_save_and_load(tmp_path_factory, seed, epochs, l
 # train --config FILE and the flags: refused before any data is read
 # ---------------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_data(monkeypatch, tmp_path) -> Path:
     """A data folder that does not exist, and a download that fails the test if anything tries one."""
+
     def forbidden(url, dest):
         raise AssertionError("the data was looked for before the config was checked")
 
@@ -143,10 +151,17 @@ def no_data(monkeypatch, tmp_path) -> Path:
     return tmp_path / "no-data"
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"seed": "0"}, "seed"), ({"epochs": 1.5}, "epochs"), ({"momentum": None}, "momentum"),
-    ({"crop_padding": -2}, "crop_padding"), ({"whiten": "yes"}, "whiten"), ({"step_size": 0}, "step_size"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"seed": "0"}, "seed"),
+        ({"epochs": 1.5}, "epochs"),
+        ({"momentum": None}, "momentum"),
+        ({"crop_padding": -2}, "crop_padding"),
+        ({"whiten": "yes"}, "whiten"),
+        ({"step_size": 0}, "step_size"),
+    ],
+)
 def test_a_bad_config_file_is_one_line_naming_file_and_field(change, field, no_data, tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**make_config("seed").to_dict(), **change}))
@@ -166,19 +181,22 @@ def test_a_config_file_that_is_not_a_json_object_is_one_line(text, tmp_path, cap
     assert str(path) in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--epochs", "0"], "argument --epochs: must be at least 1, got 0 (see cifarlab train --help)"),
-    (["train", "--seed", "-1"], f"argument --seed: must be between 0 and {MAX_SEED}, got -1"),
-    (["train", "--seed", str(2**32)], "argument --seed: must be between 0"),
-    (["train", "--seed", "1.5"], "argument --seed: expected a whole number, got '1.5'"),
-    (["train", "--lr", "nan"], "argument --lr: must be positive"),
-    (["train", "--time-budget", "inf"], "argument --time-budget: must be positive"),
-    (["train", "--nope"], "unrecognized arguments: --nope (see cifarlab --help)"),
-    (["fly"], "argument COMMAND: invalid choice: 'fly'"),
-    ([], "the following arguments are required: COMMAND (see cifarlab --help)"),
-    (["export", "run"], "the following arguments are required: --out (see cifarlab export --help)"),
-    (["evaluate"], "the following arguments are required: RUN_OR_CHECKPOINT"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--epochs", "0"], "argument --epochs: must be at least 1, got 0 (see cifarlab train --help)"),
+        (["train", "--seed", "-1"], f"argument --seed: must be between 0 and {MAX_SEED}, got -1"),
+        (["train", "--seed", str(2**32)], "argument --seed: must be between 0"),
+        (["train", "--seed", "1.5"], "argument --seed: expected a whole number, got '1.5'"),
+        (["train", "--lr", "nan"], "argument --lr: must be positive"),
+        (["train", "--time-budget", "inf"], "argument --time-budget: must be positive"),
+        (["train", "--nope"], "unrecognized arguments: --nope (see cifarlab --help)"),
+        (["fly"], "argument COMMAND: invalid choice: 'fly'"),
+        ([], "the following arguments are required: COMMAND (see cifarlab --help)"),
+        (["export", "run"], "the following arguments are required: --out (see cifarlab export --help)"),
+        (["evaluate"], "the following arguments are required: RUN_OR_CHECKPOINT"),
+    ],
+)
 def test_bad_arguments_are_one_line_with_exit_code_2(args, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -192,6 +210,7 @@ def test_bad_arguments_are_one_line_with_exit_code_2(args, message, capsys):
 # ---------------------------------------------------------------------------------------------------------
 # --resume: config.json and last.pt must belong together, and last.pt must hold what resuming needs
 # ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def run_copy(tiny_run, tmp_path) -> Path:

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from cifarlab.data import (CLASSES, Batches, balanced_subset, channel_stats, load_cifar10, random_crop,
-                           random_flip, resolve_data_dir, stratified_split)
+from cifarlab.data import (
+    CLASSES,
+    Batches,
+    balanced_subset,
+    channel_stats,
+    load_cifar10,
+    random_crop,
+    random_flip,
+    resolve_data_dir,
+    stratified_split,
+)
 from cifarlab.errors import DataError
 
 
@@ -24,7 +33,7 @@ def test_reads_generated_batches_in_official_format(fake_cifar):
     # the pixel layout: 1024 red values, then green, then blue, each row-major
     with open(fake_cifar / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
         raw = pickle.load(f, encoding="latin1")["data"][0]
-    assert torch.equal(data.train_images[0, 1, 2], torch.from_numpy(raw[1024 + 2 * 32:1024 + 3 * 32]))
+    assert torch.equal(data.train_images[0, 1, 2], torch.from_numpy(raw[1024 + 2 * 32 : 1024 + 3 * 32]))
 
 
 def test_reads_real_cifar(real_cifar):
@@ -150,7 +159,7 @@ def test_random_crop_is_a_shifted_window():
     assert out.shape == images.shape
     padded = torch.nn.functional.pad(images, (4,) * 4)
     for i in range(2):  # every output image equals some 32x32 window of its own padded image
-        assert any(torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9))
+        assert any(torch.equal(out[i], padded[i, :, dy : dy + 32, dx : dx + 32]) for dy in range(9) for dx in range(9))
 
 
 def test_random_flip_flips_some_and_keeps_others():
@@ -158,7 +167,7 @@ def test_random_flip_flips_some_and_keeps_others():
     out = random_flip(images, torch.Generator().manual_seed(0))
     flipped = [torch.equal(out[i], images[i].flip(2)) for i in range(64)]
     kept = [torch.equal(out[i], images[i]) for i in range(64)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 10 < sum(flipped) < 54
 
 
 def make_batches(seed: int, augment: str = "crop-flip") -> Batches:
@@ -172,7 +181,7 @@ def test_batches_are_deterministic_under_the_seed_and_cover_the_data():
     a, b, c = make_batches(1), make_batches(1), make_batches(2)
     b.images, c.images = a.images, a.images
     first = list(a)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b))
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b, strict=True))
     assert not torch.equal(first[0][0], next(iter(c))[0])
     assert [len(y) for _, y in first] == [32, 32, 32, 4]
     assert sorted(torch.cat([y for _, y in first]).tolist()) == sorted((torch.arange(100) % 10).tolist())
@@ -180,8 +189,9 @@ def test_batches_are_deterministic_under_the_seed_and_cover_the_data():
 
 def test_batches_normalise_with_given_stats():
     images = torch.full((4, 3, 32, 32), 51, dtype=torch.uint8)  # 51/255 = 0.2
-    batches = Batches(images, torch.zeros(4, dtype=torch.long), 4, torch.tensor([0.1, 0.2, 0.3]),
-                      torch.tensor([0.5, 0.5, 0.5]))
+    batches = Batches(
+        images, torch.zeros(4, dtype=torch.long), 4, torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.5, 0.5, 0.5])
+    )
     x, _ = next(iter(batches))
     assert torch.allclose(x[0, :, 0, 0], torch.tensor([0.2, 0.0, -0.2]), atol=1e-6)
 
@@ -189,7 +199,9 @@ def test_batches_normalise_with_given_stats():
 def test_batches_shard_without_overlap():
     images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
     labels = torch.arange(100)
-    shards = [Batches(images, labels, 10, torch.zeros(3), torch.ones(3), shuffle=True, seed=5, rank=r, world_size=2)
-              for r in range(2)]
+    shards = [
+        Batches(images, labels, 10, torch.zeros(3), torch.ones(3), shuffle=True, seed=5, rank=r, world_size=2)
+        for r in range(2)
+    ]
     seen = [torch.cat([y for _, y in s]).tolist() for s in shards]
     assert len(seen[0]) == len(seen[1]) == 50 and not set(seen[0]) & set(seen[1])

@@ -49,8 +49,7 @@ sys.exit(main(sys.argv[1:]))
 
 def torchrun(child, *args: str, cwd: Path, expect: int | None = 0) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 ...`` (standalone: a free local port, so runs never collide)."""
-    return child.run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args, cwd=cwd,
-                     expect=expect)
+    return child.run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args, cwd=cwd, expect=expect)
 
 
 FLAGS = ("--device", "cpu", "--no-analysis")
@@ -70,7 +69,7 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path, s
 
     one, two = (read_metrics_csv(tmp_path / "runs" / n / "metrics.csv") for n in ("one", "two"))
     assert len(one) == len(two) == 2
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert abs(b["val_top1"] - a["val_top1"]) <= 1 / 100  # one image of 100
@@ -86,8 +85,22 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(tmp_path, s
 def ddp_run(tmp_path_factory, tiny_run, fake_cifar, child) -> tuple[Path, subprocess.CompletedProcess]:
     """tiny_run's exact config (mycnn), replayed by ``torchrun --nproc_per_node=2 -m cifarlab train``."""
     work = tmp_path_factory.mktemp("ddp")
-    result = torchrun(child, "-m", "cifarlab", "train", "--config", str(tiny_run / "config.json"), "--out",
-                      str(work / "runs"), "--name", "ddp", "--data-dir", str(fake_cifar), *FLAGS, cwd=work)
+    result = torchrun(
+        child,
+        "-m",
+        "cifarlab",
+        "train",
+        "--config",
+        str(tiny_run / "config.json"),
+        "--out",
+        str(work / "runs"),
+        "--name",
+        "ddp",
+        "--data-dir",
+        str(fake_cifar),
+        *FLAGS,
+        cwd=work,
+    )
     return work / "runs" / "ddp", result
 
 
@@ -132,8 +145,21 @@ def test_a_ddp_checkpoint_loads_and_scores_in_one_process(ddp_run, fake_cifar, t
 @pytest.mark.slow
 def test_the_batch_size_must_divide_by_the_number_of_processes(small_config, fake_cifar, tmp_path, child):
     config = small_config.write(tmp_path / "config.json", batch_size=51)
-    result = torchrun(child, "-m", "cifarlab", "train", "--config", str(config), "--out", str(tmp_path / "runs"),
-                      "--data-dir", str(fake_cifar), *FLAGS, cwd=tmp_path, expect=None)
+    result = torchrun(
+        child,
+        "-m",
+        "cifarlab",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "runs"),
+        "--data-dir",
+        str(fake_cifar),
+        *FLAGS,
+        cwd=tmp_path,
+        expect=None,
+    )
     assert result.returncode != 0
     assert "cifarlab: error: --batch-size 51 must divide by the 2 processes" in result.stdout + result.stderr
     assert not (tmp_path / "runs").exists()
@@ -157,8 +183,12 @@ def shard_batches(n: int, world: int, per_rank: int, seed: int, epochs: int = 2)
         return out
 
     single = epochs_of(Batches(images, torch.arange(n), world * per_rank, mean, std, shuffle=True, seed=seed))
-    ranks = [epochs_of(Batches(images, torch.arange(n), per_rank, mean, std, shuffle=True, seed=seed, rank=r,
-                               world_size=world)) for r in range(world)]
+    ranks = [
+        epochs_of(
+            Batches(images, torch.arange(n), per_rank, mean, std, shuffle=True, seed=seed, rank=r, world_size=world)
+        )
+        for r in range(world)
+    ]
     return single, ranks
 
 
@@ -177,7 +207,7 @@ def test_shards_are_disjoint_and_global_batch_k_is_the_single_process_batch_k(n,
             if (k + 1) * world * per_rank <= len(kept):  # every full global batch
                 assert together == sorted(single[epoch][k])
             else:  # the last one: the single process's last batch less the remainder
-                assert together == sorted(kept[k * world * per_rank:])
+                assert together == sorted(kept[k * world * per_rank :])
 
 
 @pytest.mark.parametrize("world", [2, 3, 4])

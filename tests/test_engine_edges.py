@@ -31,8 +31,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
 def small_config(fake_cifar: Path, out: Path, **values):
-    settings = dict(model="mycnn", epochs=2, batch_size=50, val_size=100, limit_train=100, data_dir=str(fake_cifar),
-                    out=str(out), name="run", device="cpu")
+    settings = dict(
+        model="mycnn",
+        epochs=2,
+        batch_size=50,
+        val_size=100,
+        limit_train=100,
+        data_dir=str(fake_cifar),
+        out=str(out),
+        name="run",
+        device="cpu",
+    )
     settings.update(values)
     return make_config("seed", **settings)
 
@@ -50,10 +59,17 @@ def one_line(text: str) -> str:
 
 # --- a last batch of one image ------------------------------------------------------------------------------------
 
+
 def test_steps_per_epoch_leaves_out_only_a_lone_last_image():
     def batches(n: int, batch_size: int, world_size: int = 1) -> Batches:
-        return Batches(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), batch_size,
-                       torch.zeros(3), torch.ones(3), world_size=world_size)
+        return Batches(
+            torch.zeros(n, 3, 32, 32, dtype=torch.uint8),
+            torch.zeros(n, dtype=torch.long),
+            batch_size,
+            torch.zeros(3),
+            torch.ones(3),
+            world_size=world_size,
+        )
 
     assert steps_per_epoch(batches(1025, 64)) == 16  # 16 full batches; the 1,025th image alone is left out
     assert steps_per_epoch(batches(1026, 64)) == 17  # a last batch of two trains
@@ -73,6 +89,7 @@ def test_a_last_training_batch_of_one_image_does_not_crash_batchnorm(fake_cifar,
 
 # --- a validation loss that is not a number -----------------------------------------------------------------------
 
+
 def test_a_nan_validation_loss_stops_the_run_and_keeps_the_last_good_epoch(fake_cifar, tmp_path):
     def poison_after_epoch_1(epoch: int, model: torch.nn.Module) -> None:
         if epoch == 1:  # BatchNorm statistics are used only in eval mode: training goes on, validation is NaN
@@ -91,10 +108,19 @@ def test_a_nan_validation_loss_stops_the_run_and_keeps_the_last_good_epoch(fake_
 
 # --- a time budget on a tiny training split ------------------------------------------------------------------------
 
+
 def tiny_split(n: int = 10, batch_size: int = 512) -> Batches:
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return Batches(images, torch.arange(n) % 10, batch_size, torch.full((3,), 0.5), torch.full((3,), 0.25),
-                   shuffle=True, augment="translate-altflip", crop_padding=2)
+    return Batches(
+        images,
+        torch.arange(n) % 10,
+        batch_size,
+        torch.full((3,), 0.5),
+        torch.full((3,), 0.25),
+        shuffle=True,
+        augment="translate-altflip",
+        crop_padding=2,
+    )
 
 
 def test_the_budget_probe_goes_round_a_split_smaller_than_its_steps():
@@ -113,10 +139,20 @@ def test_a_time_budget_on_a_tiny_split_plans_and_runs(fake_cifar, tmp_path, monk
         def clock() -> float:
             now[0] += tick
             return now[0]
+
         return clock
 
-    config = make_config("fast", model_width=8, val_size=100, limit_train=10, time_budget=8.0,
-                         data_dir=str(fake_cifar), out=str(tmp_path), name="tiny", device="cpu")
+    config = make_config(
+        "fast",
+        model_width=8,
+        val_size=100,
+        limit_train=10,
+        time_budget=8.0,
+        data_dir=str(fake_cifar),
+        out=str(tmp_path),
+        name="tiny",
+        device="cpu",
+    )
     run = train(config, clock=ticking())
     summary = json.loads((run / "run.json").read_text())
     assert summary["budget_plan"]["steps_per_epoch"] == 1 and summary["train_steps"] == summary["epochs"] >= 2
@@ -124,10 +160,28 @@ def test_a_time_budget_on_a_tiny_split_plans_and_runs(fake_cifar, tmp_path, monk
 
 
 def test_a_time_budget_too_short_for_a_tiny_split_is_refused_in_one_line(fake_cifar, tmp_path, capsys):
-    config = write_config(tmp_path / "config.json", make_config(
-        "fast", model_width=8, val_size=100, data_dir=str(fake_cifar), device="cpu"))
-    code = main(["train", "--config", str(config), "--limit-train", "10", "--time-budget", "1",
-                 "--out", str(tmp_path), "--name", "tiny", "--no-analysis", "--data-dir", str(fake_cifar)])
+    config = write_config(
+        tmp_path / "config.json",
+        make_config("fast", model_width=8, val_size=100, data_dir=str(fake_cifar), device="cpu"),
+    )
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--limit-train",
+            "10",
+            "--time-budget",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "tiny",
+            "--no-analysis",
+            "--data-dir",
+            str(fake_cifar),
+        ]
+    )
     line = one_line(capsys.readouterr().err)
     assert code == 2 and line.startswith("cifarlab: error: --time-budget 1s is too short for fastcnn")
     assert not (tmp_path / "tiny").exists()  # refused before any run folder is made
@@ -137,7 +191,7 @@ def test_a_time_budget_too_short_for_a_tiny_split_is_refused_in_one_line(fake_ci
 
 # A `cifarlab` command line whose training pauses after epoch 1 until the file GO exists, after creating READY:
 # the test acts on the run at a known point without reading its log.
-PAUSING_CLI = '''
+PAUSING_CLI = """
 import sys, time
 from pathlib import Path
 
@@ -157,7 +211,7 @@ def pause_after_epoch_1(epoch, model):
 
 cifarlab.train.train = lambda config, **kwargs: real_train(config, on_epoch=pause_after_epoch_1, **kwargs)
 sys.exit(main(sys.argv[3:]))
-'''
+"""
 
 
 def start_paused_run(tmp_path: Path, fake_cifar: Path) -> tuple[subprocess.Popen, Path, Path]:
@@ -166,9 +220,28 @@ def start_paused_run(tmp_path: Path, fake_cifar: Path) -> tuple[subprocess.Popen
     script.write_text(PAUSING_CLI)
     config = write_config(tmp_path / "config.json", small_config(fake_cifar, tmp_path))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(ready), str(go), "train", "--config", str(config),
-                             "--out", str(tmp_path), "--name", "run", "--no-analysis", "--data-dir", str(fake_cifar)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(ready),
+            str(go),
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "run",
+            "--no-analysis",
+            "--data-dir",
+            str(fake_cifar),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 300
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -201,8 +274,10 @@ def test_a_second_writer_of_a_run_folder_is_refused_in_one_line(fake_cifar, tmp_
         before = (run / "last.pt").read_bytes()
         assert main(["train", "--resume", str(run), "--no-analysis", "--data-dir", str(fake_cifar)]) == 1
         line = one_line(capsys.readouterr().err)
-        assert line == (f"cifarlab: error: run folder {run} is in use by another cifarlab process (a training or "
-                        "resume still running); wait for it to end")
+        assert line == (
+            f"cifarlab: error: run folder {run} is in use by another cifarlab process (a training or "
+            "resume still running); wait for it to end"
+        )
         assert (run / "last.pt").read_bytes() == before
     finally:
         go.touch()
@@ -230,6 +305,7 @@ def test_a_stop_signal_waits_for_the_deferred_block_and_exits_143():
 
 
 # --- temporary files and durability --------------------------------------------------------------------------------
+
 
 def test_stale_temporary_files_are_removed_when_a_run_is_resumed(tiny_run, fake_cifar, tmp_path):
     run = tmp_path / "run"

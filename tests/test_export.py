@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -28,8 +28,9 @@ def onnxruntime():
     """onnxruntime, or skip (a failure in CI) when the export extra is not installed."""
     for name in ("onnx", "onnxscript"):
         pytest.importorskip(name, reason="the export extra is not installed: pip install 'cifarlab[export]'")
-    return pytest.importorskip("onnxruntime", reason="the export extra is not installed: pip install "
-                                                     "'cifarlab[export]'")
+    return pytest.importorskip(
+        "onnxruntime", reason="the export extra is not installed: pip install 'cifarlab[export]'"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,9 @@ def reference(tiny_run, fake_cifar) -> tuple[np.ndarray, np.ndarray]:
     images = data.test_images[:100]
     state = load_checkpoint(tiny_run)
     with torch.no_grad():
-        logits = model_from_checkpoint(state)(normalize(images, torch.tensor(state["mean"]),
-                                                        torch.tensor(state["std"])))
+        logits = model_from_checkpoint(state)(
+            normalize(images, torch.tensor(state["mean"]), torch.tensor(state["std"]))
+        )
     return images.float().div(255).numpy(), logits.numpy()
 
 
@@ -52,13 +54,15 @@ def export_folder(tmp_path_factory) -> Path:
 @pytest.fixture
 def exported(tiny_run, fake_cifar, export_folder) -> Callable[[str], Path]:
     """``exported(fmt)``: the tiny run exported in that format through the CLI (once per module)."""
+
     def get(fmt: str) -> Path:
         if fmt == "onnx":
             onnxruntime()
         path = export_folder / FORMATS[fmt]
         if not path.is_file():
-            assert main(["export", str(tiny_run), "--format", fmt, "--out", str(path), "--data-dir",
-                         str(fake_cifar)]) == 0
+            assert (
+                main(["export", str(tiny_run), "--format", fmt, "--out", str(path), "--data-dir", str(fake_cifar)]) == 0
+            )
         return path
 
     return get
@@ -109,8 +113,12 @@ def test_the_json_beside_it_says_how_to_use_it(fmt, exported, tiny_run, fake_cif
     info = json.loads(path.with_name(path.name + ".json").read_text())
     state = load_checkpoint(tiny_run)
     assert info["format"] == fmt and info["classes"] == state["classes"]
-    assert info["normalization"] == {**info["normalization"], "mean": state["mean"], "std": state["std"],
-                                     "inside_model": True}
+    assert info["normalization"] == {
+        **info["normalization"],
+        "mean": state["mean"],
+        "std": state["std"],
+        "inside_model": True,
+    }
     assert info["input"]["range"].startswith("[0, 1]")
     assert info["check"]["images"] == f"the first 100 CIFAR-10 test images in {fake_cifar}"
     assert info["check"]["max_abs_logit_diff"] <= 1e-4

@@ -18,7 +18,6 @@ from cifarlab.infer import tta_logits
 from cifarlab.models import build_model, init_whitening, patch_whitening
 from cifarlab.optim import RunLength, param_groups
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
 
@@ -55,7 +54,8 @@ def test_whitening_initialises_a_frozen_stem_left_out_of_the_optimiser():
     assert id(model.group1.norm1.weight) not in in_optimizer  # frozen BatchNorm scale
     assert id(model.group1.norm1.bias) in in_optimizer
     assert groups[1]["lr"] == pytest.approx(config.lr * 64) and groups[1]["weight_decay"] == pytest.approx(
-        config.weight_decay / 64)
+        config.weight_decay / 64
+    )
     assert all(p.requires_grad for g in groups for p in g["params"])
 
 
@@ -67,8 +67,17 @@ def test_dirac_init_starts_convolutions_as_identity():
 
 
 def translate_batches(images: torch.Tensor, labels: torch.Tensor, seed: int = 0, padding: int = 2) -> Batches:
-    return Batches(images, labels, batch_size=16, mean=torch.zeros(3), std=torch.ones(3), shuffle=True,
-                   augment="translate-altflip", crop_padding=padding, seed=seed)
+    return Batches(
+        images,
+        labels,
+        batch_size=16,
+        mean=torch.zeros(3),
+        std=torch.ones(3),
+        shuffle=True,
+        augment="translate-altflip",
+        crop_padding=padding,
+        seed=seed,
+    )
 
 
 def test_translate_altflip_keeps_labels_aligned_and_shifts_at_most_the_padding():
@@ -88,7 +97,7 @@ def test_translate_altflip_keeps_labels_aligned_and_shifts_at_most_the_padding()
 
 def flips(batches: Batches) -> dict[int, bool]:
     """Which image (by label) each pass mirrored: the images are bright on the left only."""
-    return {int(label): bool(row[0, 0, -1] > row[0, 0, 0]) for x, y in batches for row, label in zip(x, y)}
+    return {int(label): bool(row[0, 0, -1] > row[0, 0, 0]) for x, y in batches for row, label in zip(x, y, strict=True)}
 
 
 def test_flip_alternates_across_epochs_and_is_seeded():
@@ -113,8 +122,8 @@ def test_augmented_batches_are_deterministic_under_the_seed():
     a = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=3)]
     b = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=3)]
     c = [(x.clone(), y.clone()) for x, y in translate_batches(images, labels, seed=4)]
-    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
-    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True))
+    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c, strict=True))
 
 
 def test_tta_shapes_and_level_zero_is_the_plain_model():
@@ -134,8 +143,17 @@ def test_tta_does_not_lower_accuracy_of_a_trained_toy_model(fake_cifar):
     mean, std = torch.tensor([0.3, 0.3, 0.3]), torch.tensor([0.2, 0.2, 0.2])
     model = build_model("fastcnn", width=8, dirac=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    train = Batches(data.train_images, data.train_labels, 50, mean, std, shuffle=True, augment="translate-altflip",
-                    crop_padding=2, seed=0)
+    train = Batches(
+        data.train_images,
+        data.train_labels,
+        50,
+        mean,
+        std,
+        shuffle=True,
+        augment="translate-altflip",
+        crop_padding=2,
+        seed=0,
+    )
     model.train()
     for _ in range(3):
         for x, y in train:
@@ -146,8 +164,10 @@ def test_tta_does_not_lower_accuracy_of_a_trained_toy_model(fake_cifar):
     model.eval()
     test = Batches(data.test_images, data.test_labels, 100, mean, std)
     with torch.no_grad():
-        acc = {level: sum((tta_logits(model, x, level).argmax(1) == y).sum().item() for x, y in test)
-               for level in (0, 1, 2)}
+        acc = {
+            level: sum((tta_logits(model, x, level).argmax(1) == y).sum().item() for x, y in test)
+            for level in (0, 1, 2)
+        }
     assert acc[0] >= 150  # trained: 75%+ of 200 (chance is 20 images)
     assert acc[1] >= acc[0] and acc[2] >= acc[0]
 
@@ -193,14 +213,14 @@ def test_averaging_schedule_ramps_in_and_updates_every_k_steps_and_at_the_end():
     set_weight(model, 0.0)
     avg = WeightAverager(model, "ema", decay=0.9, every=4, length=RunLength(10, 10))
     assert avg.decay_at(0) == 0.0
-    assert avg.decay_at(10) == pytest.approx(0.9 ** 4)
-    assert avg.decay_at(5) == pytest.approx(0.9 ** 4 * 0.125)
+    assert avg.decay_at(10) == pytest.approx(0.9**4)
+    assert avg.decay_at(5) == pytest.approx(0.9**4 * 0.125)
     updates = []
     avg.update = lambda m, decay: updates.append((avg.steps, decay))  # record instead of averaging
     for _ in range(10):
         avg.step(model)
     assert [s for s, _ in updates] == [4, 8, 10]  # every 4 steps, and always at the last step
-    assert updates[-1][1] == pytest.approx(0.9 ** 4)
+    assert updates[-1][1] == pytest.approx(0.9**4)
 
 
 def test_averaging_follows_a_run_length_re_planned_while_training():
@@ -214,29 +234,45 @@ def test_averaging_follows_a_run_length_re_planned_while_training():
     length.total_steps = 6  # the pacer of a time-budget run shortened the run
     avg.step(model)
     assert [s for s, _ in updates] == [4, 6]  # the new last step gets the final update
-    assert updates[-1][1] == pytest.approx(0.9 ** 4)  # at full decay: the ramp ends at the new end
+    assert updates[-1][1] == pytest.approx(0.9**4)  # at full decay: the ramp ends at the new end
 
 
 def test_seed_recipe_leaves_every_fast_switch_off():
     config = make_config("seed")
     defaults = TrainConfig()
-    for name in ("whiten", "dirac_init", "frozen_bn_scale", "bias_lr_scale", "weight_averaging", "tta",
-                 "test_checkpoint", "channels_last", "compile", "bf16", "time_budget", "train_steps", "model_width"):
+    for name in (
+        "whiten",
+        "dirac_init",
+        "frozen_bn_scale",
+        "bias_lr_scale",
+        "weight_averaging",
+        "tta",
+        "test_checkpoint",
+        "channels_last",
+        "compile",
+        "bf16",
+        "time_budget",
+        "train_steps",
+        "model_width",
+    ):
         assert getattr(config, name) == getattr(defaults, name)
     assert config.model == "mycnn" and model_kwargs(config) == {}
     assert "fast" in RECIPES and "resnet18-cifar" in RECIPES
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(model="mycnn", whiten=True), "only apply to fastcnn"),
-    (dict(model="mycnn", model_width=32), "only apply to fastcnn"),
-    (dict(weight_averaging="swa"), "weight_averaging"),
-    (dict(tta=3), "tta must be"),
-    (dict(test_checkpoint="first"), "test_checkpoint"),
-    (dict(average_decay=1.0), "average_decay"),
-    (dict(time_budget=-5.0), "--time-budget"),
-    (dict(augment="mixup"), "augmentation"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(model="mycnn", whiten=True), "only apply to fastcnn"),
+        (dict(model="mycnn", model_width=32), "only apply to fastcnn"),
+        (dict(weight_averaging="swa"), "weight_averaging"),
+        (dict(tta=3), "tta must be"),
+        (dict(test_checkpoint="first"), "test_checkpoint"),
+        (dict(average_decay=1.0), "average_decay"),
+        (dict(time_budget=-5.0), "--time-budget"),
+        (dict(augment="mixup"), "augmentation"),
+    ],
+)
 def test_bad_fast_settings_are_one_line_usage_errors(overrides, message):
     with pytest.raises(UsageError, match=message):
         make_config("fast", **overrides)
@@ -254,8 +290,19 @@ def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
     from cifarlab.evaluate import evaluate
     from cifarlab.train import train
 
-    config = make_config("fast", model_width=8, epochs=2, batch_size=100, val_size=100, data_dir=str(fake_cifar),
-                         out=str(tmp_path), name="fast", device="cpu", weight_averaging="ema", tta=2)
+    config = make_config(
+        "fast",
+        model_width=8,
+        epochs=2,
+        batch_size=100,
+        val_size=100,
+        data_dir=str(fake_cifar),
+        out=str(tmp_path),
+        name="fast",
+        device="cpu",
+        weight_averaging="ema",
+        tta=2,
+    )
     run = train(config)
     summary = json.loads((run / "run.json").read_text())
     assert summary["tta"] == 2 and summary["test_checkpoint"] == "last.pt"

@@ -70,12 +70,15 @@ def test_the_cli_refuses_hostile_data_with_exit_code_1(tiny_run, fake_cifar, tmp
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("payload, refused", [
-    (np.array([1, "a"], dtype=object), "object dtype"),
-    (np.ma.masked_array([1, 2], mask=[0, 1]), "refused global numpy.ma.core"),
-    (torch.zeros(3), "refused global torch"),
-    (io.BytesIO(b"x"), "refused global _io"),
-])
+@pytest.mark.parametrize(
+    "payload, refused",
+    [
+        (np.array([1, "a"], dtype=object), "object dtype"),
+        (np.ma.masked_array([1, 2], mask=[0, 1]), "refused global numpy.ma.core"),
+        (torch.zeros(3), "refused global torch"),
+        (io.BytesIO(b"x"), "refused global _io"),
+    ],
+)
 def test_only_plain_arrays_and_data_can_be_built(payload, refused, tmp_path):
     path = tmp_path / "batch"
     path.write_bytes(pickle.dumps({"data": payload, "labels": []}, protocol=2))
@@ -104,6 +107,7 @@ def test_the_official_files_load_in_both_encodings(encoding, key, real_cifar):
 # ---------------------------------------------------------------------------------------------------------
 # The data folder comes from --data-dir, $CIFARLAB_DATA_DIR or ./data, never from a run or a checkpoint
 # ---------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def lured_run(tiny_run, fake_cifar, tmp_path) -> tuple[Path, Path]:
@@ -211,6 +215,7 @@ def test_resume_takes_the_data_folder_from_the_command_line_only(lured_run, nowh
 # Downloads: checksum, safe extraction into a temporary folder, atomic install, partial folders replaced
 # ---------------------------------------------------------------------------------------------------------
 
+
 def build_archive(fake_cifar: Path, path: Path, extra: list[tarfile.TarInfo] | None = None) -> Path:
     """A tar.gz laid out like the official one (cifar-10-batches-py/...), plus any ``extra`` members."""
     with tarfile.open(path, "w:gz") as tar:
@@ -258,8 +263,9 @@ def test_a_download_with_the_wrong_bytes_is_refused(fake_cifar, tmp_path, monkey
     assert not (tmp_path / "root").exists()  # nothing installed, no empty folder
 
 
-@pytest.mark.parametrize("member", ["../escape.txt", "../../escape.txt", "../../../escape.txt",
-                                    f"{BATCH_DIR}/../../../escape.txt"])
+@pytest.mark.parametrize(
+    "member", ["../escape.txt", "../../escape.txt", "../../../escape.txt", f"{BATCH_DIR}/../../../escape.txt"]
+)
 def test_members_that_climb_out_are_refused_and_nothing_lands_outside(member, fake_cifar, tmp_path, monkeypatch):
     root = tmp_path / "a" / "b" / "root"
     serve(monkeypatch, build_archive(fake_cifar, tmp_path / "evil.tar.gz", [tarfile.TarInfo(member)]))

@@ -28,9 +28,8 @@ from cifarlab import predict
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES
-from cifarlab.errors import CheckpointError, UsageError
+from cifarlab.errors import CheckpointError, UsageError, escape
 from cifarlab.models import build_model
-from cifarlab.errors import escape
 from cifarlab.predict import Result, load_image, render
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -39,6 +38,7 @@ CLAIM_BOUND = 150 * 2**20  # growth allowed while refusing a checkpoint that cla
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
+
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -59,8 +59,9 @@ def write_flat_png(path: Path, width: int, height: int, bit_depth: int, colour_t
         checksum = zlib.adler32(row, checksum)
     data = b"\x78\xda" + block * (height // rows) + last + b"\x03\x00" + struct.pack(">I", checksum)
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data)
-                     + png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", data) + png_chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -85,10 +86,17 @@ def fastcnn_state(width: int = 8) -> dict:
     """A valid, untrained fastcnn checkpoint (no training needed: only its checks are tested)."""
     torch.manual_seed(0)
     model = build_model("fastcnn", width=width)
-    return {"model": model.state_dict(), "model_name": "fastcnn",
-            "model_kwargs": {"width": width, "dirac": False, "frozen_bn_scale": False, "frozen_stem": False},
-            "config": {"seed": 0, "val_size": 100, "tta": 0}, "epoch": 3, "best_val_top1": 0.5,
-            "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "classes": list(CLASSES)}
+    return {
+        "model": model.state_dict(),
+        "model_name": "fastcnn",
+        "model_kwargs": {"width": width, "dirac": False, "frozen_bn_scale": False, "frozen_stem": False},
+        "config": {"seed": 0, "val_size": 100, "tta": 0},
+        "epoch": 3,
+        "best_val_top1": 0.5,
+        "mean": [0.49, 0.48, 0.45],
+        "std": [0.25, 0.24, 0.26],
+        "classes": list(CLASSES),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +123,7 @@ def refusal(path: Path) -> str:
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
 
+
 def test_the_test_checkpoint_itself_is_accepted(good_checkpoint):
     state = load_checkpoint(good_checkpoint)
     model = model_from_checkpoint(state)
@@ -123,12 +132,14 @@ def test_the_test_checkpoint_itself_is_accepted(good_checkpoint):
 
 def changed(**fields):
     """A checkpoint edit: set (or, with None, delete) top-level fields."""
+
     def edit(state: dict) -> None:
         for key, value in fields.items():
             if value is None:
                 state.pop(key, None)
             else:
                 state[key] = value
+
     return edit
 
 
@@ -148,37 +159,49 @@ HOSTILE_CHECKPOINTS = {
     "width as float": (kwargs(width=8.0), "width must be a whole number"),
     "dirac not a bool": (kwargs(dirac=2), "dirac must be true or false (got 2)"),
     "unknown argument": (kwargs(depth=1000), "unknown argument 'depth' (model 'fastcnn' takes: width, dirac"),
-    "width of another model": (kwargs(width=1024),
-                               "does not match model 'fastcnn' (is it from another model?): "),
+    "width of another model": (kwargs(width=1024), "does not match model 'fastcnn' (is it from another model?): "),
     "unknown model": (changed(model_name="vgg\n99"), "is for unknown model 'vgg\\n99'"),
     "NaN mean": (changed(mean=[0.5, math.nan, 0.5]), "'mean' is not a list of 3 finite numbers"),
     "infinite std": (changed(std=[0.2, math.inf, 0.2]), "'std' is not a list of 3 finite numbers"),
     "zero std": (changed(std=[0.2, 0.0, 0.2]), "'std' has a value that is not positive"),
     "four means": (changed(mean=[0.5] * 4), "'mean' is not a list of 3 finite numbers"),
-    "classes shorter than the head": (changed(classes=list(CLASSES)[:9]),
-                                      "'classes' has 9 names but the model's head has 10 outputs"),
+    "classes shorter than the head": (
+        changed(classes=list(CLASSES)[:9]),
+        "'classes' has 9 names but the model's head has 10 outputs",
+    ),
     "one class": (changed(classes=["cat"]), "'classes' has 1 names (a model has 2 to 1000 classes)"),
     "1001 classes": (changed(classes=[f"c{i}" for i in range(1001)]), "'classes' has 1001 names"),
-    "a class name with an escape sequence": (changed(classes=list(CLASSES[:9]) + ["\x1b[2Jtruck"]),
-                                             "not printable ('\\x1b[2Jtruck')"),
+    "a class name with an escape sequence": (
+        changed(classes=list(CLASSES[:9]) + ["\x1b[2Jtruck"]),
+        "not printable ('\\x1b[2Jtruck')",
+    ),
     "a class named twice": (changed(classes=list(CLASSES[:9]) + ["cat"]), "'classes' names a class twice"),
     "negative epoch": (changed(epoch=-1), "'epoch' is missing or not a whole number >= 0"),
     "epoch as bool": (changed(epoch=True), "'epoch' is missing or not a whole number >= 0"),
     "NaN best accuracy": (changed(best_val_top1=math.nan), "'best_val_top1' is not a finite number"),
     "a mean too large for a float": (changed(mean=[10**400, 0.5, 0.5]), "'mean' is not a list of 3 finite numbers"),
-    "a seed of 400 digits": (changed(config={"seed": 10**400, "val_size": 100}),
-                             "'config' has a seed or val_size out of range"),
-    "data_dir as a number": (changed(config={"seed": 0, "val_size": 100, "data_dir": 7}),
-                             "'config' has a data_dir that is not a folder name"),
-    "NaN weights": (weight("head.weight", lambda t: torch.full_like(t, math.nan)),
-                    "weight 'head.weight' holds NaN or infinite values"),
-    "stride-0 weights": (weight("head.weight", lambda t: torch.zeros(1).expand(t.shape)),
-                         "weight 'head.weight' claims more values than the file stores"),
-    "integer weights": (weight("head.weight", lambda t: t.to(torch.int32)),
-                        "1 wrong type (e.g. 'head.weight')"),
+    "a seed of 400 digits": (
+        changed(config={"seed": 10**400, "val_size": 100}),
+        "'config' has a seed or val_size out of range",
+    ),
+    "data_dir as a number": (
+        changed(config={"seed": 0, "val_size": 100, "data_dir": 7}),
+        "'config' has a data_dir that is not a folder name",
+    ),
+    "NaN weights": (
+        weight("head.weight", lambda t: torch.full_like(t, math.nan)),
+        "weight 'head.weight' holds NaN or infinite values",
+    ),
+    "stride-0 weights": (
+        weight("head.weight", lambda t: torch.zeros(1).expand(t.shape)),
+        "weight 'head.weight' claims more values than the file stores",
+    ),
+    "integer weights": (weight("head.weight", lambda t: t.to(torch.int32)), "1 wrong type (e.g. 'head.weight')"),
     "missing weights": (lambda s: s["model"].pop("stem.weight"), "1 missing (e.g. 'stem.weight')"),
-    "a train_model of another width": (changed(train_model=build_model("fastcnn", width=16).state_dict()),
-                                       "(is it from another model?)"),
+    "a train_model of another width": (
+        changed(train_model=build_model("fastcnn", width=16).state_dict()),
+        "(is it from another model?)",
+    ),
 }
 
 
@@ -215,9 +238,11 @@ def test_nan_normalisation_is_refused_by_every_command(command, tmp_path, photo,
     state = fastcnn_state()
     state["std"] = [0.25, math.nan, 0.25]
     torch.save(state, tmp_path / "nan.pt")
-    args = {"predict": ["predict", "--checkpoint", str(tmp_path / "nan.pt"), str(photo)],
-            "evaluate": ["evaluate", str(tmp_path / "nan.pt")],
-            "export": ["export", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "m.onnx")]}[command]
+    args = {
+        "predict": ["predict", "--checkpoint", str(tmp_path / "nan.pt"), str(photo)],
+        "evaluate": ["evaluate", str(tmp_path / "nan.pt")],
+        "export": ["export", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "m.onnx")],
+    }[command]
     code = main(args)
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
@@ -233,18 +258,21 @@ def test_a_huge_claimed_model_is_refused_without_allocating_it(tmp_path):
         state = fastcnn_state()
         state["model_kwargs"]["width"] = width
         torch.save(state, tmp_path / f"claims-{width}.pt")
-    script = ("import resource, sys\n"
-              "from cifarlab.checkpoint import load_checkpoint\n"
-              "from cifarlab.errors import CheckpointError\n"
-              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-              "for path in sys.argv[1:]:\n"
-              "    try:\n"
-              "        load_checkpoint(path)\n"
-              "    except CheckpointError as exc:\n"
-              "        print(exc)\n"
-              "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
-    code, out, err, _ = run_measured(["-c", script, str(tmp_path / "claims-1000000.pt"),
-                                      str(tmp_path / "claims-1024.pt")], tmp_path)
+    script = (
+        "import resource, sys\n"
+        "from cifarlab.checkpoint import load_checkpoint\n"
+        "from cifarlab.errors import CheckpointError\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        load_checkpoint(path)\n"
+        "    except CheckpointError as exc:\n"
+        "        print(exc)\n"
+        "print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    code, out, err, _ = run_measured(
+        ["-c", script, str(tmp_path / "claims-1000000.pt"), str(tmp_path / "claims-1024.pt")], tmp_path
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     assert "width must be a whole number from 1 to 1024 (got 1000000)" in lines[0]
@@ -266,6 +294,7 @@ def test_building_a_model_outside_its_declared_range_is_a_usage_error():
 
 # --- images: size and memory -------------------------------------------------------------------------------------
 
+
 def test_an_image_over_the_pixel_limit_is_refused_on_its_line(good_checkpoint, photo, tmp_path, capsys):
     """13,000 x 13,000 16-bit grey (338 MB of pixels) in a few hundred KB: over Pillow's limit, never decoded."""
     big = write_flat_png(tmp_path / "big.png", 13_000, 13_000, 16, 0, b"\x80\x80")
@@ -276,8 +305,10 @@ def test_an_image_over_the_pixel_limit_is_refused_on_its_line(good_checkpoint, p
     code = main(["predict", "--checkpoint", str(good_checkpoint), str(big), str(photo)])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 1 and len(lines) == 2
-    assert lines[0] == (f"{big}: error: image too large to decode safely (13000 x 13000 pixels, over Pillow's "
-                        f"limit of {Image.MAX_IMAGE_PIXELS:,})")
+    assert lines[0] == (
+        f"{big}: error: image too large to decode safely (13000 x 13000 pixels, over Pillow's "
+        f"limit of {Image.MAX_IMAGE_PIXELS:,})"
+    )
     assert lines[1].startswith(f"{photo}: ") and "error" not in lines[1]
 
 
@@ -287,8 +318,9 @@ def test_images_just_under_the_pixel_limit_are_predicted_in_bounded_memory(good_
     grey = write_flat_png(tmp_path / "grey16.png", 9_000, 9_000, 16, 0, b"\x80\x80")
     rgba = write_flat_png(tmp_path / "rgba.png", 9_000, 9_000, 8, 6, b"\xff\x00\x00\x80")
     assert grey.stat().st_size + rgba.stat().st_size < 2_000_000
-    code, out, err, peak = run_measured(["-m", "cifarlab", "predict", "--checkpoint", str(good_checkpoint),
-                                         str(grey), str(rgba), "--json"], tmp_path)
+    code, out, err, peak = run_measured(
+        ["-m", "cifarlab", "predict", "--checkpoint", str(good_checkpoint), str(grey), str(rgba), "--json"], tmp_path
+    )
     assert code == 0, err
     assert [r["file"] for r in json.loads(out)] == [str(grey), str(rgba)]
     assert peak < IMAGE_BOUND, f"peak resident memory {peak / 2**30:.2f} GB"
@@ -299,8 +331,12 @@ def test_jpeg_and_jpeg2000_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch)
     Image.new("RGB", (600, 400), (30, 160, 90)).save(tmp_path / "big.jp2")  # 5 levels to drop (the default)
     Image.new("RGB", (600, 400), (30, 160, 90)).save(tmp_path / "two.j2k", num_resolutions=2)  # 1 level
     Image.new("RGB", (600, 400), (30, 160, 90)).save(tmp_path / "flat.j2k", num_resolutions=1)  # none
-    for name, size in (("big.jpg", (375, 250)), ("big.jp2", (150, 100)), ("two.j2k", (300, 200)),
-                       ("flat.j2k", (600, 400))):
+    for name, size in (
+        ("big.jpg", (375, 250)),
+        ("big.jp2", (150, 100)),
+        ("two.j2k", (300, 200)),
+        ("flat.j2k", (600, 400)),
+    ):
         with predict.open_image(tmp_path / name) as image:
             predict.decode_reduced(image, predict.jpeg2000_drop(image, tmp_path / name))
             assert image.size == size, name
@@ -313,6 +349,7 @@ def test_jpeg_and_jpeg2000_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch)
 
 
 # --- images: geometry and colours --------------------------------------------------------------------------------
+
 
 def reference(path: Path) -> np.ndarray:
     """The plain pipeline at full resolution: EXIF transpose, RGB, centred square crop, bilinear resize."""
@@ -399,6 +436,7 @@ def test_every_mode_comes_out_in_the_right_colour(image, filename, mode, expecte
 
 # --- output ------------------------------------------------------------------------------------------------------
 
+
 def test_file_names_cannot_forge_lines_or_move_the_cursor(good_checkpoint, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -429,10 +467,19 @@ def test_undecodable_bytes_in_a_name_are_shown_escaped():
 
 # --- property-based ----------------------------------------------------------------------------------------------
 
-SAVE_AS = {"L": ["png", "bmp", "tiff", "webp", "jpeg", "gif", "jpeg2000"],
-           "RGB": ["png", "bmp", "tiff", "webp", "jpeg", "jpeg2000"],
-           "RGBA": ["png", "tiff", "webp"], "LA": ["png", "tiff"], "1": ["png", "bmp", "tiff"], "P": ["png", "gif"],
-           "I;16": ["png", "tiff"], "I": ["tiff"], "F": ["tiff"], "CMYK": ["jpeg", "tiff"], "LAB": ["tiff"]}
+SAVE_AS = {
+    "L": ["png", "bmp", "tiff", "webp", "jpeg", "gif", "jpeg2000"],
+    "RGB": ["png", "bmp", "tiff", "webp", "jpeg", "jpeg2000"],
+    "RGBA": ["png", "tiff", "webp"],
+    "LA": ["png", "tiff"],
+    "1": ["png", "bmp", "tiff"],
+    "P": ["png", "gif"],
+    "I;16": ["png", "tiff"],
+    "I": ["tiff"],
+    "F": ["tiff"],
+    "CMYK": ["jpeg", "tiff"],
+    "LAB": ["tiff"],
+}
 
 
 @st.composite
@@ -472,8 +519,11 @@ def test_any_small_image_becomes_a_32x32_rgb_tensor(file, tmp_path):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(file=image_files(), cuts=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
-                                         min_size=1, max_size=8), truncate=st.floats(0.05, 1))
+@given(
+    file=image_files(),
+    cuts=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=8),
+    truncate=st.floats(0.05, 1),
+)
 def test_a_damaged_image_is_a_tensor_or_a_one_line_error(file, cuts, truncate, tmp_path):
     """Bytes overwritten and the end cut off: the result is a tensor or a ValueError, never another exception."""
     _, fmt, data = file
@@ -481,7 +531,7 @@ def test_a_damaged_image_is_a_tensor_or_a_one_line_error(file, cuts, truncate, t
     for where, value in cuts:
         damaged[int(where * len(damaged))] = value
     path = tmp_path / f"x.{fmt}"
-    path.write_bytes(bytes(damaged[:max(1, int(truncate * len(damaged)))]))
+    path.write_bytes(bytes(damaged[: max(1, int(truncate * len(damaged)))]))
     try:
         x = load_image(path)
     except ValueError as exc:

@@ -54,12 +54,12 @@ def resnet18_counts(stem_kernel: int, side: int, stem_side: int) -> tuple[int, i
     """torchvision's ResNet-18 with a 10-class head: a stem (conv, BN), four stages of two basic blocks; stages 2-4
     halve the side (``side`` is stage 1's) and start with a 1x1 downsample (conv, BN)."""
     params = conv(3, 64, stem_kernel) + 2 * 64 + 4 * (conv(64, 64) + 2 * 64)
-    macs = stem_side ** 2 * 64 * 3 * stem_kernel ** 2 + 4 * side ** 2 * 64 * 64 * 9
+    macs = stem_side**2 * 64 * 3 * stem_kernel**2 + 4 * side**2 * 64 * 64 * 9
     c = 64
     for _ in range(3):
         side //= 2
         params += conv(c, 2 * c) + conv(c, 2 * c, 1) + 3 * conv(2 * c, 2 * c) + 5 * 2 * (2 * c)
-        macs += side ** 2 * (2 * c) * (c * 9 + c + 3 * 2 * c * 9)
+        macs += side**2 * (2 * c) * (c * 9 + c + 3 * 2 * c * 9)
         c *= 2
     return params + 512 * 10 + 10, macs + 512 * 10
 
@@ -72,14 +72,16 @@ def fastcnn_counts(w: int = 64) -> tuple[int, int]:
     return params, macs
 
 
-@pytest.mark.parametrize("name, counts", [
-    ("mycnn", mycnn_counts()),
-    ("resnet18", resnet18_counts(7, side=8, stem_side=16)),  # 7x7/2 conv and a max-pool: 32 -> 16 -> 8
-    ("resnet18-cifar", resnet18_counts(3, side=32, stem_side=32)),
-    ("fastcnn", fastcnn_counts()),
-])
+@pytest.mark.parametrize(
+    "name, counts",
+    [
+        ("mycnn", mycnn_counts()),
+        ("resnet18", resnet18_counts(7, side=8, stem_side=16)),  # 7x7/2 conv and a max-pool: 32 -> 16 -> 8
+        ("resnet18-cifar", resnet18_counts(3, side=32, stem_side=32)),
+        ("fastcnn", fastcnn_counts()),
+    ],
+)
 def test_parameters_and_macs_of_every_model_match_a_count_by_hand(name, counts):
     model = build_model(name)
     assert (count_params(model), count_macs(model)) == counts
     assert counts[0] == sum(p.numel() for p in model.parameters())  # every parameter is trained
-

@@ -116,8 +116,14 @@ def test_bad_files_get_their_own_line_and_the_others_are_still_classified(tiny_r
     (tmp_path / "fake.jpg").write_text("not really a jpeg")
     (tmp_path / "cut.jpg").write_bytes((sorted(folder.glob("*.jpg"))[0]).read_bytes()[:400])
     (tmp_path / "empty").mkdir()
-    inputs = [tmp_path / "notes.txt", good, tmp_path / "fake.jpg", tmp_path / "missing.png", tmp_path / "cut.jpg",
-              tmp_path / "empty"]
+    inputs = [
+        tmp_path / "notes.txt",
+        good,
+        tmp_path / "fake.jpg",
+        tmp_path / "missing.png",
+        tmp_path / "cut.jpg",
+        tmp_path / "empty",
+    ]
     code = main(["predict", "--checkpoint", str(tiny_run), *map(str, inputs)])
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
@@ -145,7 +151,8 @@ def test_json_reports_errors_too(tiny_run, tmp_path, capsys):
     (tmp_path / "a.txt").write_text("x")
     assert main(["predict", "--checkpoint", str(tiny_run), str(tmp_path / "a.txt"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out) == [
-        {"file": str(tmp_path / "a.txt"), "error": "not an image (Pillow cannot read this format)"}]
+        {"file": str(tmp_path / "a.txt"), "error": "not an image (Pillow cannot read this format)"}
+    ]
 
 
 @pytest.mark.parametrize("k", ["0", "11", "x"])
@@ -167,12 +174,16 @@ def test_predict_applies_the_runs_test_time_augmentation(tiny_run, tmp_path, lev
     noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # asymmetric: mirroring matters
     Image.fromarray(noise).save(tmp_path / "noise.png")
     model = model_from_checkpoint(load_checkpoint(tmp_path / "tta.pt")).eval()
-    x = normalize(torch.from_numpy(noise).permute(2, 0, 1)[None], torch.tensor(state["mean"]),
-                  torch.tensor(state["std"]))
+    x = normalize(
+        torch.from_numpy(noise).permute(2, 0, 1)[None], torch.tensor(state["mean"]), torch.tensor(state["std"])
+    )
     with torch.no_grad():
         plain = model(x).softmax(1)[0]
-        expected = {0: plain, 1: (0.5 * (model(x) + model(x.flip(3)))).softmax(1)[0],
-                    2: tta_logits(model, x, 2).softmax(1)[0]}[level]
+        expected = {
+            0: plain,
+            1: (0.5 * (model(x) + model(x.flip(3)))).softmax(1)[0],
+            2: tta_logits(model, x, 2).softmax(1)[0],
+        }[level]
     (result,) = predict_files(tmp_path / "tta.pt", [tmp_path / "noise.png"], top_k=10)
     got = dict(result.top)
     for j, name in enumerate(state["classes"]):

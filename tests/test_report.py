@@ -29,9 +29,12 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 def two_runs(crafted_run, tmp_path_factory) -> list[Path]:
     """Two crafted runs; the ``page`` fixture writes their analyses. Tests that write into a run copy it first."""
     root = tmp_path_factory.mktemp("report")
-    return [crafted_run(root / "mycnn", seed=0),
-            crafted_run(root / "resnet18", seed=1, config={"model": "resnet18"},
-                        info={"model": "resnet18", "params": 11_181_642})]
+    return [
+        crafted_run(root / "mycnn", seed=0),
+        crafted_run(
+            root / "resnet18", seed=1, config={"model": "resnet18"}, info={"model": "resnet18", "params": 11_181_642}
+        ),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_html_has_every_section_in_order(page):
     assert re.findall(r'<section id="([^"]+)">', text) == [sid for sid, _ in SECTIONS]
     for sid, title in SECTIONS:
         assert f'href="#{sid}"' in text and f"<h2>{html.escape(title)}</h2>" in text
-    reading = text[text.index('<section id="reading">'):]
+    reading = text[text.index('<section id="reading">') :]
     assert "Automatically generated" in reading and "cat → dog" in html.unescape(reading)
 
 
@@ -154,14 +157,16 @@ def test_escaped_text_keeps_its_meaning_without_the_word():
 
 def test_cli_report_errors_exit_2(tmp_path, two_runs, cli_error, fake_cifar):
     data = ["--data-dir", str(fake_cifar)]
-    assert "no such run folder" in cli_error("report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html"),
-                                             *data)
+    assert "no such run folder" in cli_error(
+        "report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html"), *data
+    )
     assert ".html" in cli_error("report", str(two_runs[0]), "--out", str(tmp_path / "report.txt"), *data)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(two_runs, page, fake_cifar, tmp_path,
-                                                                             monkeypatch):
+def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
+    two_runs, page, fake_cifar, tmp_path, monkeypatch
+):
     """`cifarlab study --quick`: both models get one config (seed, split, recipe) but the model, and one loaded
     data set; --quick is a 5,000-image slice (class-balanced: see test_train) for 3 epochs. Training itself is
     replaced by copies of analysed runs; what is tested is what the study asks for and how it ends."""
@@ -175,8 +180,23 @@ def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(two_
         return Path(shutil.copytree(source, Path(config.out) / config.name))
 
     monkeypatch.setattr(study_module, "train", fake_train)
-    assert main(["study", "--quick", "--out", str(tmp_path), "--name", "s", "--data-dir", str(fake_cifar),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--quick",
+                "--out",
+                str(tmp_path),
+                "--name",
+                "s",
+                "--data-dir",
+                str(fake_cifar),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     folder = tmp_path / "s"
     (mycnn, data_a), (resnet, data_b) = calls
     assert (mycnn.model, resnet.model) == ("mycnn", "resnet18")
@@ -217,17 +237,28 @@ def find_browser() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("no Chromium or Chrome found on PATH (looked for " + ", ".join(BROWSERS) + "); on Debian: "
-                "apt-get install chromium")
+    pytest.skip(
+        "no Chromium or Chrome found on PATH (looked for " + ", ".join(BROWSERS) + "); on Debian: "
+        "apt-get install chromium"
+    )
 
 
 def headless(browser: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run the browser headless with a fresh profile and host name resolution switched off (no network)."""
     profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
     profile.mkdir()
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ]
     return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=180)
 
 

@@ -9,9 +9,9 @@ import html
 import io
 import json
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote
 
 import matplotlib
@@ -31,9 +31,36 @@ IMG = "<img src=x onerror=alert(1)>"
 # Run folder names: HTML, valid and broken math text, braces, backslashes, a table pipe, a web word.
 RUN_NAMES = [f"{IMG} $x^2$ {{a}} \\b", "run|$\\frac{$ % http_*x*"]
 HOSTILE_CLASS = f"{IMG}$\\frac{{$ {{\\"
-TEMPLATE_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b", "nav", "ol", "ul",
-                 "li", "a", "section", "table", "thead", "tbody", "tr", "th", "td", "figure", "img", "figcaption",
-                 "div", "code"}
+TEMPLATE_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "b",
+    "nav",
+    "ol",
+    "ul",
+    "li",
+    "a",
+    "section",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "figure",
+    "img",
+    "figcaption",
+    "div",
+    "code",
+}
 
 
 class TagCollector(HTMLParser):
@@ -72,14 +99,19 @@ def rename_class(data: dict) -> None:
 def hostile_copy(crafted_run: Callable[..., Path], dest: Path, seed: int) -> Path:
     """A copy of the tiny run (with mistakes) with a hostile folder name, class name, config value and run.json
     fields (``lr`` differs between the copies, so each is a group of its own, labelled by its folder name)."""
-    crafted_run(dest, seed=seed, config={"recipe": SCRIPT, "lr": 0.001 * (seed + 1)},
-                info={"params": SCRIPT, "cpu": SCRIPT, "platform": f"{IMG} http://x"})
+    crafted_run(
+        dest,
+        seed=seed,
+        config={"recipe": SCRIPT, "lr": 0.001 * (seed + 1)},
+        info={"params": SCRIPT, "cpu": SCRIPT, "platform": f"{IMG} http://x"},
+    )
     edit_json(dest / "test_metrics.json", rename_class)
     return dest
 
 
 def poison_analysis(run: Path) -> None:
     """Numbers of summary.json and a cell of per_class.csv replaced by markup (the analysis stays current)."""
+
     def change(s: dict) -> None:
         s.update(top1=SCRIPT, ece=SCRIPT, overconfidence=SCRIPT)
         s["most_confused"]["count"] = SCRIPT
@@ -118,8 +150,17 @@ def test_html_holds_no_markup_from_data(hostile_report):
     parsed = parse(page)
     assert {tag for tag, _ in parsed.tags} <= TEMPLATE_TAGS
     for tag, attrs in parsed.tags:  # only the template's attributes; every image is an embedded PNG
-        assert {name for name, _ in attrs} <= {"lang", "charset", "name", "content", "href", "id", "class", "src",
-                                                "alt"}
+        assert {name for name, _ in attrs} <= {
+            "lang",
+            "charset",
+            "name",
+            "content",
+            "href",
+            "id",
+            "class",
+            "src",
+            "alt",
+        }
         if tag == "img":
             assert dict(attrs)["src"].startswith("data:image/png;base64,")
     text = "".join(parsed.text)
@@ -137,8 +178,14 @@ def test_non_numbers_in_number_fields_show_as_text(hostile_report):
 def test_every_figure_is_drawn_and_embedded(hostile_report, hostile_runs):
     for run in hostile_runs:
         names = {p.name for p in (run / "analysis").glob("*.png")}
-        assert {"confusion_matrix.png", "learning_curves.png", "reliability_diagram.png", "misclassified.png",
-                "top_losses.png", "gradcam.png"} <= names
+        assert {
+            "confusion_matrix.png",
+            "learning_curves.png",
+            "reliability_diagram.png",
+            "misclassified.png",
+            "top_losses.png",
+            "gradcam.png",
+        } <= names
     page = hostile_report.read_text()
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert len(sources) == 2 * 7 + 2  # seven figures per run and two of the comparison: none missing
@@ -172,10 +219,17 @@ def test_comparison_markdown_escapes_names_and_values(hostile_runs):
     assert all(html.escape(SCRIPT) in ln for ln in lines[2:])  # run.json params shown as the text it holds
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("a|b", "a\\|b"), ("<b>&", "&lt;b&gt;&amp;"), ("[x](y)", "\\[x\\](y)"), ("`*_~$#", "\\`\\*\\_\\~\\$\\#"),
-    ("a\\b", "a\\\\b"), ("one\ntwo\r\nthree", "one two three"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("a|b", "a\\|b"),
+        ("<b>&", "&lt;b&gt;&amp;"),
+        ("[x](y)", "\\[x\\](y)"),
+        ("`*_~$#", "\\`\\*\\_\\~\\$\\#"),
+        ("a\\b", "a\\\\b"),
+        ("one\ntwo\r\nthree", "one two three"),
+    ],
+)
 def test_markdown_text_escapes_markdown_syntax(value, expected):
     assert markdown_text(value) == expected
 
@@ -196,8 +250,9 @@ def test_figures_draw_names_literally(tmp_path):
 # Any run name
 # ----------------------------------------------------------------------------------------------------------
 
-NAMES = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1,
-                max_size=40).filter(lambda s: s not in (".", ".."))
+NAMES = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=40
+).filter(lambda s: s not in (".", ".."))
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +268,14 @@ def pages(view: RunView, comp, name: str, root: Path) -> tuple[str, str]:
     """HTML and Markdown of the run with ``name`` as its folder, label, model, a class and a config value."""
     per_class = [dict(r) for r in view.per_class]
     per_class[0]["class"] = name
-    v = RunView(root / name, {**view.info, "model": name}, {**view.config, "optimizer": name},
-                {**view.summary, "most_confused": {**view.summary["most_confused"], "true": name}}, per_class,
-                view.pairs)
+    v = RunView(
+        root / name,
+        {**view.info, "model": name},
+        {**view.config, "optimizer": name},
+        {**view.summary, "most_confused": {**view.summary["most_confused"], "true": name}},
+        per_class,
+        view.pairs,
+    )
     comp.groups[0].label = name
     return render_html([v], comp, None), render_markdown([v], comp, None, root / "report.md")
 

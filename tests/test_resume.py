@@ -63,8 +63,20 @@ def setup(tmp_path_factory, small_config, fake_cifar, child) -> tuple[Path, Path
     """A config file, and the uninterrupted run made from it (the reference for every resumed run)."""
     work = tmp_path_factory.mktemp("resume")
     config = small_config.write(work / "config.json", epochs=EPOCHS, limit_train=100, seed=3)
-    child.cli("train", "--config", str(config), "--out", str(work), "--name", "uninterrupted", "--data-dir",
-              str(fake_cifar), "--device", "cpu", "--no-analysis")
+    child.cli(
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(work),
+        "--name",
+        "uninterrupted",
+        "--data-dir",
+        str(fake_cifar),
+        "--device",
+        "cpu",
+        "--no-analysis",
+    )
     return config, work / "uninterrupted"
 
 
@@ -72,8 +84,23 @@ def held_in_epoch_2(child, config: Path, run: Path, fake_cifar: Path, log: Path)
     """Start ``cifarlab train --config CONFIG`` into ``run`` and return once it is held in epoch 2."""
     hold = run.parent / "hold.py"
     hold.write_text(HOLD)
-    proc = child.start(str(hold), str(run), "train", "--config", str(config), "--out", str(run.parent), "--name",
-                       run.name, "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", log=log)
+    proc = child.start(
+        str(hold),
+        str(run),
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(run.parent),
+        "--name",
+        run.name,
+        "--data-dir",
+        str(fake_cifar),
+        "--device",
+        "cpu",
+        "--no-analysis",
+        log=log,
+    )
     ready = run.with_name(run.name + ".ready")
     deadline = time.monotonic() + 600
     while not ready.exists():
@@ -94,9 +121,10 @@ def assert_same_run(a: Path, b: Path) -> None:
     """Same per-epoch metrics, same test metrics, bit-identical final weights (times excepted)."""
     rows_a, rows_b = read_metrics_csv(a / "metrics.csv"), read_metrics_csv(b / "metrics.csv")
     assert len(rows_a) == len(rows_b) == EPOCHS
-    for ra, rb in zip(rows_a, rows_b):
-        assert {k: v for k, v in ra.items() if k not in TIMING_COLUMNS} == \
-               {k: v for k, v in rb.items() if k not in TIMING_COLUMNS}
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert {k: v for k, v in ra.items() if k not in TIMING_COLUMNS} == {
+            k: v for k, v in rb.items() if k not in TIMING_COLUMNS
+        }
     test_a, test_b = (json.loads((r / "test_metrics.json").read_text()) for r in (a, b))
     assert (test_a["top1"], test_a["loss"], test_a["epoch"]) == (test_b["top1"], test_b["loss"], test_b["epoch"])
     wa, wb = load_checkpoint(a, "last.pt")["model"], load_checkpoint(b, "last.pt")["model"]
@@ -129,8 +157,10 @@ def test_ctrl_c_saves_exits_cleanly_and_says_how_to_resume(setup, child, fake_ci
     output = log.read_text()
     assert "Traceback" not in output
     assert "\nepoch   1/3  train loss" in output and "\r" not in output  # a log file gets plain lines, no bar
-    assert (f"cifarlab: error: interrupted in epoch 2: {run}/last.pt holds epoch 1, the last completed one. "
-            f"Resume with: cifarlab train --resume {run}") in output
+    assert (
+        f"cifarlab: error: interrupted in epoch 2: {run}/last.pt holds epoch 1, the last completed one. "
+        f"Resume with: cifarlab train --resume {run}"
+    ) in output
     assert load_checkpoint(run, "last.pt")["epoch"] == 1
 
     resume(child, run, fake_cifar)
@@ -168,20 +198,37 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 def test_a_huge_learning_rate_gives_a_clear_error_not_a_traceback(small_config, fake_cifar, tmp_path, cli_error):
     config = small_config.write(tmp_path / "config.json", limit_train=100, epochs=1)
-    err = cli_error("train", "--config", str(config), "--out", str(tmp_path), "--name", "nan", "--lr", "1e30",
-                    "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", code=1)
+    err = cli_error(
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "nan",
+        "--lr",
+        "1e30",
+        "--data-dir",
+        str(fake_cifar),
+        "--device",
+        "cpu",
+        "--no-analysis",
+        code=1,
+    )
     assert "training stopped: the loss became" in err and "try a lower --lr" in err
     assert load_checkpoint(tmp_path / "nan", "last.pt")["epoch"] == 0
 
 
 def full_disk_after(trigger: Path):
     """A stand-in for tempfile.mkstemp: once ``trigger`` exists, every new file sits on /dev/full (ENOSPC)."""
+
     def mkstemp(*args, **kwargs):
         fd, path = tempfile.mkstemp(*args, **kwargs)
         if trigger.exists():
             os.close(fd)
             fd = os.open("/dev/full", os.O_WRONLY)
         return fd, path
+
     return types.SimpleNamespace(mkstemp=mkstemp)
 
 
@@ -203,8 +250,9 @@ def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(small_
     assert load_checkpoint(run, "last.pt")["epoch"] == 1
 
 
-def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, fake_cifar, tmp_path, monkeypatch,
-                                                                  cli_error):
+def test_a_folder_that_refuses_writes_is_reported_before_any_work(
+    tiny_run, fake_cifar, tmp_path, monkeypatch, cli_error
+):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = snapshot(run)
@@ -213,8 +261,9 @@ def test_a_folder_that_refuses_writes_is_reported_before_any_work(tiny_run, fake
         raise PermissionError(errno.EACCES, "Permission denied")
 
     monkeypatch.setattr("cifarlab.runfiles.tempfile", types.SimpleNamespace(mkstemp=refuse))
-    err = cli_error("train", "--resume", str(run), "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis",
-                    code=1)
+    err = cli_error(
+        "train", "--resume", str(run), "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", code=1
+    )
     assert f"run folder {run} is not writable: Permission denied" in err
     assert snapshot(run) == before
 
@@ -245,8 +294,7 @@ def test_a_read_only_run_folder_gives_a_clear_error(tiny_run, fake_cifar, tmp_pa
         flags = ["--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis"]
         assert f"run folder {run} is not writable" in cli_error("train", "--resume", str(run), *flags, code=1)
         out = run / "sub"
-        err = cli_error("train", "--config", str(tiny_run / "config.json"), "--out", str(out), "--data-dir", str(fake_cifar),
-                        *flags, code=1)
+        err = cli_error("train", "--config", str(tiny_run / "config.json"), "--out", str(out), *flags, code=1)
         assert f"cannot create run folder {out}" in err
     finally:
         make_writable(run)

@@ -68,10 +68,12 @@ def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, f
     (run / "config.json").write_text((tiny_run / "config.json").read_text())
     (run / "last.pt").write_bytes(path.read_bytes())
     data = ["--data-dir", str(fake_cifar)]
-    for args in (["predict", "--checkpoint", str(path), str(image)],
-                 ["export", str(path), "--out", str(tmp_path / "m.pt"), *data],
-                 ["evaluate", str(run), "--out", str(tmp_path / "eval"), *data],
-                 ["train", "--resume", str(run), "--no-analysis", *data]):
+    for args in (
+        ["predict", "--checkpoint", str(path), str(image)],
+        ["export", str(path), "--out", str(tmp_path / "m.pt"), *data],
+        ["evaluate", str(run), "--out", str(tmp_path / "eval"), *data],
+        ["train", "--resume", str(run), "--no-analysis", *data],
+    ):
         assert "refused to load" in cli_error(*args, code=1), args
     assert not marker.exists()
 
@@ -144,15 +146,19 @@ def test_bad_files_give_a_clear_error(make, message, tiny_run, tmp_path):
 @pytest.mark.parametrize("make, message", BAD_FILES.items(), ids=[f.__name__ for f in BAD_FILES])
 def test_evaluate_reports_bad_files_in_one_line(make, message, tiny_run, fake_cifar, tmp_path, cli_error):
     path = make(tiny_run, tmp_path)
-    assert message in cli_error("evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path / "e"),
-                                code=1)
+    assert message in cli_error(
+        "evaluate", str(path), "--data-dir", str(fake_cifar), "--out", str(tmp_path / "e"), code=1
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["evaluate", "no/such/run"], "no such run folder or checkpoint"),
-    (["predict", "--checkpoint", "no/such/run", "x.png"], "no such run folder or checkpoint"),
-    (["export", "no/such/run", "--out", "m.onnx"], "no such run folder or checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "no/such/run"], "no such run folder or checkpoint"),
+        (["predict", "--checkpoint", "no/such/run", "x.png"], "no such run folder or checkpoint"),
+        (["export", "no/such/run", "--out", "m.onnx"], "no such run folder or checkpoint"),
+    ],
+)
 def test_missing_checkpoints_are_usage_errors(args, message, cli_error):
     assert message in cli_error(*args, code=2)
 

@@ -31,8 +31,25 @@ TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 
 def tiny(fake_cifar: Path, out: Path, *extra: str) -> list[str]:
     """Flags of a sweep of tiny mycnn runs on the generated data, one torch thread per run."""
-    return ["--model", "mycnn", "--batch-size", "50", "--limit-train", "200", "--set", "val_size=100",
-            "--device", "cpu", "--data-dir", str(fake_cifar), "--out", str(out), "--threads", "1", *extra]
+    return [
+        "--model",
+        "mycnn",
+        "--batch-size",
+        "50",
+        "--limit-train",
+        "200",
+        "--set",
+        "val_size=100",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(fake_cifar),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def cli_env() -> dict[str, str]:
@@ -40,8 +57,13 @@ def cli_env() -> dict[str, str]:
 
 
 def run_sweep_cli(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifarlab", "sweep", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlab", "sweep", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+    )
 
 
 def default_sigint() -> None:
@@ -51,8 +73,13 @@ def default_sigint() -> None:
 
 def start_sweep_cli(*args: str, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "cifarlab", "sweep", *args], stdout=out,
-                                stderr=subprocess.STDOUT, env=cli_env(), preexec_fn=default_sigint)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cifarlab", "sweep", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            preexec_fn=default_sigint,
+        )
 
 
 def sweep_json(folder: Path) -> dict:
@@ -68,8 +95,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     rows_a, rows_b = read_metrics_csv(a / "metrics.csv"), read_metrics_csv(b / "metrics.csv")
     assert len(rows_a) == len(rows_b)
     for ra, rb in zip(rows_a, rows_b, strict=True):
-        assert {k: v for k, v in ra.items() if k not in TIMING_COLUMNS} == \
-               {k: v for k, v in rb.items() if k not in TIMING_COLUMNS}
+        assert {k: v for k, v in ra.items() if k not in TIMING_COLUMNS} == {
+            k: v for k, v in rb.items() if k not in TIMING_COLUMNS
+        }
     test_a, test_b = (json.loads((r / "test_metrics.json").read_text()) for r in (a, b))
     assert (test_a["top1"], test_a["loss"], test_a["epoch"]) == (test_b["top1"], test_b["loss"], test_b["epoch"])
     wa, wb = load_checkpoint(a, "last.pt")["model"], load_checkpoint(b, "last.pt")["model"]
@@ -94,6 +122,7 @@ def wait_for_epoch(run: Path, proc: subprocess.Popen, log: Path) -> None:
 # The grid and sweep files (no training)
 # ---------------------------------------------------------------------------------------------------------
 
+
 def test_seeds_and_set_values_are_parsed_as_written():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0-2,7,1") == [0, 1, 2, 7]
@@ -102,8 +131,11 @@ def test_seeds_and_set_values_are_parsed_as_written():
         with pytest.raises(UsageError):
             parse_seeds(bad)
     assert split_values("0.5,[1,2],sgd") == ["0.5", "[1,2]", "sgd"]
-    assert parse_set(["lr=0.5,0.75", "width=16", "weight-averaging=ema,none"]) == \
-        {"lr": [0.5, 0.75], "model_width": [16], "weight_averaging": ["ema", "none"]}
+    assert parse_set(["lr=0.5,0.75", "width=16", "weight-averaging=ema,none"]) == {
+        "lr": [0.5, 0.75],
+        "model_width": [16],
+        "weight_averaging": ["ema", "none"],
+    }
     with pytest.raises(UsageError, match="use --model"):
         parse_set(["model=resnet18"])
     with pytest.raises(UsageError, match="unknown config key 'lrr'"):
@@ -111,8 +143,14 @@ def test_seeds_and_set_values_are_parsed_as_written():
 
 
 def test_the_grid_is_every_combination_times_seeds_and_bad_values_fail_alone(tmp_path):
-    spec = SweepSpec(name="g", models=["mycnn", "resnet18"], recipes=["seed"], out=str(tmp_path),
-                     grid={"lr": [0.001, -1.0], "epochs": [3], "limit_train": [200]}, seeds=[0, 1])
+    spec = SweepSpec(
+        name="g",
+        models=["mycnn", "resnet18"],
+        recipes=["seed"],
+        out=str(tmp_path),
+        grid={"lr": [0.001, -1.0], "epochs": [3], "limit_train": [200]},
+        seeds=[0, 1],
+    )
     planned = expand(spec, str(tmp_path / "data"))
     assert len(planned) == 2 * 2 * 2
     assert len({r.name for r in planned}) == 8
@@ -128,29 +166,50 @@ def test_the_grid_is_every_combination_times_seeds_and_bad_values_fail_alone(tmp
 
 
 def test_a_sweep_file_in_toml_or_yaml_plans_the_same_runs_as_the_flags(tmp_path, capsys):
-    flags = ["--name", "lr", "--recipe", "fast", "--set", "lr=0.5,0.75,1.0", "--set", "width=16,24",
-             "--seeds", "0-2", "--time-budget", "240", "--out", str(tmp_path), "--dry-run"]
+    flags = [
+        "--name",
+        "lr",
+        "--recipe",
+        "fast",
+        "--set",
+        "lr=0.5,0.75,1.0",
+        "--set",
+        "width=16,24",
+        "--seeds",
+        "0-2",
+        "--time-budget",
+        "240",
+        "--out",
+        str(tmp_path),
+        "--dry-run",
+    ]
     assert main(["sweep", *flags]) == 0
     expected = capsys.readouterr().out
     assert expected.startswith(f"sweep lr: 18 runs -> {tmp_path / 'lr'}")
-    assert "fastcnn-fast-lr=0.75-model_width=24-s2: model=fastcnn recipe=fast lr=0.75 model_width=24 seed=2" \
-        in expected
-    (tmp_path / "lr.toml").write_text('name = "lr"\nrecipe = "fast"\nseeds = "0-2"\ntime-budget = 240\n'
-                                      '[set]\nlr = [0.5, 0.75, 1.0]\nwidth = [16, 24]\n')
-    (tmp_path / "lr.yaml").write_text("name: lr\nrecipe: [fast]\nseeds: [0, 1, 2]\ntime_budget: 240\n"
-                                      "set:\n  lr: [0.5, 0.75, 1.0]\n  width: [16, 24]\n")
+    assert "fastcnn-fast-lr=0.75-model_width=24-s2: model=fastcnn recipe=fast lr=0.75 model_width=24 seed=2" in expected
+    (tmp_path / "lr.toml").write_text(
+        'name = "lr"\nrecipe = "fast"\nseeds = "0-2"\ntime-budget = 240\n'
+        "[set]\nlr = [0.5, 0.75, 1.0]\nwidth = [16, 24]\n"
+    )
+    (tmp_path / "lr.yaml").write_text(
+        "name: lr\nrecipe: [fast]\nseeds: [0, 1, 2]\ntime_budget: 240\n"
+        "set:\n  lr: [0.5, 0.75, 1.0]\n  width: [16, 24]\n"
+    )
     for file in ("lr.toml", "lr.yaml"):
         assert main(["sweep", str(tmp_path / file), "--out", str(tmp_path), "--dry-run"]) == 0
         assert capsys.readouterr().out == expected
     assert not (tmp_path / "lr").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("text, message", [
-    ('name = "x"\nlrr = 1\n', "unknown config key 'lrr'"),
-    ('name = "x"\nseeds = "4-1"\n', "the range 4-1 is empty"),
-    ('name = "x"\nworkers = 0\n', "workers must be a whole number of at least 1"),
-    ('name = "x"\n[set\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('name = "x"\nlrr = 1\n', "unknown config key 'lrr'"),
+        ('name = "x"\nseeds = "4-1"\n', "the range 4-1 is empty"),
+        ('name = "x"\nworkers = 0\n', "workers must be a whole number of at least 1"),
+        ('name = "x"\n[set\n', "not valid TOML"),
+    ],
+)
 def test_a_bad_sweep_file_gives_one_line_naming_the_file(tmp_path, capsys, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -238,9 +297,11 @@ def test_a_sweep_logs_its_runs_and_report_to_mlflow(pool_sweep):
     assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep grid"
     assert {"report.html", "comparison.md", "sweep.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert parent.data.metrics["test_top1_mean/mycnn lr_0.001"] == pytest.approx(
-        {g["label"]: g for g in data["groups"]}["mycnn lr=0.001"]["test_top1"]["mean"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        {g["label"]: g for g in data["groups"]}["mycnn lr=0.001"]["test_top1"]["mean"]
+    )
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
     assert sorted(c.info.run_name for c in children) == RUN_NAMES
     for child in children:
         info = json.loads((folder / child.info.run_name / "run.json").read_text())
@@ -252,13 +313,17 @@ def test_a_sweep_logs_its_runs_and_report_to_mlflow(pool_sweep):
 @pytest.mark.slow
 def test_running_a_finished_sweep_again_trains_nothing(pool_sweep):
     folder, args, _ = pool_sweep
-    before = {name: ((folder / name / "last.pt").stat().st_mtime_ns, (folder / "logs" / f"{name}.log").read_text())
-              for name in RUN_NAMES}
+    before = {
+        name: ((folder / name / "last.pt").stat().st_mtime_ns, (folder / "logs" / f"{name}.log").read_text())
+        for name in RUN_NAMES
+    }
     result = run_sweep_cli(*args)
     assert result.returncode == 0, result.stderr
     assert "4 runs (4 already done" in result.stdout and "done    " not in result.stdout
-    after = {name: ((folder / name / "last.pt").stat().st_mtime_ns, (folder / "logs" / f"{name}.log").read_text())
-             for name in RUN_NAMES}
+    after = {
+        name: ((folder / name / "last.pt").stat().st_mtime_ns, (folder / "logs" / f"{name}.log").read_text())
+        for name in RUN_NAMES
+    }
     assert after == before
     assert sweep_json(folder)["counts"]["done"] == 4
 
@@ -269,18 +334,29 @@ def test_a_grid_that_changes_a_finished_runs_config_is_refused(pool_sweep):
     changed = [a if a != "2" else "3" for a in args]  # --epochs 2 -> 3, same run names
     result = run_sweep_cli(*changed)
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"cifarlab: error: {folder}/sweep.json: run {RUN_NAMES[0]} was planned with "
-                                     "epochs=2, now epochs=3; give this grid another --name")
+    assert result.stderr.strip() == (
+        f"cifarlab: error: {folder}/sweep.json: run {RUN_NAMES[0]} was planned with "
+        "epochs=2, now epochs=3; give this grid another --name"
+    )
 
 
 @pytest.mark.slow
 def test_failed_runs_are_marked_with_their_message_and_the_others_finish(fake_cifar, tmp_path):
-    result = run_sweep_cli("--name", "failing", "--set", "lr=0.001,1e30,-1", "--epochs", "1",
-                           *tiny(fake_cifar, tmp_path, "--workers", "2", "--no-report"))
+    result = run_sweep_cli(
+        "--name",
+        "failing",
+        "--set",
+        "lr=0.001,1e30,-1",
+        "--epochs",
+        "1",
+        *tiny(fake_cifar, tmp_path, "--workers", "2", "--no-report"),
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     folder = tmp_path / "failing"
-    assert result.stderr.startswith("cifarlab: error: sweep failing: 2 of 3 runs failed") and \
-        result.stderr.count("\n") == 1
+    assert (
+        result.stderr.startswith("cifarlab: error: sweep failing: 2 of 3 runs failed")
+        and result.stderr.count("\n") == 1
+    )
     done, nan, bad = (run_entry(folder, f"mycnn-seed-lr={v}-s0") for v in ("0.001", "1e+30", "-1"))
     assert done["state"] == "done" and done["headline"]["test_top1"] is not None
     assert nan["state"] == "failed" and "training stopped: the loss became" in nan["message"]
@@ -293,12 +369,22 @@ def test_failed_runs_are_marked_with_their_message_and_the_others_finish(fake_ci
 @pytest.mark.slow
 def test_gather_mode_trains_in_a_scratch_folder_and_sends_the_run_back(fake_cifar, tmp_path):
     """What a Ray task does without shared storage, run here in-process: the run folder comes back packed."""
-    spec = SweepSpec(name="gathered", models=["mycnn"], out=str(tmp_path / "driver"),
-                     grid={"epochs": [1], "batch_size": [50], "limit_train": [200], "val_size": [100],
-                           "device": ["cpu"]})
+    spec = SweepSpec(
+        name="gathered",
+        models=["mycnn"],
+        out=str(tmp_path / "driver"),
+        grid={"epochs": [1], "batch_size": [50], "limit_train": [200], "val_size": [100], "device": ["cpu"]},
+    )
     (planned,) = expand(spec, str(fake_cifar))
-    job = {"name": planned.name, "config": planned.config, "sweep_dir": "/nonexistent/on/this/node", "threads": 1,
-           "env": {}, "gather": True, "analysis": "none"}
+    job = {
+        "name": planned.name,
+        "config": planned.config,
+        "sweep_dir": "/nonexistent/on/this/node",
+        "threads": 1,
+        "env": {},
+        "gather": True,
+        "analysis": "none",
+    }
     result = sweep_module.execute_run(job)
     assert result["state"] == "done", result
     assert "$ " in result["log"] and "test (best.pt" in result["log"]
@@ -370,6 +456,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(fake_cifar, tmp_p
 # Ray: a real cluster on 127.0.0.1, started and stopped by the test
 # ---------------------------------------------------------------------------------------------------------
 
+
 def descendants(root: int) -> set[int]:
     """Every process below ``root`` (from /proc), to check that none is left behind."""
     parents = {}
@@ -408,10 +495,29 @@ def ray_cluster():
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
     log = Path(temp) / "start.log"
     with open(log, "w") as out:
-        head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--num-cpus", "2",
-                                 "--node-ip-address", "127.0.0.1", "--port", str(port), "--temp-dir", temp,
-                                 "--include-dashboard", "false", "--disable-usage-stats"],
-                                stdout=out, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True)
+        head = subprocess.Popen(
+            [
+                str(ray_cli),
+                "start",
+                "--head",
+                "--block",
+                "--num-cpus",
+                "2",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--temp-dir",
+                temp,
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while "block forever" not in log.read_text():
@@ -439,8 +545,7 @@ def ray_cluster():
 @pytest.mark.slow
 def test_a_sweep_on_a_local_ray_cluster_gives_the_pool_numbers(ray_cluster, pool_sweep, fake_cifar, tmp_path):
     pool_folder, _, _ = pool_sweep
-    result = run_sweep_cli("--name", "grid", *GRID, *tiny(fake_cifar, tmp_path, "--ray", ray_cluster,
-                                                         "--no-report"))
+    result = run_sweep_cli("--name", "grid", *GRID, *tiny(fake_cifar, tmp_path, "--ray", ray_cluster, "--no-report"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"the Ray cluster at {ray_cluster} (2 CPUs, 0 GPUs), 2 runs at a time" in result.stdout
     folder = tmp_path / "grid"

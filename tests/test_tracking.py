@@ -43,7 +43,8 @@ def test_a_training_run_writes_tensorboard_events_that_match_its_metrics(tiny_ru
     from tensorboard.plugins.hparams import plugin_data_pb2  # the HParams tab's data: config beside results
 
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
     assert start.hparams["lr"].number_value == pytest.approx(1e-3)
     assert start.hparams["model"].string_value == "mycnn"
 
@@ -62,8 +63,11 @@ def test_the_end_of_a_run_logs_its_confusion_matrix_and_misclassified_images(tmp
     probs[np.arange(8), y_pred] = 0.91
     index = np.arange(8) + 2  # official test-set positions of these images
     np.savez(tmp_path / "test_predictions.npz", y_true=y_true, probs=probs, index=index)
-    (tmp_path / "test_metrics.json").write_text(json.dumps(
-        {"top1": 5 / 8, "top3": 1.0, "loss": 0.5, "epoch": 3, "per_class_accuracy": {c: 1.0 for c in CLASSES}}))
+    (tmp_path / "test_metrics.json").write_text(
+        json.dumps(
+            {"top1": 5 / 8, "top3": 1.0, "loss": 0.5, "epoch": 3, "per_class_accuracy": {c: 1.0 for c in CLASSES}}
+        )
+    )
     images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
     labels = torch.tensor([9, 9, *y_true.tolist()])
     data = Cifar10(images, labels, images, labels, list(CLASSES))
@@ -84,8 +88,17 @@ def test_a_resumed_run_shows_each_epoch_once_with_the_redone_values(tmp_path):
     config = {"model": "mycnn", "seed": 0}
 
     def row(epoch: int, loss: float) -> dict:
-        return {"epoch": epoch, "train_loss": loss, "val_loss": loss, "train_top1": 0.5, "val_top1": 0.5,
-                "val_top3": 0.9, "lr": 1e-3, "epoch_seconds": 1.0, "images_per_second": 100.0}
+        return {
+            "epoch": epoch,
+            "train_loss": loss,
+            "val_loss": loss,
+            "train_top1": 0.5,
+            "val_top1": 0.5,
+            "val_top3": 0.9,
+            "lr": 1e-3,
+            "epoch_seconds": 1.0,
+            "images_per_second": 100.0,
+        }
 
     first = Tracker(tmp_path, config, tensorboard=True, mlflow_uri=None)
     for epoch in (1, 2, 3):
@@ -139,11 +152,33 @@ def test_a_training_run_logs_params_metrics_and_figures_to_mlflow(fake_cifar, tm
     monkeypatch.setenv("CIFARLAB_TENSORBOARD", "0")
     monkeypatch.delenv("CIFARLAB_MLFLOW_PARENT_RUN", raising=False)
     monkeypatch.delenv("CIFARLAB_MLFLOW_EXPERIMENT", raising=False)
-    config = make_config("seed", model="mycnn", epochs=2, batch_size=50, val_size=100, limit_train=100,
-                         data_dir=str(fake_cifar), out=str(tmp_path / "runs"), device="cpu")
+    config = make_config(
+        "seed",
+        model="mycnn",
+        epochs=2,
+        batch_size=50,
+        val_size=100,
+        limit_train=100,
+        data_dir=str(fake_cifar),
+        out=str(tmp_path / "runs"),
+        device="cpu",
+    )
     config.save(tmp_path / "config.json")
-    assert main(["train", "--config", str(tmp_path / "config.json"), "--name", "tracked", "--no-analysis",
-                 "--data-dir", str(fake_cifar)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "config.json"),
+                "--name",
+                "tracked",
+                "--no-analysis",
+                "--data-dir",
+                str(fake_cifar),
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "runs" / "tracked"
     saved = json.loads((run / tracking.TRACKING_FILE).read_text())
     assert saved["mlflow_uri"] == uri

@@ -24,8 +24,17 @@ from cifarlab.progress import progress
 from cifarlab.runfiles import METRICS_COLUMNS, read_metrics_csv
 from cifarlab.train import train
 
-RUN_FILES = ["config.json", "split.json", "normalization.json", "metrics.csv", "best.pt", "last.pt", "run.json",
-             "test_metrics.json", "test_predictions.npz"]
+RUN_FILES = [
+    "config.json",
+    "split.json",
+    "normalization.json",
+    "metrics.csv",
+    "best.pt",
+    "last.pt",
+    "run.json",
+    "test_metrics.json",
+    "test_predictions.npz",
+]
 
 
 def read(run: Path, name: str) -> dict:
@@ -34,8 +43,26 @@ def read(run: Path, name: str) -> dict:
 
 def cli_train(config: Path, out: Path, name: str, data_dir: Path, *flags: str) -> Path:
     """``cifarlab train --config CONFIG`` on the CPU without the analysis; returns the run folder."""
-    assert main(["train", "--config", str(config), "--out", str(out), "--name", name, "--data-dir", str(data_dir),
-                 "--device", "cpu", "--no-analysis", *flags]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--name",
+                name,
+                "--data-dir",
+                str(data_dir),
+                "--device",
+                "cpu",
+                "--no-analysis",
+                *flags,
+            ]
+        )
+        == 0
+    )
     return out / name
 
 
@@ -146,8 +173,9 @@ class SpiedData:
 
 
 @pytest.mark.parametrize("tested", ["best", "last"])
-def test_the_test_set_is_scored_once_after_training_with_the_chosen_checkpoint(tested, small_config, fake_cifar,
-                                                                             tmp_path):
+def test_the_test_set_is_scored_once_after_training_with_the_chosen_checkpoint(
+    tested, small_config, fake_cifar, tmp_path
+):
     """README: the test set is touched once, by the best-validation checkpoint (or `last`, per test_checkpoint)."""
     config = small_config(out=tmp_path, epochs=2, limit_train=200, batch_size=10, test_checkpoint=tested)
     data = SpiedData(load_cifar10(fake_cifar, allow_download=False), tmp_path / "run")
@@ -162,8 +190,7 @@ def test_the_test_set_is_scored_once_after_training_with_the_chosen_checkpoint(t
     assert metrics["checkpoint"] == f"{tested}.pt"
     assert metrics["epoch"] == (best_epoch if tested == "best" else 2)
     assert read(run, "run.json")["best_epoch"] == best_epoch
-    again = evaluate(run / f"{tested}.pt", split="test", out=tmp_path / "again", device="cpu",
-                     data_dir=str(fake_cifar))
+    again = evaluate(run / f"{tested}.pt", split="test", out=tmp_path / "again", device="cpu", data_dir=str(fake_cifar))
     saved, recomputed = np.load(run / "test_predictions.npz"), np.load(tmp_path / "again" / "test_predictions.npz")
     np.testing.assert_allclose(saved["probs"], recomputed["probs"], rtol=0, atol=1e-6)
     assert again["epoch"] == metrics["epoch"]
@@ -172,15 +199,26 @@ def test_the_test_set_is_scored_once_after_training_with_the_chosen_checkpoint(t
 def test_the_seed_recipe_has_the_course_projects_values():
     """README: cross-entropy, Adam at 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, normalisation only."""
     c = make_config("seed")
-    assert (c.optimizer, c.lr, c.weight_decay, c.scheduler, c.step_size, c.gamma) == ("adam", 1e-3, 0.0, "step", 10,
-                                                                                     0.1)
-    assert (c.epochs, c.batch_size, c.augment, c.label_smoothing, c.weight_averaging, c.tta) == (20, 64, "none", 0.0,
-                                                                                                "none", 0)
+    assert (c.optimizer, c.lr, c.weight_decay, c.scheduler, c.step_size, c.gamma) == (
+        "adam",
+        1e-3,
+        0.0,
+        "step",
+        10,
+        0.1,
+    )
+    assert (c.epochs, c.batch_size, c.augment, c.label_smoothing, c.weight_averaging, c.tta) == (
+        20,
+        64,
+        "none",
+        0.0,
+        "none",
+        0,
+    )
     assert (c.model, c.val_size, c.test_checkpoint, c.seed) == ("mycnn", 5000, "best", 0)
 
 
-def test_a_seed_run_steps_adam_in_batches_of_64_and_logs_each_epochs_starting_lr(small_config, fake_cifar,
-                                                                                  tmp_path):
+def test_a_seed_run_steps_adam_in_batches_of_64_and_logs_each_epochs_starting_lr(small_config, fake_cifar, tmp_path):
     """Eleven epochs of the seed recipe on 128 images: StepLR decays once, after epoch 10, and ``lr`` in
     metrics.csv is the rate each epoch started with; 2 Adam steps per epoch means batches of 64."""
     config = small_config.write(tmp_path / "config.json", epochs=11, limit_train=128, val_size=10, batch_size=None)
@@ -239,18 +277,22 @@ def test_learns_the_generated_data(tiny_run):
 def test_same_seed_same_metrics_and_replay_from_config(fake_cifar, tmp_path, tiny_run):
     run = cli_train(tiny_run / "config.json", tmp_path, "replay", fake_cifar)
     assert not (run / "analysis").exists()  # --no-analysis
-    assert TrainConfig.load(run).to_dict() == {**TrainConfig.load(tiny_run).to_dict(), "out": str(tmp_path),
-                                               "name": "replay"}
+    assert TrainConfig.load(run).to_dict() == {
+        **TrainConfig.load(tiny_run).to_dict(),
+        "out": str(tmp_path),
+        "name": "replay",
+    }
     a, b = read_metrics_csv(tiny_run / "metrics.csv"), read_metrics_csv(run / "metrics.csv")
     assert len(a) == len(b) == 2
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr"):
             assert ra[key] == rb[key], key
     assert read(run, "test_metrics.json")["top1"] == read(tiny_run, "test_metrics.json")["top1"]
 
 
-def test_other_seed_other_split_and_a_balanced_slice_normalised_on_its_own(small_config, fake_cifar, tmp_path,
-                                                                         tiny_run):
+def test_other_seed_other_split_and_a_balanced_slice_normalised_on_its_own(
+    small_config, fake_cifar, tmp_path, tiny_run
+):
     config = small_config.write(tmp_path / "config.json", epochs=1, seed=1, limit_train=100)
     run = cli_train(config, tmp_path, "s1", fake_cifar)
     split, other = read(run, "split.json"), read(tiny_run, "split.json")
@@ -266,7 +308,7 @@ def test_recipes_lists_every_recipe(capsys):
     assert main(["recipes"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(RECIPES)
-    for line, name in zip(lines, RECIPES):
+    for line, name in zip(lines, RECIPES, strict=True):
         assert RECIPE_HELP[name] in line
 
 

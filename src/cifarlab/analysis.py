@@ -21,9 +21,10 @@ import csv
 import io
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +68,7 @@ class Predictions:
 # Reading a run
 # ---------------------------------------------------------------------------------------------------------
 
+
 def require_run(run: str | Path) -> Path:
     """The run folder, or a usage error that says what is wrong with the path."""
     path = Path(run)
@@ -82,8 +84,10 @@ def load_predictions(run: str | Path) -> Predictions:
     run = require_run(run)
     path = run / "test_predictions.npz"
     if not path.is_file():
-        raise UsageError(f"{run} has no test_predictions.npz: the run has not been evaluated on the test set "
-                         f"(let `cifarlab train` finish, or run `cifarlab evaluate {run}`)")
+        raise UsageError(
+            f"{run} has no test_predictions.npz: the run has not been evaluated on the test set "
+            f"(let `cifarlab train` finish, or run `cifarlab evaluate {run}`)"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
             y_true, probs, index = f["y_true"].astype(np.int64), f["probs"], f["index"].astype(np.int64)
@@ -91,8 +95,10 @@ def load_predictions(run: str | Path) -> Predictions:
         raise CifarlabError(f"{path} is unreadable or incomplete (needs y_true, probs, index): {exc}") from None
     classes = class_names(run, probs.shape[-1] if probs.ndim == 2 else 0)
     if probs.ndim != 2 or probs.shape[0] != len(y_true) or len(index) != len(y_true) or len(y_true) == 0:
-        raise CifarlabError(f"{path}: expected probs (N, {len(classes)}), y_true (N,) and index (N,) with N > 0; "
-                            f"got {probs.shape}, {y_true.shape}, {index.shape}")
+        raise CifarlabError(
+            f"{path}: expected probs (N, {len(classes)}), y_true (N,) and index (N,) with N > 0; "
+            f"got {probs.shape}, {y_true.shape}, {index.shape}"
+        )
     if y_true.min() < 0 or y_true.max() >= probs.shape[1]:
         raise CifarlabError(f"{path}: a label is outside 0-{probs.shape[1] - 1}")
     return Predictions(y_true, probs.astype(np.float32), index, classes)
@@ -115,6 +121,7 @@ def class_names(run: Path, num_classes: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------
 # Metrics (torchmetrics)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def confusion_counts(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
     """Counts (C, C): row = true class, column = predicted (arg-max) class."""
@@ -148,10 +155,18 @@ def per_class_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[s
         return num / den if den else None
 
     rows = []
-    for name, (tp, fp, _tn, fn, support) in zip(classes, counts):
+    for name, (tp, fp, _tn, fn, support) in zip(classes, counts, strict=True):
         recall = ratio(tp, tp + fn)
-        rows.append({"class": name, "precision": ratio(tp, tp + fp), "recall": recall,
-                     "f1": ratio(2 * tp, 2 * tp + fp + fn), "support": support, "accuracy": recall})
+        rows.append(
+            {
+                "class": name,
+                "precision": ratio(tp, tp + fp),
+                "recall": recall,
+                "f1": ratio(2 * tp, 2 * tp + fp + fn),
+                "support": support,
+                "accuracy": recall,
+            }
+        )
     return rows
 
 
@@ -173,23 +188,42 @@ def calibration(probs: np.ndarray, y_true: np.ndarray, n_bins: int = N_BINS) -> 
     for k in range(n_bins):
         sel = which == k
         n = int(sel.sum())
-        bins.append({"lower": float(edges[k]), "upper": float(edges[k + 1]), "count": n,
-                     "confidence": float(conf[sel].mean()) if n else None,
-                     "accuracy": float(correct[sel].mean()) if n else None})
-    return {"ece": ece, "n_bins": n_bins, "norm": "l1", "definition": "top-label expected calibration error, "
-            "equal-width confidence bins, torchmetrics' calibration-error computation in float64",
-            "mean_confidence": float(conf.mean()), "accuracy": float(correct.mean()),
-            "overconfidence": float(conf.mean() - correct.mean()), "bins": bins}
+        bins.append(
+            {
+                "lower": float(edges[k]),
+                "upper": float(edges[k + 1]),
+                "count": n,
+                "confidence": float(conf[sel].mean()) if n else None,
+                "accuracy": float(correct[sel].mean()) if n else None,
+            }
+        )
+    return {
+        "ece": ece,
+        "n_bins": n_bins,
+        "norm": "l1",
+        "definition": "top-label expected calibration error, "
+        "equal-width confidence bins, torchmetrics' calibration-error computation in float64",
+        "mean_confidence": float(conf.mean()),
+        "accuracy": float(correct.mean()),
+        "overconfidence": float(conf.mean() - correct.mean()),
+        "bins": bins,
+    }
 
 
 def confused_pairs(counts: np.ndarray, classes: Sequence[str], top: int = TOP_PAIRS) -> list[dict[str, Any]]:
     """The ordered (true -> predicted) pairs with the most mistakes; ties broken by class order."""
     support = counts.sum(axis=1)
-    pairs = [(int(counts[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes))
-             if i != j and counts[i, j] > 0]
+    pairs = [
+        (int(counts[i, j]), i, j)
+        for i in range(len(classes))
+        for j in range(len(classes))
+        if i != j and counts[i, j] > 0
+    ]
     pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [{"true": classes[i], "predicted": classes[j], "count": n, "share_of_true": n / support[i]}
-            for n, i, j in pairs[:top]]
+    return [
+        {"true": classes[i], "predicted": classes[j], "count": n, "share_of_true": n / support[i]}
+        for n, i, j in pairs[:top]
+    ]
 
 
 def headline(pred: Predictions) -> dict[str, Any]:
@@ -212,13 +246,19 @@ def compute_metrics(pred: Predictions) -> dict[str, Any]:
     """Every number of the analysis (no figures, no images): cheap enough for compare and report to call."""
     counts = confusion_counts(pred.probs, pred.y_true)
     per_class = per_class_metrics(pred.probs, pred.y_true, pred.classes)
-    return {"headline": headline(pred), "confusion": counts, "per_class": per_class,
-            "calibration": calibration(pred.probs, pred.y_true), "pairs": confused_pairs(counts, pred.classes)}
+    return {
+        "headline": headline(pred),
+        "confusion": counts,
+        "per_class": per_class,
+        "calibration": calibration(pred.probs, pred.y_true),
+        "pairs": confused_pairs(counts, pred.classes),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Choosing images
 # ---------------------------------------------------------------------------------------------------------
+
 
 def sample_misclassified(pred: Predictions, k: int, seed: int) -> np.ndarray:
     """Positions of up to k wrong predictions drawn with a seeded generator (same run -> same images)."""
@@ -252,8 +292,9 @@ def caption(pred: Predictions, pos: int, with_true_prob: bool = False) -> str:
     return text
 
 
-def load_test_images(run: Path, pred: Predictions, data: Any = None,
-                     data_dir: str | None = None) -> tuple[torch.Tensor | None, str | None]:
+def load_test_images(
+    run: Path, pred: Predictions, data: Any = None, data_dir: str | None = None
+) -> tuple[torch.Tensor | None, str | None]:
     """The official test images (uint8), or None and the reason why they cannot be shown.
 
     The images are only used if the labels found at the saved indices equal the saved labels, so a wrong
@@ -281,6 +322,7 @@ def load_test_images(run: Path, pred: Predictions, data: Any = None,
 # Writing
 # ---------------------------------------------------------------------------------------------------------
 
+
 def cell(value: Any) -> str:
     """A CSV cell: floats at full precision, undefined values empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -300,8 +342,9 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 
 def write_matrix_csv(path: Path, matrix: np.ndarray, classes: Sequence[str]) -> None:
     """Rows = true class, columns = predicted class; header and first column hold the class names."""
-    rows = [[name, *(int(v) if matrix.dtype.kind == "i" else float(v) for v in matrix[i])]
-            for i, name in enumerate(classes)]
+    rows = [
+        [name, *(int(v) if matrix.dtype.kind == "i" else float(v) for v in matrix[i])] for i, name in enumerate(classes)
+    ]
     write_csv(path, ["true \\ predicted", *classes], rows)
 
 
@@ -316,23 +359,39 @@ def write_metric_files(out: Path, metrics: dict[str, Any], classes: Sequence[str
     write_json(out / "calibration.json", metrics["calibration"])
 
 
-def draw_metric_figures(out: Path, run: Path, metrics: dict[str, Any], classes: Sequence[str],
-                        title: str, best_epoch: int | None) -> list[str]:
+def draw_metric_figures(
+    out: Path, run: Path, metrics: dict[str, Any], classes: Sequence[str], title: str, best_epoch: int | None
+) -> list[str]:
     """Confusion heatmaps, learning curves and the reliability diagram; returns the file names."""
     from cifarlab import plots
 
     counts = metrics["confusion"]
-    files = [plots.confusion_heatmap(counts, classes, out / "confusion_matrix.png", False,
-                                     f"{title}: confusion matrix (test images)").name,
-             plots.confusion_heatmap(row_normalize(counts), classes, out / "confusion_matrix_normalized.png", True,
-                                     f"{title}: confusion matrix, share of each true class").name]
+    files = [
+        plots.confusion_heatmap(
+            counts, classes, out / "confusion_matrix.png", False, f"{title}: confusion matrix (test images)"
+        ).name,
+        plots.confusion_heatmap(
+            row_normalize(counts),
+            classes,
+            out / "confusion_matrix_normalized.png",
+            True,
+            f"{title}: confusion matrix, share of each true class",
+        ).name,
+    ]
     if (run / "metrics.csv").is_file():
         rows = read_metrics_csv(run / "metrics.csv")
         if rows:
-            files.append(plots.learning_curves(rows, out / "learning_curves.png", f"{title}: learning curves",
-                                               best_epoch).name)
-    files.append(plots.reliability_diagram(metrics["calibration"]["bins"], metrics["calibration"]["ece"],
-                                           out / "reliability_diagram.png", f"{title}: reliability").name)
+            files.append(
+                plots.learning_curves(rows, out / "learning_curves.png", f"{title}: learning curves", best_epoch).name
+            )
+    files.append(
+        plots.reliability_diagram(
+            metrics["calibration"]["bins"],
+            metrics["calibration"]["ece"],
+            out / "reliability_diagram.png",
+            f"{title}: reliability",
+        ).name
+    )
     return files
 
 
@@ -344,10 +403,13 @@ def draw_galleries(out: Path, pred: Predictions, images: torch.Tensor, seed: int
 
     files = []
     for name, positions, heading, with_p in [
-        ("misclassified.png", sample_misclassified(pred, GALLERY_SIZE, seed), "misclassified test images "
-         f"(a reproducible sample, seed {seed})", False),
-        ("top_losses.png", top_losses(pred, TOP_LOSSES), "top losses: the most confidently wrong predictions",
-         True),
+        (
+            "misclassified.png",
+            sample_misclassified(pred, GALLERY_SIZE, seed),
+            f"misclassified test images (a reproducible sample, seed {seed})",
+            False,
+        ),
+        ("top_losses.png", top_losses(pred, TOP_LOSSES), "top losses: the most confidently wrong predictions", True),
     ]:
         if len(positions) == 0:
             continue
@@ -358,8 +420,9 @@ def draw_galleries(out: Path, pred: Predictions, images: torch.Tensor, seed: int
     return files
 
 
-def gradcam_analysis(out: Path, run: Path, pred: Predictions, images: torch.Tensor, seed: int,
-                     title: str) -> dict[str, Any]:
+def gradcam_analysis(
+    out: Path, run: Path, pred: Predictions, images: torch.Tensor, seed: int, title: str
+) -> dict[str, Any]:
     """Grad-CAM for the predicted and the true class of misclassified images; the figure and centre shares.
 
     The centre share (evidence inside the central quarter of the image) of wrong and right predictions lets
@@ -392,18 +455,27 @@ def gradcam_analysis(out: Path, run: Path, pred: Predictions, images: torch.Tens
     maps_true = maps_for(shown, pred.y_true)
     pics = images[torch.as_tensor(pred.index[shown])].numpy()
     if len(shown):
-        plots.gradcam_grid(pics, scale_maps(maps_wrong_pred[:len(shown)]), scale_maps(maps_true),
-                           [caption(pred, int(p)) for p in shown], out / "gradcam.png",
-                           f"{title}: Grad-CAM at {layer.name} ({layer.height}x{layer.width})")
-    arrays = {"index": pred.index[shown], "maps_predicted": maps_wrong_pred[:len(shown)], "maps_true": maps_true}
+        plots.gradcam_grid(
+            pics,
+            scale_maps(maps_wrong_pred[: len(shown)]),
+            scale_maps(maps_true),
+            [caption(pred, int(p)) for p in shown],
+            out / "gradcam.png",
+            f"{title}: Grad-CAM at {layer.name} ({layer.height}x{layer.width})",
+        )
+    arrays = {"index": pred.index[shown], "maps_predicted": maps_wrong_pred[: len(shown)], "maps_true": maps_true}
     atomic_write(out / "gradcam_maps.npz", lambda f: np.savez_compressed(f, **arrays))
     share_wrong, share_right = centre_share(maps_wrong_pred), centre_share(maps_right)
-    return {"layer": layer.name, "map_size": [layer.height, layer.width], "images_shown": int(len(shown)),
-            "figure": "gradcam.png" if len(shown) else None,
-            "centre_share_wrong": nanmean([None if math.isnan(v) else float(v) for v in share_wrong]),
-            "centre_share_right": nanmean([None if math.isnan(v) else float(v) for v in share_right]),
-            "centre_share_images": [int(len(wrong)), int(len(right))],
-            "centre_share_uniform": 0.25}
+    return {
+        "layer": layer.name,
+        "map_size": [layer.height, layer.width],
+        "images_shown": int(len(shown)),
+        "figure": "gradcam.png" if len(shown) else None,
+        "centre_share_wrong": nanmean([None if math.isnan(v) else float(v) for v in share_wrong]),
+        "centre_share_right": nanmean([None if math.isnan(v) else float(v) for v in share_right]),
+        "centre_share_images": [int(len(wrong)), int(len(right))],
+        "centre_share_uniform": 0.25,
+    }
 
 
 def run_title(name: str, model: str | None) -> str:
@@ -418,16 +490,21 @@ def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[st
     by_f1 = sorted(per_class, key=lambda r: r["f1"])
     cal = metrics["calibration"]
     return {
-        "run": run.name, "model": run_info.get("model"), **metrics["headline"],
+        "run": run.name,
+        "model": run_info.get("model"),
+        **metrics["headline"],
         "misclassified": int((pred.y_pred != pred.y_true).sum()),
         "macro_precision": nanmean([r["precision"] for r in metrics["per_class"]]),
         "macro_recall": nanmean([r["recall"] for r in metrics["per_class"]]),
         "macro_f1": nanmean([r["f1"] for r in metrics["per_class"]]),
-        "ece": cal["ece"], "mean_confidence": cal["mean_confidence"], "overconfidence": cal["overconfidence"],
+        "ece": cal["ece"],
+        "mean_confidence": cal["mean_confidence"],
+        "overconfidence": cal["overconfidence"],
         "most_confused": metrics["pairs"][0] if metrics["pairs"] else None,
         "best_class": {"class": by_f1[-1]["class"], "f1": by_f1[-1]["f1"]} if by_f1 else None,
         "worst_class": {"class": by_f1[0]["class"], "f1": by_f1[0]["f1"]} if by_f1 else None,
-        "best_epoch": run_info.get("best_epoch"), "train_val_gap": run_info.get("train_val_gap"),
+        "best_epoch": run_info.get("best_epoch"),
+        "train_val_gap": run_info.get("train_val_gap"),
         "classes": list(pred.classes),
     }
 
@@ -486,8 +563,10 @@ def describe(summary: dict[str, Any], out: Path) -> str:
     """Two lines for the terminal about a finished analysis."""
     pair = summary["most_confused"]
     confused = f"most confused {pair['true']} -> {pair['predicted']} ({pair['count']})" if pair else "no mistakes"
-    text = (f"analysis: top-1 {100 * summary['top1']:.2f}%  ECE {summary['ece']:.4f}  {confused}  "
-            f"({summary['seconds']:.1f}s)  ->  {out}/")
+    text = (
+        f"analysis: top-1 {100 * summary['top1']:.2f}%  ECE {summary['ece']:.4f}  {confused}  "
+        f"({summary['seconds']:.1f}s)  ->  {out}/"
+    )
     for note in summary["skipped"]:
         text += f"\n  skipped {note}"
     return text
@@ -511,14 +590,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_analysis_commands(sub: argparse._SubParsersAction) -> None:
+def register_analyze(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab analyze`` to the command line."""
-    p = sub.add_parser("analyze", help="error analysis of a finished run (confusions, calibration, Grad-CAM)",
-                       description="Write RUN/analysis/: confusion matrix, per-class metrics, confused pairs, "
-                                   "galleries, learning curves, calibration and Grad-CAM, from the run's saved "
-                                   "test predictions (nothing is retrained).")
+    p = sub.add_parser(
+        "analyze",
+        help="error analysis of a finished run (confusions, calibration, Grad-CAM)",
+        description="Write RUN/analysis/: confusion matrix, per-class metrics, confused pairs, "
+        "galleries, learning curves, calibration and Grad-CAM, from the run's saved "
+        "test predictions (nothing is retrained).",
+    )
     p.add_argument("run", metavar="RUN", help="a finished run folder (holding test_predictions.npz)")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, for the images "
-                                      "(default: $CIFARLAB_DATA_DIR, else ./data)")
+    p.add_argument(
+        "--data-dir",
+        help="folder holding cifar-10-batches-py/, for the images (default: $CIFARLAB_DATA_DIR, else ./data)",
+    )
     p.add_argument("--no-images", action="store_true", help="numbers and plots only: no galleries or Grad-CAM")
     p.set_defaults(func=cmd_analyze)

@@ -34,7 +34,7 @@ class WeightAverager:
             p.requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
-        return self.decay ** self.every * min(1.0, step / max(1, self.length.total_steps)) ** 3
+        return self.decay**self.every * min(1.0, step / max(1, self.length.total_steps)) ** 3
 
     def step(self, model: nn.Module) -> None:
         """Call after each optimiser step."""

@@ -22,9 +22,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from cifarlab.config import make_config
 from cifarlab.errors import UsageError
@@ -54,11 +55,12 @@ class Settings:
     seed_limit_train: int | None = None
 
     @classmethod
-    def quick(cls) -> "Settings":
+    def quick(cls) -> Settings:
         return cls(batch_size=32, steps=2, repeats=2, budgets=(60.0,), seed_epochs=2, seed_limit_train=10000)
 
 
 # --- the machine ---------------------------------------------------------------------------------------------------
+
 
 def cpu_model() -> str:
     """The CPU's marketing name from /proc/cpuinfo (Linux), else what the platform module knows."""
@@ -75,10 +77,16 @@ def machine(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on. The load average shows whether other processes shared the CPU."""
     import torch
 
-    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__, "python": platform.python_version(),
-                            "platform": platform.platform(), "device": str(device),
-                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     if hasattr(os, "getloadavg"):
@@ -87,6 +95,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 # --- throughput ----------------------------------------------------------------------------------------------------
+
 
 class ReferenceCifar:
     """CIFAR-10 the common way (a map-style dataset): each item a PIL image through torchvision transforms."""
@@ -105,16 +114,28 @@ class ReferenceCifar:
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def reference_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: list[float],
-                     std: list[float]) -> torch.utils.data.DataLoader:
+def reference_loader(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: list[float], std: list[float]
+) -> torch.utils.data.DataLoader:
     """Random crop (pad 4) and flip per image with PIL, batched by a DataLoader in the main process."""
     import torch
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(), transforms.Normalize(mean, std)])
-    return torch.utils.data.DataLoader(ReferenceCifar(images, labels, transform), batch_size=batch_size,
-                                       shuffle=True, num_workers=0)
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        # DataLoader needs only __getitem__ and __len__; subclassing Dataset would load torch with the CLI
+        ReferenceCifar(images, labels, transform),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=0,
+    )
 
 
 def endless(batches: Iterable) -> Iterator:
@@ -122,8 +143,9 @@ def endless(batches: Iterable) -> Iterator:
         yield from batches
 
 
-def images_per_second(batches: Iterable, steps: int, device: torch.device,
-                      model: nn.Module | None) -> tuple[float, float]:
+def images_per_second(
+    batches: Iterable, steps: int, device: torch.device, model: nn.Module | None
+) -> tuple[float, float]:
     """Throughput of ``steps`` training steps (or, with no model, of just producing the batches).
 
     Returns images per second of wall time and per second of this process's CPU time. On a machine shared with
@@ -139,7 +161,7 @@ def images_per_second(batches: Iterable, steps: int, device: torch.device,
     def step() -> int:
         x, y = next(stream)
         x, y = x.to(device), y.to(device)
-        if model is not None:
+        if model is not None and optimizer is not None:
             train_step(model, optimizer, x, y)
         return len(y)
 
@@ -164,8 +186,17 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
 
     images, labels = data.train_images, data.train_labels
     mean, std = channel_stats(images[:10000])
-    ours = Batches(images, labels, settings.batch_size, torch.tensor(mean), torch.tensor(std), shuffle=True,
-                   augment="crop-flip", seed=0, device=device)
+    ours = Batches(
+        images,
+        labels,
+        settings.batch_size,
+        torch.tensor(mean),
+        torch.tensor(std),
+        shuffle=True,
+        augment="crop-flip",
+        seed=0,
+        device=device,
+    )
     reference = reference_loader(images, labels, settings.batch_size, mean, std)
     rows = []
     for name in (None, *settings.models):
@@ -182,17 +213,20 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
                 wall, cpu = images_per_second(batches, settings.steps, device, model)
                 measured[pipeline].append(wall)
                 measured[pipeline + "_cpu"].append(cpu)
-        row = {"model": label, "repeats": measured}
+        row: dict[str, Any] = {"model": label, "repeats": measured}
         row.update({key: statistics.median(values) for key, values in measured.items()})
         row["ratio"] = row["cifarlab"] / row["reference"]
         row["ratio_cpu"] = row["cifarlab_cpu"] / row["reference_cpu"]
         rows.append(row)
-        log(f"throughput {label:<16} cifarlab {row['cifarlab']:8.0f} img/s   reference {row['reference']:8.0f} img/s"
-            f"   x{row['ratio']:.2f} (per CPU-second x{row['ratio_cpu']:.2f})")
+        log(
+            f"throughput {label:<16} cifarlab {row['cifarlab']:8.0f} img/s   reference {row['reference']:8.0f} img/s"
+            f"   x{row['ratio']:.2f} (per CPU-second x{row['ratio_cpu']:.2f})"
+        )
     return rows
 
 
 # --- time to accuracy ----------------------------------------------------------------------------------------------
+
 
 def first_reaching(curve: list[tuple[float, float]], threshold: float) -> float | None:
     """The first time in a (seconds, top-1) curve at which top-1 is at least ``threshold``."""
@@ -208,16 +242,30 @@ def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
     run = train(config, data=data)
     summary, planned = read_json(run / "run.json"), read_json(run / "config.json")  # the config as planned
-    result = {"run": f"fast, --time-budget {budget:g}", "recipe": "fast", "budget": budget, "run_dir": str(run),
-              "seconds": summary["seconds_used"], "test_top1": summary["test_top1"], "width": planned["model_width"],
-              "epochs": summary["train_steps"] / summary["budget_plan"]["steps_per_epoch"], "tta": planned["tta"]}
+    result = {
+        "run": f"fast, --time-budget {budget:g}",
+        "recipe": "fast",
+        "budget": budget,
+        "run_dir": str(run),
+        "seconds": summary["seconds_used"],
+        "test_top1": summary["test_top1"],
+        "width": planned["model_width"],
+        "epochs": summary["train_steps"] / summary["budget_plan"]["steps_per_epoch"],
+        "tta": planned["tta"],
+    }
     result["reached"] = {f"{t:.2f}": (result["seconds"] if result["test_top1"] >= t else None) for t in THRESHOLDS}
     log(f"time to accuracy: fast at {budget:g}s -> {100 * result['test_top1']:.2f}% in {result['seconds']:.0f}s")
     return result
 
 
-def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any], device: torch.device,
-             log: Callable[[str], None]) -> dict:
+def run_seed(
+    data: Any,
+    settings: Settings,
+    out: Path,
+    overrides: dict[str, Any],
+    device: torch.device,
+    log: Callable[[str], None],
+) -> dict:
     """The seed recipe with the test set scored after each epoch; scoring time is taken off the clock."""
     import torch
 
@@ -232,8 +280,9 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
         values.setdefault("limit_train", settings.seed_limit_train)
     config = make_config("seed", out=str(out), name="seed", **values)
     prep = prepare_data(data, config)  # the same normalisation the run computes
-    test = Batches(data.test_images, data.test_labels, 1000, torch.tensor(prep.mean), torch.tensor(prep.std),
-                   device=device)
+    test = Batches(
+        data.test_images, data.test_labels, 1000, torch.tensor(prep.mean), torch.tensor(prep.std), device=device
+    )
     curve: list[tuple[float, float]] = []
     scoring = 0.0
     start = time.perf_counter()
@@ -247,16 +296,24 @@ def run_seed(data: Any, settings: Settings, out: Path, overrides: dict[str, Any]
         scoring += time.perf_counter() - t0
 
     run = train(config, data=data, on_epoch=on_epoch)
-    result = {"run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train
-                                                        else ")"),
-              "recipe": "seed", "budget": None, "run_dir": str(run), "seconds": curve[-1][0],
-              "test_top1": curve[-1][1], "curve": curve, "epochs": config.epochs, "tta": 0}
+    result: dict[str, Any] = {
+        "run": f"seed ({config.epochs} epochs" + (f", {config.limit_train} images)" if config.limit_train else ")"),
+        "recipe": "seed",
+        "budget": None,
+        "run_dir": str(run),
+        "seconds": curve[-1][0],
+        "test_top1": curve[-1][1],
+        "curve": curve,
+        "epochs": config.epochs,
+        "tta": 0,
+    }
     result["reached"] = {f"{t:.2f}": first_reaching(curve, t) for t in THRESHOLDS}
     log(f"time to accuracy: seed -> {100 * result['test_top1']:.2f}% after {result['seconds']:.0f}s")
     return result
 
 
 # --- report --------------------------------------------------------------------------------------------------------
+
 
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
@@ -267,37 +324,57 @@ def fmt_seconds(seconds: float | None) -> str:
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
-        "# cifarlab benchmark", "",
-        f"Command: `{result['command']}`", "",
+        "# cifarlab benchmark",
+        "",
+        f"Command: `{result['command']}`",
+        "",
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
-        f"device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
-        + (f"; load average {m['load_average_at_start']} at the start, {m.get('load_average_at_end')} at the end"
-           if "load_average_at_start" in m else "")
-        + f"; OMP_WAIT_POLICY {m['omp_wait_policy']}. Started {result['started']}.", "",
+        f"device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        + (
+            f"; load average {m['load_average_at_start']} at the start, {m.get('load_average_at_end')} at the end"
+            if "load_average_at_start" in m
+            else ""
+        )
+        + f"; OMP_WAIT_POLICY {m['omp_wait_policy']}. Started {result['started']}.",
+        "",
     ]
     s = result["settings"]
     if result["throughput"]:
-        lines += [f"## Training throughput (images/s; median of {s['repeats']} repeats of {s['steps']} steps, "
-                  f"batch {s['batch_size']}, random crop + flip)", "",
-                  "| model | cifarlab pipeline | reference pipeline (PIL + DataLoader) | ratio | "
-                  "cifarlab per CPU-s | reference per CPU-s | ratio per CPU-s |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## Training throughput (images/s; median of {s['repeats']} repeats of {s['steps']} steps, "
+            f"batch {s['batch_size']}, random crop + flip)",
+            "",
+            "| model | cifarlab pipeline | reference pipeline (PIL + DataLoader) | ratio | "
+            "cifarlab per CPU-s | reference per CPU-s | ratio per CPU-s |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for row in result["throughput"]:
-            lines.append(f"| {row['model']} | {row['cifarlab']:,.0f} | {row['reference']:,.0f} | "
-                         f"{row['ratio']:.2f}x | {row['cifarlab_cpu']:,.0f} | {row['reference_cpu']:,.0f} | "
-                         f"{row['ratio_cpu']:.2f}x |")
-        lines += ["", "Images per second of wall time, and per second of CPU time of the benchmark process (all "
-                  "threads). On a machine shared with other jobs only the second is independent of the share of "
-                  "the CPU the benchmark got.", ""]
+            lines.append(
+                f"| {row['model']} | {row['cifarlab']:,.0f} | {row['reference']:,.0f} | "
+                f"{row['ratio']:.2f}x | {row['cifarlab_cpu']:,.0f} | {row['reference_cpu']:,.0f} | "
+                f"{row['ratio_cpu']:.2f}x |"
+            )
+        lines += [
+            "",
+            "Images per second of wall time, and per second of CPU time of the benchmark process (all "
+            "threads). On a machine shared with other jobs only the second is independent of the share of "
+            "the CPU the benchmark got.",
+            "",
+        ]
     if result["accuracy"]:
         heads = " | ".join(f"{100 * t:.0f}%" for t in THRESHOLDS)
-        lines += ["## Time to accuracy (test top-1; seconds from data in memory to the end of the test)", "",
-                  f"| run | time used | test top-1 | {heads} |",
-                  "| --- | ---: | ---: | " + " | ".join("---:" for _ in THRESHOLDS) + " |"]
+        lines += [
+            "## Time to accuracy (test top-1; seconds from data in memory to the end of the test)",
+            "",
+            f"| run | time used | test top-1 | {heads} |",
+            "| --- | ---: | ---: | " + " | ".join("---:" for _ in THRESHOLDS) + " |",
+        ]
         for row in result["accuracy"]:
             reached = " | ".join(fmt_seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS)
-            lines.append(f"| {row['run']} | {fmt_seconds(row['seconds'])} | {100 * row['test_top1']:.2f}% | "
-                         f"{reached} |")
+            lines.append(
+                f"| {row['run']} | {fmt_seconds(row['seconds'])} | {100 * row['test_top1']:.2f}% | {reached} |"
+            )
         fast = [r for r in result["accuracy"] if r["recipe"] == "fast"]
         if fast:
             best = []
@@ -309,9 +386,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def benchmark(out: str | Path = "benchmarks/results", settings: Settings | None = None, data_dir: str | None = None,
-              device: str = "auto", throughput_only: bool = False, accuracy_only: bool = False,
-              overrides: dict[str, Any] | None = None, command: str = "cifarlab benchmark") -> dict[str, Any]:
+def benchmark(
+    out: str | Path = "benchmarks/results",
+    settings: Settings | None = None,
+    data_dir: str | None = None,
+    device: str = "auto",
+    throughput_only: bool = False,
+    accuracy_only: bool = False,
+    overrides: dict[str, Any] | None = None,
+    command: str = "cifarlab benchmark",
+) -> dict[str, Any]:
     """Run the measurements, write ``benchmark.json`` and ``benchmark.md`` into ``out``, return the results.
 
     ``overrides`` go to every training config (tests use them to fit the fake data set)."""
@@ -329,9 +413,14 @@ def benchmark(out: str | Path = "benchmarks/results", settings: Settings | None 
     out.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
     overrides = {"device": device, **(overrides or {})}
-    result: dict[str, Any] = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "machine": machine(torch_device), "settings": vars(settings).copy(),
-                              "throughput": [], "accuracy": []}
+    result: dict[str, Any] = {
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(torch_device),
+        "settings": vars(settings).copy(),
+        "throughput": [],
+        "accuracy": [],
+    }
     data = load_cifar10(data_dir)
     if not accuracy_only:
         result["throughput"] = throughput(data, settings, torch_device, log)
@@ -372,8 +461,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     settings.seed = not args.no_seed
     if any(b <= 0 for b in settings.budgets):
         raise UsageError("--budgets must be positive numbers of seconds")
-    benchmark(args.out, settings, args.data_dir, args.device or "auto", args.throughput_only, args.accuracy_only,
-              command=command_line(args))
+    benchmark(
+        args.out,
+        settings,
+        args.data_dir,
+        args.device or "auto",
+        args.throughput_only,
+        args.accuracy_only,
+        command=command_line(args),
+    )
     return 0
 
 
@@ -393,28 +489,39 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def register_benchmark_command(sub: argparse._SubParsersAction) -> None:
+def register_benchmark(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab benchmark`` to the command line."""
+
     def budgets(text: str) -> tuple:
         return parse_list(text, float)
 
     def models(text: str) -> tuple:
         return parse_list(text, str)
 
-    p = sub.add_parser("benchmark", help="throughput vs a PIL+DataLoader pipeline, and time to accuracy",
-                       description="Measure training throughput of each model with cifarlab's pipeline and with "
-                                   "the common PIL + DataLoader one, and the time the fast and seed recipes take "
-                                   "to reach 75-94%% test accuracy. Writes OUT/benchmark.json and OUT/benchmark.md.")
-    p.add_argument("--quick", action="store_true",
-                   help="small settings that finish in minutes (batch 32, 2 steps x 2 repeats, one 60 s budget, "
-                        "seed recipe for 2 epochs on 10,000 images)")
+    p = sub.add_parser(
+        "benchmark",
+        help="throughput vs a PIL+DataLoader pipeline, and time to accuracy",
+        description="Measure training throughput of each model with cifarlab's pipeline and with "
+        "the common PIL + DataLoader one, and the time the fast and seed recipes take "
+        "to reach 75-94%% test accuracy. Writes OUT/benchmark.json and OUT/benchmark.md.",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small settings that finish in minutes (batch 32, 2 steps x 2 repeats, one 60 s budget, "
+        "seed recipe for 2 epochs on 10,000 images)",
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for the results (default benchmarks/results)")
     p.add_argument("--models", type=models, help="comma-separated models to time (default: all registered)")
     p.add_argument("--batch-size", type=int, help="batch size for the throughput runs (default 128)")
     p.add_argument("--steps", type=int, help="timed steps per repeat (default 5)")
     p.add_argument("--repeats", type=int, help="repeats per measurement; the median is kept (default 3)")
-    p.add_argument("--budgets", type=budgets, metavar="S1,S2,...",
-                   help="time budgets in seconds for the fast recipe (default 150,240,600)")
+    p.add_argument(
+        "--budgets",
+        type=budgets,
+        metavar="S1,S2,...",
+        help="time budgets in seconds for the fast recipe (default 150,240,600)",
+    )
     p.add_argument("--seed-epochs", type=int, help="epochs of the seed recipe (default: its 20)")
     p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
     p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")

@@ -24,8 +24,9 @@ import io
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -114,16 +115,24 @@ def fit_steps(available: float, step_seconds: float, overhead_per_epoch: float, 
 def training_stream(batches: Batches) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of ``batches``, pass after pass without end, as training takes them (see ``steps_per_epoch``)."""
     while True:
-        for _, batch in zip(range(steps_per_epoch(batches)), batches):
+        for _, batch in zip(range(steps_per_epoch(batches)), batches, strict=False):
             yield batch
 
 
-def time_probe(config: TrainConfig, width: int | None, batches: Batches, num_classes: int, device: torch.device,
-               train_step: StepFunction, steps: int = PROBE_STEPS) -> Probe:
+def time_probe(
+    config: TrainConfig,
+    width: int | None,
+    batches: Batches,
+    num_classes: int,
+    device: torch.device,
+    train_step: StepFunction,
+    steps: int = PROBE_STEPS,
+) -> Probe:
     """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded)."""
     t_start = time.perf_counter()
-    model = place_model(build_model(config.model, num_classes=num_classes, **model_kwargs(config, width)), device,
-                        config.channels_last)
+    model = place_model(
+        build_model(config.model, num_classes=num_classes, **model_kwargs(config, width)), device, config.channels_last
+    )
     optimizer = make_optimizer(model, config)
     model.train()
     stream = training_stream(batches)
@@ -143,7 +152,7 @@ def time_probe(config: TrainConfig, width: int | None, batches: Batches, num_cla
     step_seconds = statistics.median(times)  # the median shrugs off one step slowed by another process
 
     model.eval()
-    x = next(stream)[0][:config.eval_batch_size]  # the batch size validation and the test will use
+    x = next(stream)[0][: config.eval_batch_size]  # the batch size validation and the test will use
     with torch.no_grad():
         model(x)
         synchronize(device)
@@ -169,16 +178,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plan_budget(config: TrainConfig, batches: Batches, n_val: int, n_test: int, num_classes: int,
-                device: torch.device, started: float, train_step: StepFunction,
-                clock: Clock = time.perf_counter) -> BudgetPlan:
+def budget_seconds(config: TrainConfig) -> float:
+    """The config's time budget in seconds (a plan is only made for a config that has one)."""
+    if config.time_budget is None:
+        raise ValueError("a time-budget plan needs a config with a time_budget")
+    return float(config.time_budget)
+
+
+def plan_budget(
+    config: TrainConfig,
+    batches: Batches,
+    n_val: int,
+    n_test: int,
+    num_classes: int,
+    device: torch.device,
+    started: float,
+    train_step: StepFunction,
+    clock: Clock = time.perf_counter,
+) -> BudgetPlan:
     """Measure, choose a width if the config leaves it open, and fit the number of steps into the budget.
 
     ``batches`` is a training stream reserved for probing (its own seed), ``started`` the ``clock()`` reading at
     which the budget clock started, ``train_step`` the training loop's own step. Raises UsageError when not even
     one step fits.
     """
-    budget, spe = float(config.time_budget), steps_per_epoch(batches)
+    budget, spe = budget_seconds(config), steps_per_epoch(batches)
 
     def probe(width: int | None) -> Probe:
         return time_probe(config, width, batches, num_classes, device, train_step)
@@ -197,13 +221,21 @@ def plan_budget(config: TrainConfig, batches: Batches, n_val: int, n_test: int, 
     steps = fit_steps(left, last.step_seconds, epoch_overhead(last, n_val), spe)
     if steps < 1:
         needed = budget - left + last.step_seconds + epoch_overhead(last, n_val)
-        raise UsageError(f"--time-budget {budget:g}s is too short for {config.model}: one step, validation and the "
-                         f"test need about {needed:.0f}s on this machine")
+        raise UsageError(
+            f"--time-budget {budget:g}s is too short for {config.model}: one step, validation and the "
+            f"test need about {needed:.0f}s on this machine"
+        )
     return make_plan(config, probes, steps, spe, n_val, n_test, clock() - started)
 
 
-def choose_width(config: TrainConfig, probe: Callable[[int | None], Probe], available: Callable[[Probe], float],
-                 n_val: int, spe: int, num_classes: int) -> list[Probe]:
+def choose_width(
+    config: TrainConfig,
+    probe: Callable[[int | None], Probe],
+    available: Callable[[Probe], float],
+    n_val: int,
+    spe: int,
+    num_classes: int,
+) -> list[Probe]:
     """Probe the cheap width, price every width from it by multiply-accumulates, take the widest that fits
     ``budget_epochs`` epochs, and probe that one for real. Returns the probes, the chosen width's last."""
     probes = [probe(PROBE_WIDTH)]
@@ -219,28 +251,47 @@ def choose_width(config: TrainConfig, probe: Callable[[int | None], Probe], avai
     return probes
 
 
-def make_plan(config: TrainConfig, probes: list[Probe], steps: int, spe: int, n_val: int, n_test: int,
-              elapsed: float) -> BudgetPlan:
+def make_plan(
+    config: TrainConfig, probes: list[Probe], steps: int, spe: int, n_val: int, n_test: int, elapsed: float
+) -> BudgetPlan:
     """The plan for ``steps`` steps at the last probe's costs, with the seconds it reserves for everything else."""
-    budget, probe = float(config.time_budget), probes[-1]
+    budget, probe = budget_seconds(config), probes[-1]
     epochs = math.ceil(steps / spe)
     tta = choose_tta(probe, n_test, config.tta, budget)
     overhead = epoch_overhead(probe, n_val)
-    reserved = {"elapsed_before_training": elapsed, "setup": SETUP_SECONDS, "validation_and_checkpoints":
-                epochs * overhead, "test": final_test_seconds(probe, n_test, tta), "margin": MARGIN * budget}
+    reserved = {
+        "elapsed_before_training": elapsed,
+        "setup": SETUP_SECONDS,
+        "validation_and_checkpoints": epochs * overhead,
+        "test": final_test_seconds(probe, n_test, tta),
+        "margin": MARGIN * budget,
+    }
     return BudgetPlan(
-        budget_seconds=budget, width=probe.width if config.model in WIDTH_MODELS else None, train_steps=steps,
-        epochs=epochs, steps_per_epoch=spe, warmup_epochs=config.warmup_epochs * (steps / spe) / config.epochs,
-        tta=tta, epoch_overhead_seconds=overhead, step_seconds=probe.step_seconds,
+        budget_seconds=budget,
+        width=probe.width if config.model in WIDTH_MODELS else None,
+        train_steps=steps,
+        epochs=epochs,
+        steps_per_epoch=spe,
+        warmup_epochs=config.warmup_epochs * (steps / spe) / config.epochs,
+        tta=tta,
+        epoch_overhead_seconds=overhead,
+        step_seconds=probe.step_seconds,
         predicted_seconds=elapsed + SETUP_SECONDS + steps * probe.step_seconds + epochs * overhead + reserved["test"],
-        reserved_seconds=reserved, probes=[asdict(p) for p in probes],
+        reserved_seconds=reserved,
+        probes=[asdict(p) for p in probes],
     )
 
 
 def apply_plan(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
     """The config of the planned run (saved as config.json): it runs ``train_steps`` steps, scaled warm-up."""
-    return replace(config, train_steps=plan.train_steps, epochs=plan.epochs, warmup_epochs=plan.warmup_epochs,
-                   tta=plan.tta, model_width=plan.width if plan.width is not None else config.model_width)
+    return replace(
+        config,
+        train_steps=plan.train_steps,
+        epochs=plan.epochs,
+        warmup_epochs=plan.warmup_epochs,
+        tta=plan.tta,
+        model_width=plan.width if plan.width is not None else config.model_width,
+    )
 
 
 class Pacer:
@@ -274,8 +325,9 @@ class Pacer:
         """Set the run's total steps to the most that still fit, at ``step_seconds`` per step from now on."""
         plan, spe, done = self.plan, self.length.steps_per_epoch, self.done
         overhead = plan.epoch_overhead_seconds * step_seconds / plan.step_seconds  # slows down with the steps
-        left = (plan.budget_seconds - (now - self.started) - plan.reserved_seconds["margin"]
-                - plan.reserved_seconds["test"])
+        left = (
+            plan.budget_seconds - (now - self.started) - plan.reserved_seconds["margin"] - plan.reserved_seconds["test"]
+        )
 
         def cost(more: int) -> float:  # the steps, and the validation of every epoch not yet validated
             return more * step_seconds + (math.ceil((done + more) / spe) - (done - 1) // spe) * overhead
@@ -285,6 +337,12 @@ class Pacer:
             more -= 1
         total = done + max(1, more)  # at least one more step, so the schedule ends at its final value
         if total != self.length.total_steps:
-            plan.replans.append({"after_step": done, "elapsed": round(now - self.started, 3),
-                                 "step_seconds": round(step_seconds, 5), "train_steps": total})
+            plan.replans.append(
+                {
+                    "after_step": done,
+                    "elapsed": round(now - self.started, 3),
+                    "step_seconds": round(step_seconds, 5),
+                    "train_steps": total,
+                }
+            )
         self.length.total_steps = total

@@ -88,8 +88,10 @@ def _check_file_kind(path: Path) -> None:
     if not head:
         raise CheckpointError(f"{path} is empty, not a checkpoint")
     if head[:1] == PICKLE_MAGIC:
-        raise CheckpointError(f"refused to load {path}: it is a plain pickle or a legacy (pre-1.6) torch file; "
-                              "cifarlab loads only torch.save's zip format, whose sizes can be checked first")
+        raise CheckpointError(
+            f"refused to load {path}: it is a plain pickle or a legacy (pre-1.6) torch file; "
+            "cifarlab loads only torch.save's zip format, whose sizes can be checked first"
+        )
     if not head.startswith(ZIP_MAGIC):
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (it does not start like a torch.save file)")
 
@@ -105,8 +107,10 @@ def _check_archive(path: Path) -> None:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt): {detail}") from None
     if unpacked > size:
-        raise CheckpointError(f"{path} is not a valid checkpoint: its records unpack to {unpacked:,} bytes, more "
-                              f"than the file's {size:,} (torch.save never compresses them)")
+        raise CheckpointError(
+            f"{path} is not a valid checkpoint: its records unpack to {unpacked:,} bytes, more "
+            f"than the file's {size:,} (torch.save never compresses them)"
+        )
 
 
 def _refusal_detail(exc: Exception) -> str:
@@ -122,8 +126,9 @@ def _check_fields(state: Any, path: Path) -> None:
     """Our keys, with the types and ranges the rest of cifarlab relies on, so a crafted file cannot cause a
     traceback, a large allocation or misleading output later."""
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is a torch file but not a cifarlab checkpoint "
-                              f"(expected keys: {', '.join(REQUIRED_KEYS)})")
+        raise CheckpointError(
+            f"{path} is a torch file but not a cifarlab checkpoint (expected keys: {', '.join(REQUIRED_KEYS)})"
+        )
     problems = []
     for key in WEIGHT_KEYS:
         if key in state and not _is_state_dict(state[key]):
@@ -171,7 +176,7 @@ def _config_problems(config: Any) -> list[str]:
     """The config fields that loading a checkpoint relies on (split seed and size, TTA level, data folder)."""
     if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("seed", "val_size")):
         return ["'config' is not a training config (a dict with seed and val_size)"]
-    if not (_is_int_in(config["seed"], -2**63, 2**64 - 1) and _is_int_in(config["val_size"], 0, 50_000)):
+    if not (_is_int_in(config["seed"], -(2**63), 2**64 - 1) and _is_int_in(config["val_size"], 0, 50_000)):
         return ["'config' has a seed or val_size out of range"]
     problems = []
     if config.get("tta", 0) not in (0, 1, 2) or isinstance(config.get("tta"), bool):
@@ -189,8 +194,12 @@ def _classes_problems(classes: Any) -> list[str]:
         return [f"'classes' has {len(classes)} names (a model has 2 to {MAX_CLASSES} classes)"]
     if any(not c or len(c) > MAX_CLASS_NAME or not c.isprintable() for c in classes):
         bad = next(c for c in classes if not c or len(c) > MAX_CLASS_NAME or not c.isprintable())
-        return [(f"'classes' has a name that is empty, longer than {MAX_CLASS_NAME} characters or not printable "
-                 f"({shorten(bad)})")]
+        return [
+            (
+                f"'classes' has a name that is empty, longer than {MAX_CLASS_NAME} characters or not printable "
+                f"({shorten(bad)})"
+            )
+        ]
     if len(set(classes)) != len(classes):
         return ["'classes' names a class twice"]
     return []
@@ -209,16 +218,20 @@ def _check_weights(state: dict[str, Any], path: Path) -> None:
         with torch.device("meta"):
             skeleton = build_model(name, num_classes=len(state["classes"]), **kwargs)
     except Exception as exc:  # noqa: BLE001 - a factory may reject a combination its declared ranges allow
-        raise CheckpointError(f"{path} describes a model {name!r} that cannot be built: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise CheckpointError(
+            f"{path} describes a model {name!r} that cannot be built: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     expected = skeleton.state_dict()
     for key in WEIGHT_KEYS:
         if key not in state:
             continue
         head = _head_size(skeleton, state[key])
         if head is not None and head != len(state["classes"]):
-            raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: 'classes' has "
-                                  f"{len(state['classes'])} names but the model's head has {head} outputs")
+            raise CheckpointError(
+                f"{path} is not a valid cifarlab checkpoint: 'classes' has "
+                f"{len(state['classes'])} names but the model's head has {head} outputs"
+            )
         mismatch = describe_mismatch(expected, state[key])
         if mismatch:
             raise CheckpointError(f"{path} does not match model {name!r} (is it from another model?): {mismatch}")
@@ -255,8 +268,9 @@ def model_from_checkpoint(state: dict[str, Any]) -> nn.Module:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {state.get('path', '')} does not fit model {name!r}: "
-                              f"{str(exc).splitlines()[-1].strip()}") from None
+        raise CheckpointError(
+            f"checkpoint {state.get('path', '')} does not fit model {name!r}: {str(exc).splitlines()[-1].strip()}"
+        ) from None
     return model.eval()
 
 
@@ -267,8 +281,12 @@ def describe_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Te
     shapes = [k for k in expected if k in got and tuple(expected[k].shape) != tuple(got[k].shape)]
     kinds = [k for k in expected if k in got and _kind(expected[k]) != _kind(got[k])]
     parts = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
-                        ("wrong type", kinds)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", shapes),
+        ("wrong type", kinds),
+    ):
         if keys:
             parts.append(f"{len(keys)} {label} (e.g. {', '.join(shorten(k) for k in keys[:EXAMPLES])})")
     return ", ".join(parts)

@@ -6,16 +6,27 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
+from cifarlab.analysis import register_analyze
+from cifarlab.benchmark import register_benchmark
+from cifarlab.compare import register_compare
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
+from cifarlab.report import register_report
+from cifarlab.sweep import register_sweep
 
 MAX_SEED = 2**32 - 1  # as config.MAX_SEED; repeated so that building the parser imports nothing heavy
 # What last.pt must hold, and of which type, for training to continue where it stopped.
 RESUME_KEYS: dict[str, type | tuple[type, ...]] = {
-    "optimizer": dict, "scheduler": dict, "rng": dict, "epoch": int, "history": list,
-    "best_val_top1": (int, float), "train_seconds": (int, float),
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+    "epoch": int,
+    "history": list,
+    "best_val_top1": (int, float),
+    "train_seconds": (int, float),
 }
 
 
@@ -61,8 +72,9 @@ def positive_float(text: str) -> float:
 
 def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``train`` and ``study``. Defaults of None mean 'take the recipe's value'."""
-    p.add_argument("--recipe", default=None,
-                   help="named set of hyperparameters (see `cifarlab recipes`); default: seed")
+    p.add_argument(
+        "--recipe", default=None, help="named set of hyperparameters (see `cifarlab recipes`); default: seed"
+    )
     p.add_argument("--epochs", type=positive_int, help="number of epochs (recipe default)")
     p.add_argument("--batch-size", type=positive_int, help="training batch size (recipe default)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (recipe default)")
@@ -75,8 +87,19 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
-    keys = ("epochs", "batch_size", "lr", "seed", "data_dir", "out", "name", "limit_train", "device", "time_budget",
-            "model_width")
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "data_dir",
+        "out",
+        "name",
+        "limit_train",
+        "device",
+        "time_budget",
+        "model_width",
+    )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -124,8 +147,10 @@ def resume_config(args: argparse.Namespace) -> Any:
     changed += [k for k in ("model", "recipe", "config") if getattr(args, k, None)]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        raise UsageError(f"--resume continues {run} exactly as it was configured; drop {flags} "
-                         "(only --data-dir and --device may change)")
+        raise UsageError(
+            f"--resume continues {run} exactly as it was configured; drop {flags} "
+            "(only --data-dir and --device may change)"
+        )
     config = TrainConfig.load(run / "config.json")
     check_resumable(load_checkpoint(run, "last.pt"), config.model)
     config = dataclasses.replace(config, data_dir=args.data_dir, device=args.device or config.device)
@@ -137,24 +162,32 @@ def check_resumable(state: dict[str, Any], model: str) -> None:
     """Refuse a last.pt that is for another model than config.json, or lacks what resuming needs."""
     path = state["path"]
     if state["model_name"] != model:
-        raise CheckpointError(f"{path}: holds a {state['model_name']!r} model but config.json beside it says "
-                              f"{model!r}; cannot resume a run whose files disagree")
-    wrong = [key for key, kind in RESUME_KEYS.items()
-             if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+        raise CheckpointError(
+            f"{path}: holds a {state['model_name']!r} model but config.json beside it says "
+            f"{model!r}; cannot resume a run whose files disagree"
+        )
+    wrong = [
+        key
+        for key, kind in RESUME_KEYS.items()
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)
+    ]
     if wrong:
-        raise CheckpointError(f"{path}: cannot resume from it: {', '.join(wrong)} missing or of the wrong type "
-                              "(resuming needs the optimizer, scheduler and RNG states, epoch, history, best "
-                              "validation top-1 and training time)")
+        raise CheckpointError(
+            f"{path}: cannot resume from it: {', '.join(wrong)} missing or of the wrong type "
+            "(resuming needs the optimizer, scheduler and RNG states, epoch, history, best "
+            "validation top-1 and training time)"
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarlab.evaluate import evaluate
 
-    metrics = evaluate(args.run, split=args.split, data_dir=args.data_dir, device=args.device or "auto",
-                       out=args.out)
-    print(f"{args.split}: top-1 {100 * metrics['top1']:.2f}%  top-3 {100 * metrics['top3']:.2f}%  "
-          f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['checkpoint']} epoch {metrics['epoch']}, "
-          f"data {metrics['data_dir']})")
+    metrics = evaluate(args.run, split=args.split, data_dir=args.data_dir, device=args.device or "auto", out=args.out)
+    print(
+        f"{args.split}: top-1 {100 * metrics['top1']:.2f}%  top-3 {100 * metrics['top3']:.2f}%  "
+        f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['checkpoint']} epoch {metrics['epoch']}, "
+        f"data {metrics['data_dir']})"
+    )
     return 0
 
 
@@ -162,8 +195,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from cifarlab.study import study
 
     overrides = overrides_from(args)
-    study(recipe=args.recipe or "seed", quick=args.quick, out=overrides.pop("out", "runs"),
-          name=overrides.pop("name", None), **overrides)
+    study(
+        recipe=args.recipe or "seed",
+        quick=args.quick,
+        out=overrides.pop("out", "runs"),
+        name=overrides.pop("name", None),
+        **overrides,
+    )
     return 0
 
 
@@ -185,27 +223,38 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="cifarlab", description="Train, evaluate, explain and compare image classifiers on CIFAR-10.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def register_train(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab train`` to the command line."""
     p = sub.add_parser("train", help="train one model, then evaluate it once on the test set")
     p.add_argument("--model", help="model name (see `cifarlab models`); default: the recipe's, else mycnn")
     add_common_run_flags(p)
     p.add_argument("--config", metavar="RUN/config.json", help="replay a saved run's config (flags still override)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last.pt")
-    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
-                   help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
-                        "resnet18-cifar; docs/fast.md)")
-    p.add_argument("--no-analysis", action="store_true",
-                   help="skip the error analysis written after the test (figures, Grad-CAM; slow on a CPU): "
-                        "`cifarlab analyze RUN` writes it later")
-    p.add_argument("--width", dest="model_width", type=positive_int, metavar="N",
-                   help="channel width of models that take one (fastcnn; default 64, or the budget planner's)")
+    p.add_argument(
+        "--time-budget",
+        type=positive_float,
+        metavar="SECONDS",
+        help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
+        "resnet18-cifar; docs/fast.md)",
+    )
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="skip the error analysis written after the test (figures, Grad-CAM; slow on a CPU): "
+        "`cifarlab analyze RUN` writes it later",
+    )
+    p.add_argument(
+        "--width",
+        dest="model_width",
+        type=positive_int,
+        metavar="N",
+        help="channel width of models that take one (fastcnn; default 64, or the budget planner's)",
+    )
     p.set_defaults(func=cmd_train)
 
+
+def register_evaluate(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab evaluate`` to the command line."""
     p = sub.add_parser("evaluate", help="score a checkpoint on the test (or validation) set")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--split", choices=["test", "val"], default="test", help="which split to score (default test)")
@@ -214,32 +263,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the metrics files (default: beside the checkpoint)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def register_study(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab study`` to the command line."""
     p = sub.add_parser("study", help="the whole study: mycnn vs resnet18, same setup, compared")
     p.add_argument("--quick", action="store_true", help="a 5,000-image slice and 3 epochs: minutes on a CPU")
     add_common_run_flags(p)
     p.set_defaults(func=cmd_study)
 
+
+def register_models(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab models`` to the command line."""
     p = sub.add_parser("models", help="list the registered models with their size and cost")
     p.set_defaults(func=cmd_models)
 
+
+def register_recipes(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab recipes`` to the command line."""
     p = sub.add_parser("recipes", help="list the training recipes")
     p.set_defaults(func=cmd_recipes)
-
-    for register in EXTRA_COMMANDS:
-        register(sub)
-    return parser
-
-
-# Further sub-commands register themselves here: each entry is a function(subparsers) that adds one parser
-# and sets its ``func``.
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-# Error analysis, comparison and report (issue 3). These modules load torch only when a command runs.
-from cifarlab.analysis import register_analysis_commands  # noqa: E402
-from cifarlab.compare import register_compare_commands  # noqa: E402
-from cifarlab.report import register_report_commands  # noqa: E402
-
-EXTRA_COMMANDS += [register_analysis_commands, register_compare_commands, register_report_commands]
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -253,7 +295,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def register_predict_command(sub: argparse._SubParsersAction) -> None:
+def register_predict(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab predict`` to the command line."""
     p = sub.add_parser("predict", help="classify your own images (any format and size) with a trained model")
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE", help="a run folder (uses best.pt) or a .pt")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
@@ -268,14 +311,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir)
     check = info["check"]
-    print(f"wrote {args.out} ({info['format']}; input float32 N x 3 x 32 x 32 RGB in [0, 1], normalisation inside; "
-          f"output logits) and {sidecar(Path(args.out))}")
-    print(f"checked on {check['images']} with {check['runtime']}: max |logit difference| "
-          f"{check['max_abs_logit_diff']:.1e} (tolerance {check['tolerance']:g})")
+    print(
+        f"wrote {args.out} ({info['format']}; input float32 N x 3 x 32 x 32 RGB in [0, 1], normalisation inside; "
+        f"output logits) and {sidecar(Path(args.out))}"
+    )
+    print(
+        f"checked on {check['images']} with {check['runtime']}: max |logit difference| "
+        f"{check['max_abs_logit_diff']:.1e} (tolerance {check['tolerance']:g})"
+    )
     return 0
 
 
-def register_export_command(sub: argparse._SubParsersAction) -> None:
+def register_export(sub: argparse._SubParsersAction) -> None:
+    """Add ``cifarlab export`` to the command line."""
     p = sub.add_parser("export", help="write a trained model as ONNX or TorchScript, normalisation inside")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the --out suffix")
@@ -284,17 +332,34 @@ def register_export_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-EXTRA_COMMANDS += [register_predict_command, register_export_command]
+# Every sub-command, in the order `cifarlab --help` lists them: each adds one parser and sets its ``func``.
+# The consumer modules load torch only when their command runs, so building the parser stays light.
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    register_train,
+    register_evaluate,
+    register_study,
+    register_analyze,
+    register_compare,
+    register_report,
+    register_predict,
+    register_export,
+    register_sweep,
+    register_benchmark,
+    register_models,
+    register_recipes,
+)
 
-# Throughput and time-to-accuracy benchmark (issue 4); torch is loaded only when it runs.
-from cifarlab.benchmark import register_benchmark_command  # noqa: E402
 
-EXTRA_COMMANDS += [register_benchmark_command]
-
-# Grids of runs on a local pool or on Ray (cifarlab sweep); its workers load torch, the driver barely.
-from cifarlab.sweep import register_sweep_command  # noqa: E402
-
-EXTRA_COMMANDS += [register_sweep_command]
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cifarlab`` parser: one OneLineParser per sub-command, added in COMMANDS order."""
+    parser = OneLineParser(
+        prog="cifarlab", description="Train, evaluate, explain and compare image classifiers on CIFAR-10."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for register in COMMANDS:
+        register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,9 +15,10 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,10 +71,14 @@ def fmt_ece(mean: float, std: float | None) -> str:
 
 
 COLUMNS = [
-    Column("params", "parameters", fmt_int), Column("macs", "MACs/image", fmt_int),
-    Column("train_seconds", "train time (s)", fmt_int), Column("images_per_second", "images/s", fmt_int),
-    Column("best_val_top1", "best val top-1", fmt_pct), Column("test_top1", "test top-1", fmt_pct),
-    Column("test_top3", "test top-3", fmt_pct), Column("ece", "ECE", fmt_ece),
+    Column("params", "parameters", fmt_int),
+    Column("macs", "MACs/image", fmt_int),
+    Column("train_seconds", "train time (s)", fmt_int),
+    Column("images_per_second", "images/s", fmt_int),
+    Column("best_val_top1", "best val top-1", fmt_pct),
+    Column("test_top1", "test top-1", fmt_pct),
+    Column("test_top3", "test top-3", fmt_pct),
+    Column("ece", "ECE", fmt_ece),
     Column("train_val_gap", "train-val gap", fmt_points),
 ]
 
@@ -155,8 +160,9 @@ def load_record(run: str | Path) -> RunRecord:
     pred = load_predictions(path)
     metrics = compute_metrics(pred)
     values, texts = run_values(info)
-    values.update(test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"],
-                  ece=metrics["calibration"]["ece"])
+    values.update(
+        test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"], ece=metrics["calibration"]["ece"]
+    )
     missing = [c.key for c in COLUMNS if c.key not in values]
     if missing:
         raise UsageError(f"{path}/run.json lacks {', '.join(missing)}; it is not from a finished cifarlab run")
@@ -165,8 +171,9 @@ def load_record(run: str | Path) -> RunRecord:
         history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
     except (ValueError, TypeError) as exc:
         raise CifarlabError(f"{path / 'metrics.csv'}: not a table of numbers ({exc})") from None
-    return RunRecord(path, config, values, per_class, history, pred.y_pred, pred.y_true, pred.index,
-                     pred.classes, texts)
+    return RunRecord(
+        path, config, values, per_class, history, pred.y_pred, pred.y_true, pred.index, pred.classes, texts
+    )
 
 
 def group_key(config: dict[str, Any]) -> str:
@@ -184,7 +191,7 @@ def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     configs = [g.runs[0].config for g in result]
     keys = sorted({k for c in configs for k in c} - set(GROUP_IGNORES) - {"model"})
     differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
-    for g, config in zip(result, configs):
+    for g, config in zip(result, configs, strict=True):
         extra = " ".join(f"{k}={config.get(k)}" for k in differing)
         g.label = f"{config.get('model', '?')} {extra}".strip() if g.n > 1 else g.runs[0].name
         g.stats = {c.key: mean_std([r.values[c.key] for r in g.runs]) for c in COLUMNS}
@@ -214,16 +221,18 @@ def stat_cell(group: Group, column: Column) -> str:
 def table_cells(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table, as plain text (one row per group)."""
     header = ["run(s)", "model", "n", "seeds"] + [c.title for c in COLUMNS]
-    rows = [[g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
-            + [stat_cell(g, c) for c in COLUMNS] for g in groups]
+    rows = [
+        [g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
+        + [stat_cell(g, c) for c in COLUMNS]
+        for g in groups
+    ]
     return header, rows
 
 
 def markdown_table(groups: Sequence[Group], escape: Callable[[Any], str] = markdown_text) -> str:
     """The side-by-side table, one row per group, as Markdown (every cell passed through ``escape``)."""
     header, rows = table_cells(groups)
-    lines = ["| " + " | ".join(map(escape, header)) + " |",
-             "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
+    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
     lines += ["| " + " | ".join(map(escape, cells)) + " |" for cells in rows]
     return "\n".join(lines)
 
@@ -238,14 +247,12 @@ def disagreements(groups: Sequence[Group]) -> list[dict[str, Any]]:
     """
     records = [r for g in groups for r in g.runs]
     classes = records[0].classes
-    series = {g.label: g.per_class()[0] for g in groups} if len(groups) > 1 else \
-        {r.name: r.per_class for r in records}
+    series = {g.label: g.per_class()[0] for g in groups} if len(groups) > 1 else {r.name: r.per_class for r in records}
     if len(series) < 2:
         return []
     stack = np.stack(list(series.values()))
     occurs = ~np.isnan(stack).any(axis=0)  # a class without test images has no accuracy to compare
-    spread = np.where(occurs, np.where(occurs, stack, 0).max(axis=0) - np.where(occurs, stack, 0).min(axis=0),
-                      np.nan)
+    spread = np.where(occurs, np.where(occurs, stack, 0).max(axis=0) - np.where(occurs, stack, 0).min(axis=0), np.nan)
     same_images = all(np.array_equal(r.index, records[0].index) for r in records)
     differ = None
     if same_images:
@@ -296,8 +303,9 @@ def disagreement_items(rows: Sequence[dict[str, Any]], top: int = 5) -> list[tup
     """The classes with the largest spread in accuracy: (class name, what differs) as plain text."""
     items = []
     for row in rows[:top]:
-        accs = ", ".join(f"{k.removeprefix('accuracy ')} {100 * v:.1f}%" for k, v in row.items()
-                         if k.startswith("accuracy "))
+        accs = ", ".join(
+            f"{k.removeprefix('accuracy ')} {100 * v:.1f}%" for k, v in row.items() if k.startswith("accuracy ")
+        )
         extra = ""
         if row.get("prediction_disagreement") is not None:
             extra = f"; the runs' answers differ on {100 * row['prediction_disagreement']:.1f}% of its images"
@@ -307,8 +315,9 @@ def disagreement_items(rows: Sequence[dict[str, Any]], top: int = 5) -> list[tup
 
 def disagreement_markdown(rows: Sequence[dict[str, Any]], top: int = 5) -> str:
     """The classes with the largest spread in accuracy, as Markdown lines."""
-    return "\n".join(f"- **{markdown_text(name)}**: {markdown_text(text)}"
-                     for name, text in disagreement_items(rows, top))
+    return "\n".join(
+        f"- **{markdown_text(name)}**: {markdown_text(text)}" for name, text in disagreement_items(rows, top)
+    )
 
 
 def comparison_markdown(comp: Comparison) -> str:
@@ -331,21 +340,55 @@ def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     atomic_write(out / "comparison.md", lambda f: f.write(comparison_markdown(comp)), binary=False)
     header = ["group", "model", "n", "seeds", "runs"]
     header += [f"{c.key}_{s}" for c in COLUMNS for s in ("mean", "std")]
-    rows = [[g.label, g.runs[0].config.get("model"), g.n, " ".join(map(str, g.seeds)),
-             " ".join(r.name for r in g.runs), *(v for c in COLUMNS for v in g.stats[c.key])] for g in comp.groups]
+    rows = [
+        [
+            g.label,
+            g.runs[0].config.get("model"),
+            g.n,
+            " ".join(map(str, g.seeds)),
+            " ".join(r.name for r in g.runs),
+            *(v for c in COLUMNS for v in g.stats[c.key]),
+        ]
+        for g in comp.groups
+    ]
     write_csv(out / "comparison.csv", header, rows)
-    write_csv(out / "runs.csv", ["run", "group", "model", "seed", "path", *[c.key for c in COLUMNS]],
-              [[r.name, g.label, r.config.get("model"), r.config.get("seed"), str(r.path),
-                *(r.values[c.key] for c in COLUMNS)] for g in comp.groups for r in g.runs])
+    write_csv(
+        out / "runs.csv",
+        ["run", "group", "model", "seed", "path", *[c.key for c in COLUMNS]],
+        [
+            [
+                r.name,
+                g.label,
+                r.config.get("model"),
+                r.config.get("seed"),
+                str(r.path),
+                *(r.values[c.key] for c in COLUMNS),
+            ]
+            for g in comp.groups
+            for r in g.runs
+        ],
+    )
     if comp.disagreements:
         keys = list(comp.disagreements[0])
         write_csv(out / "disagreements.csv", keys, [[row.get(k) for k in keys] for row in comp.disagreements])
-    write_json(out / "comparison.json", {
-        "groups": [{"label": g.label, "model": g.runs[0].config.get("model"), "n": g.n, "seeds": g.seeds,
+    write_json(
+        out / "comparison.json",
+        {
+            "groups": [
+                {
+                    "label": g.label,
+                    "model": g.runs[0].config.get("model"),
+                    "n": g.n,
+                    "seeds": g.seeds,
                     "runs": [str(r.path) for r in g.runs],
-                    "stats": {k: {"mean": finite(m), "std": finite(s)} for k, (m, s) in g.stats.items()}}
-                   for g in comp.groups],
-        "disagreements": comp.disagreements, "grouped_ignoring": list(GROUP_IGNORES)})
+                    "stats": {k: {"mean": finite(m), "std": finite(s)} for k, (m, s) in g.stats.items()},
+                }
+                for g in comp.groups
+            ],
+            "disagreements": comp.disagreements,
+            "grouped_ignoring": list(GROUP_IGNORES),
+        },
+    )
     files = [out / "comparison.md", out / "comparison.csv", out / "runs.csv"]
     curves = {f"{r.name}": r.history for r in comp.records if r.history}
     if curves:
@@ -376,12 +419,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_compare_commands(sub: argparse._SubParsersAction) -> None:
+def register_compare(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab compare`` to the command line."""
-    p = sub.add_parser("compare", help="finished runs side by side (seeds of one setup as mean ± std)",
-                       description="Compare finished runs: a table on stdout (Markdown) and CSV, overlaid "
-                                   "learning curves, per-class accuracy and the classes where runs disagree. "
-                                   "Runs with the same config except seed are grouped as mean ± std (n).")
+    p = sub.add_parser(
+        "compare",
+        help="finished runs side by side (seeds of one setup as mean ± std)",
+        description="Compare finished runs: a table on stdout (Markdown) and CSV, overlaid "
+        "learning curves, per-class accuracy and the classes where runs disagree. "
+        "Runs with the same config except seed are grouped as mean ± std (n).",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
     p.add_argument("--out", default="comparison", help="folder for the CSV files and figures (default: comparison)")
     p.set_defaults(func=cmd_compare)

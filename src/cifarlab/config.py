@@ -82,7 +82,7 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """A config from field values, each checked for its type and range (one UsageError naming the field)."""
         unknown = sorted(set(values) - cls.field_names())
         if unknown:
@@ -90,7 +90,7 @@ class TrainConfig:
         return cls(**check_values(values))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
@@ -116,6 +116,7 @@ class TrainConfig:
 # Field types and ranges
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _field_kinds() -> dict[str, tuple[Any, bool]]:
     """Each field's type (bool, int, float or str) and whether it may be null, from the annotations."""
     hints = typing.get_type_hints(TrainConfig)
@@ -139,8 +140,15 @@ AUGMENTS = ("none", "crop-flip", "translate-altflip")
 
 def show(value: Any, limit: int = 40) -> str:
     """A short description of a JSON value for an error message: its kind and (the start of) its text."""
-    kinds = {bool: "", type(None): "", int: "the whole number ", float: "the number ", str: "the string ",
-             list: "a list ", dict: "an object "}
+    kinds = {
+        bool: "",
+        type(None): "",
+        int: "the whole number ",
+        float: "the number ",
+        str: "the string ",
+        list: "a list ",
+        dict: "an object ",
+    }
     try:
         text = json.dumps(value) if isinstance(value, (bool, type(None))) else repr(value)
     except ValueError:  # an integer too long to print
@@ -228,28 +236,76 @@ RECIPES: dict[str, dict[str, Any]] = {
     # neither batch size nor StepLR's step: batch 64 lifts ResNet-18 from 77.6% to 78.4% (mean of 3 seeds each,
     # benchmarks/seed_sweep.py, docs/benchmarks.md "Choosing the seed recipe"); step 7 instead of 10 gained nothing.
     "seed": dict(
-        epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
-        step_size=10, gamma=0.1, augment="none", label_smoothing=0.0,
+        epochs=20,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler="step",
+        step_size=10,
+        gamma=0.1,
+        augment="none",
+        label_smoothing=0.0,
     ),
     # The course setup plus the two standard augmentations (random crop, horizontal flip): less overfitting.
     "augment": dict(
-        epochs=20, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="step",
-        step_size=10, gamma=0.1, augment="crop-flip", label_smoothing=0.0,
+        epochs=20,
+        batch_size=64,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        scheduler="step",
+        step_size=10,
+        gamma=0.1,
+        augment="crop-flip",
+        label_smoothing=0.0,
     ),
     # airbench-style fast training of fastcnn (docs/fast.md). Nesterov SGD with large batches; LR 1.465e-3 per
     # image of the batch (0.75 at 512); weight decay 0.0153/11.5; a 1,000-image validation split (monitoring only).
     "fast": dict(
-        model="fastcnn", epochs=10, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, weight_decay=1.33e-3,
-        scheduler="onecycle", warmup_epochs=2.0, label_smoothing=0.2, augment="translate-altflip", crop_padding=2,
-        val_size=1000, eval_batch_size=250, whiten=True, dirac_init=True, frozen_bn_scale=True, bias_lr_scale=64.0,
-        weight_averaging="lookahead", tta=2, test_checkpoint="last", channels_last=True, bf16=True,
+        model="fastcnn",
+        epochs=10,
+        batch_size=512,
+        optimizer="sgd",
+        lr=0.75,
+        momentum=0.85,
+        weight_decay=1.33e-3,
+        scheduler="onecycle",
+        warmup_epochs=2.0,
+        label_smoothing=0.2,
+        augment="translate-altflip",
+        crop_padding=2,
+        val_size=1000,
+        eval_batch_size=250,
+        whiten=True,
+        dirac_init=True,
+        frozen_bn_scale=True,
+        bias_lr_scale=64.0,
+        weight_averaging="lookahead",
+        tta=2,
+        test_checkpoint="last",
+        channels_last=True,
+        bf16=True,
         budget_epochs=8.0,  # at 10 min on 2 cores: width 24 x 12.6 epochs 90.9% > width 16 x 25 epochs 90.3%
     ),
     # ResNet-18 with the CIFAR stem, the standard strong baseline: SGD + Nesterov, one-cycle, crop and flip.
     "resnet18-cifar": dict(
-        model="resnet18-cifar", epochs=30, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
-        weight_decay=5e-4, scheduler="onecycle", warmup_epochs=2.0, label_smoothing=0.1, augment="crop-flip",
-        crop_padding=4, tta=1, test_checkpoint="last", channels_last=True, bf16=True,
+        model="resnet18-cifar",
+        epochs=30,
+        batch_size=256,
+        optimizer="sgd",
+        lr=0.2,
+        momentum=0.9,
+        weight_decay=5e-4,
+        scheduler="onecycle",
+        warmup_epochs=2.0,
+        label_smoothing=0.1,
+        augment="crop-flip",
+        crop_padding=4,
+        tta=1,
+        test_checkpoint="last",
+        channels_last=True,
+        bf16=True,
     ),
 }
 
@@ -301,8 +357,10 @@ def validate(config: TrainConfig) -> None:
     if config.recipe not in RECIPES:
         raise UsageError(f"recipe: unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
     if config.limit_train is not None and not config.limit_train <= 50000 - config.val_size:
-        raise UsageError(f"limit_train: must be between 10 and {50000 - config.val_size} (50,000 minus val_size), "
-                         f"got {config.limit_train}")
+        raise UsageError(
+            f"limit_train: must be between 10 and {50000 - config.val_size} (50,000 minus val_size), "
+            f"got {config.limit_train}"
+        )
     from cifarlab.fast import validate_fast  # local import: fast imports torch
 
     validate_fast(config)

@@ -13,9 +13,9 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -67,8 +67,12 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
-    if not (isinstance(labels, list) and all(isinstance(v, int) for v in labels)
-            or isinstance(labels, np.ndarray) and labels.dtype.kind in "iu"):
+    if not (
+        isinstance(labels, list)
+        and all(isinstance(v, int) for v in labels)
+        or isinstance(labels, np.ndarray)
+        and labels.dtype.kind in "iu"
+    ):
         raise DataError(f"{path}: 'labels' must be a list of integers")
     try:
         labels = np.asarray(labels, dtype=np.int64)
@@ -117,8 +121,10 @@ def extract_batches(archive: Path, dest: Path) -> Path:
     """Extract ``archive`` into ``dest`` with tarfile's "data" filter (no member may land outside ``dest``, no
     links out, no device files) and return the complete batch folder inside it."""
     if not hasattr(tarfile, "data_filter"):
-        raise DataError("extracting the CIFAR-10 archive safely needs Python 3.10.12, 3.11.4 or newer (tarfile's "
-                        "extraction filters); extract cifar-10-python.tar.gz yourself and give --data-dir")
+        raise DataError(
+            "extracting the CIFAR-10 archive safely needs Python 3.10.12, 3.11.4 or newer (tarfile's "
+            "extraction filters); extract cifar-10-python.tar.gz yourself and give --data-dir"
+        )
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(dest, filter="data")
@@ -155,8 +161,10 @@ def download(root: Path) -> None:
     from cifarlab.progress import log
 
     # said first: offline, the name lookup alone can take a minute to fail, which would look like a hang
-    log(f"CIFAR-10 not found in {root.resolve()}: downloading {CIFAR_URL} (170 MB). To use a copy you already "
-        "have, give --data-dir DIR or set CIFARLAB_DATA_DIR=DIR.")
+    log(
+        f"CIFAR-10 not found in {root.resolve()}: downloading {CIFAR_URL} (170 MB). To use a copy you already "
+        "have, give --data-dir DIR or set CIFARLAB_DATA_DIR=DIR."
+    )
     created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -167,8 +175,10 @@ def download(root: Path) -> None:
             fetch(CIFAR_URL, archive)
             md5 = file_md5(archive)
             if md5 != CIFAR_MD5:
-                raise DataError(f"{CIFAR_URL}: checksum mismatch (MD5 {md5}, expected {CIFAR_MD5}): the download is "
-                                "damaged or not the official archive; nothing was installed")
+                raise DataError(
+                    f"{CIFAR_URL}: checksum mismatch (MD5 {md5}, expected {CIFAR_MD5}): the download is "
+                    "damaged or not the official archive; nothing was installed"
+                )
             folder = extract_batches(archive, work / "extracted")
             install_folder(folder, root / BATCH_DIR, work / "replaced")
         finally:
@@ -312,9 +322,21 @@ class Batches:
     gives the same batches in the same order, and the generator's state can be checkpointed.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: torch.Tensor,
-                 std: torch.Tensor, shuffle: bool = False, augment: str = "none", crop_padding: int = 4,
-                 seed: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        shuffle: bool = False,
+        augment: str = "none",
+        crop_padding: int = 4,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -342,13 +364,13 @@ class Batches:
         # no overlap between ranks, and the same number of batches on each.
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
-            order = order[: n - n % self.world_size][self.rank::self.world_size]
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
             n = len(order)
         order = order.to(self.images.device)
         odd_epoch = self.epoch % 2 == 1
         self.epoch += 1
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             x, y = self.images[idx], self.labels[idx]
             if self.augment == "crop-flip":
                 x = random_flip(random_crop(x, self.crop_padding, self.generator), self.generator)

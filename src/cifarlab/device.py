@@ -7,7 +7,7 @@ time-budget probe, validation, the test, ``evaluate`` and ``predict`` all comput
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +46,7 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool = Fa
     return model
 
 
-def autocast(bf16: bool, device: torch.device) -> ContextManager:
+def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster:
     docs/benchmarks.md, "Memory layout and precision on the CPU")."""
     if bf16 and device.type == "cuda":

@@ -13,8 +13,13 @@ from cifarlab.infer import evaluate_checkpoint
 from cifarlab.metrics import write_test_results
 
 
-def evaluate(run_or_checkpoint: str | Path, split: str = "test", data_dir: str | None = None,
-             device: str = "auto", out: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    run_or_checkpoint: str | Path,
+    split: str = "test",
+    data_dir: str | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Write ``<split>_metrics.json`` and ``<split>_predictions.npz`` beside the checkpoint (or into ``out``).
 
     The images come from ``data_dir``, else $CIFARLAB_DATA_DIR, else ./data: never from the folder recorded in
@@ -29,6 +34,12 @@ def evaluate(run_or_checkpoint: str | Path, split: str = "test", data_dir: str |
     data = load_cifar10(data_dir)
     probs, y, index = evaluate_checkpoint(state, data, split, pick_device(device))
     checkpoint = Path(state["path"]).name
-    return write_test_results(out_dir, split, probs, y, index, list(data.classes),
-                              {"checkpoint": checkpoint, "epoch": state["epoch"],
-                               "data_dir": str(resolve_data_dir(data_dir).resolve())})
+    return write_test_results(
+        out_dir,
+        split,
+        probs,
+        y,
+        index,
+        list(data.classes),
+        {"checkpoint": checkpoint, "epoch": state["epoch"], "data_dir": str(resolve_data_dir(data_dir).resolve())},
+    )

@@ -15,8 +15,9 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ INSTALL_HINT = "install the export extra: pip install 'cifarlab[export]' (onnx, 
 
 class Normalized(nn.Module):
     """The trained model behind its training normalisation: takes [0, 1] RGB images, returns logits."""
+
+    mean: torch.Tensor  # registered buffers, declared for the type checker
+    std: torch.Tensor
 
     def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__()
@@ -66,10 +70,19 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     try:
         with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), None, input_names=["images"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                external_data=False,
+            )
     except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; say so in one line
         raise CifarlabError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if program is None:  # only the legacy (TorchScript-based) exporter returns nothing
+        raise CifarlabError("ONNX export failed: the exporter returned no program")
     return program.model_proto.SerializeToString()
 
 
@@ -117,14 +130,16 @@ def check_images(state: dict[str, Any], data_dir: str | None) -> tuple[np.ndarra
         images = data.test_images[:CHECK_IMAGES]
         source = f"the first {len(images)} CIFAR-10 test images in {root}"
     except DataError:
-        images = torch.randint(0, 256, (CHECK_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0),
-                               dtype=torch.uint8)
+        images = torch.randint(
+            0, 256, (CHECK_IMAGES, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+        )
         source = f"{CHECK_IMAGES} random images (CIFAR-10 not found in {root})"
     return images.float().div(255).numpy(), source
 
 
-def export(run_or_checkpoint: str | Path, out: str | Path, fmt: str | None = None,
-           data_dir: str | None = None) -> dict[str, Any]:
+def export(
+    run_or_checkpoint: str | Path, out: str | Path, fmt: str | None = None, data_dir: str | None = None
+) -> dict[str, Any]:
     """Write the exported model and ``out.json``; returns what was written into the JSON."""
     from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
     from cifarlab.runfiles import atomic_write
@@ -140,8 +155,10 @@ def export(run_or_checkpoint: str | Path, out: str | Path, fmt: str | None = Non
         expected = model(torch.from_numpy(images)).numpy()
     diff = float(np.abs(run(data, images) - expected).max())
     if not diff <= TOLERANCE:
-        raise CifarlabError(f"the exported {fmt} model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
-                            f"{source}; nothing was written")
+        raise CifarlabError(
+            f"the exported {fmt} model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
+            f"{source}; nothing was written"
+        )
     info = describe(state, fmt, out, source, diff)
     if out.parent != Path(""):
         try:
@@ -160,14 +177,34 @@ def sidecar(out: Path) -> Path:
 def describe(state: dict[str, Any], fmt: str, out: Path, source: str, diff: float) -> dict[str, Any]:
     """Everything a user of the exported file needs, without cifarlab."""
     return {
-        "file": out.name, "format": fmt, "checkpoint": os.path.abspath(state["path"]),
-        "model": state["model_name"], "epoch": state["epoch"], "classes": list(state["classes"]),
-        "input": {"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32", "layout": "NCHW, RGB",
-                  "range": "[0, 1]: uint8 pixels divided by 255; resize images to 32x32 first"},
-        "output": {"name": "logits", "shape": ["N", len(state["classes"])],
-                   "meaning": "unnormalised class scores; apply softmax for probabilities"},
-        "normalization": {"mean": state["mean"], "std": state["std"], "inside_model": True,
-                          "formula": "(images - mean) / std, per channel, applied by the exported model"},
-        "check": {"images": source, "max_abs_logit_diff": diff, "tolerance": TOLERANCE,
-                  "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load"},
+        "file": out.name,
+        "format": fmt,
+        "checkpoint": os.path.abspath(state["path"]),
+        "model": state["model_name"],
+        "epoch": state["epoch"],
+        "classes": list(state["classes"]),
+        "input": {
+            "name": "images",
+            "shape": ["N", 3, 32, 32],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "range": "[0, 1]: uint8 pixels divided by 255; resize images to 32x32 first",
+        },
+        "output": {
+            "name": "logits",
+            "shape": ["N", len(state["classes"])],
+            "meaning": "unnormalised class scores; apply softmax for probabilities",
+        },
+        "normalization": {
+            "mean": state["mean"],
+            "std": state["std"],
+            "inside_model": True,
+            "formula": "(images - mean) / std, per channel, applied by the exported model",
+        },
+        "check": {
+            "images": source,
+            "max_abs_logit_diff": diff,
+            "tolerance": TOLERANCE,
+            "runtime": "onnxruntime (CPU)" if fmt == "onnx" else "torch.jit.load",
+        },
     }

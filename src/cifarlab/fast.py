@@ -17,8 +17,12 @@ WIDTH_MODELS = ("fastcnn",)  # models whose factory takes width, dirac, frozen_b
 
 def validate_fast(config: Any) -> None:
     """Reject fast-training settings that would fail later, or silently do nothing, with one clear line."""
-    fastcnn_only = {"model_width": config.model_width is not None, "whiten": config.whiten,
-                    "dirac_init": config.dirac_init, "frozen_bn_scale": config.frozen_bn_scale}
+    fastcnn_only = {
+        "model_width": config.model_width is not None,
+        "whiten": config.whiten,
+        "dirac_init": config.dirac_init,
+        "frozen_bn_scale": config.frozen_bn_scale,
+    }
     used = [name for name, on in fastcnn_only.items() if on]
     if used and config.model not in WIDTH_MODELS:
         raise UsageError(f"{', '.join(used)} only apply to {', '.join(WIDTH_MODELS)} (model is {config.model!r})")
@@ -50,8 +54,11 @@ def model_kwargs(config: Any, width: int | None = None) -> dict[str, Any]:
     """Factory arguments for ``build_model`` from the config (saved in checkpoints as ``model_kwargs``)."""
     if config.model not in WIDTH_MODELS:
         return {}
-    kwargs: dict[str, Any] = {"dirac": config.dirac_init, "frozen_bn_scale": config.frozen_bn_scale,
-                              "frozen_stem": config.whiten}
+    kwargs: dict[str, Any] = {
+        "dirac": config.dirac_init,
+        "frozen_bn_scale": config.frozen_bn_scale,
+        "frozen_stem": config.whiten,
+    }
     width = width if width is not None else config.model_width
     if width is not None:
         kwargs["width"] = width

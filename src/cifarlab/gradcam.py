@@ -45,13 +45,16 @@ def find_target_layer(model: nn.Module, image_size: int = 32) -> TargetLayer:
     probe_forward(model, {nn.Conv2d: hook}, image_size)
     usable = [t for t in seen if t.height >= MIN_SPATIAL and t.width >= MIN_SPATIAL]
     if not usable:
-        raise CifarlabError(f"{type(model).__name__} has no convolution with an output of at least "
-                         f"{MIN_SPATIAL}x{MIN_SPATIAL} on {image_size}x{image_size} images; Grad-CAM needs one")
+        raise CifarlabError(
+            f"{type(model).__name__} has no convolution with an output of at least "
+            f"{MIN_SPATIAL}x{MIN_SPATIAL} on {image_size}x{image_size} images; Grad-CAM needs one"
+        )
     return usable[-1]
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: TargetLayer,
-             batch_size: int = 64) -> np.ndarray:
+def grad_cam(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, layer: TargetLayer, batch_size: int = 64
+) -> np.ndarray:
     """Grad-CAM maps (N, H, W) for normalised ``images`` and class ``targets``, upsampled to the input size.
 
     Positive evidence only (captum's ``relu_attributions``), bilinear upsampling; each map is left in its
@@ -63,8 +66,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, laye
     cam = LayerGradCam(model, layer.module)
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        attr = cam.attribute(x, target=targets[start:start + batch_size].tolist(), relu_attributions=True)
+        x = images[start : start + batch_size]
+        attr = cam.attribute(x, target=targets[start : start + batch_size].tolist(), relu_attributions=True)
         attr = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
         out.append(attr.detach().squeeze(1).cpu().float().numpy())
     return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), dtype=np.float32)
@@ -85,7 +88,7 @@ def centre_share(maps: np.ndarray, fraction: float = 0.5) -> np.ndarray:
     """
     h, w = maps.shape[-2:]
     top, left = round(h * (1 - fraction) / 2), round(w * (1 - fraction) / 2)
-    inner = maps[:, top:h - top, left:w - left].sum(axis=(1, 2))
+    inner = maps[:, top : h - top, left : w - left].sum(axis=(1, 2))
     total = maps.sum(axis=(1, 2))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, inner / np.where(total > 0, total, 1.0), np.nan)

@@ -7,7 +7,8 @@ scores a split; :func:`write_test_results` writes what it scored.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,9 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tenso
 
 
 @torch.no_grad()
-def infer(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-          tta: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def infer(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits and the labels of every image of ``batches``, in order, on the CPU (eval mode, no gradients).
 
     ``tta`` averages the logits over mirrored (1) and also 1-pixel-shifted (2) views of each image."""
@@ -62,8 +64,7 @@ def infer(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def score(model: nn.Module, batches: Batches, dist: distributed.DistInfo,
-          device: torch.device) -> dict[str, float]:
+def score(model: nn.Module, batches: Batches, dist: distributed.DistInfo, device: torch.device) -> dict[str, float]:
     """Loss, top-1 and top-3 over a split; each process scores its shard and the sums are reduced.
 
     Under DDP every process first takes rank 0's BatchNorm statistics (the ones its checkpoint saves), then
@@ -72,8 +73,12 @@ def score(model: nn.Module, batches: Batches, dist: distributed.DistInfo,
     distributed.broadcast_buffers(model, dist)
     logits, y = infer(model, batches)
     top3 = logits.topk(3, dim=1).indices
-    sums = [F.cross_entropy(logits, y, reduction="sum").item(), (top3[:, 0] == y).sum().item(),
-            (top3 == y[:, None]).any(1).sum().item(), len(y)]
+    sums = [
+        F.cross_entropy(logits, y, reduction="sum").item(),
+        (top3[:, 0] == y).sum().item(),
+        (top3 == y[:, None]).any(1).sum().item(),
+        len(y),
+    ]
     loss_sum, top1, top3_hits, n = distributed.all_reduce_sum(sums, device, dist)
     return {"loss": loss_sum / n, "top1": top1 / n, "top3": top3_hits / n}
 
@@ -83,8 +88,9 @@ def inference_model(state: dict[str, Any], device: torch.device) -> nn.Module:
     return place_model(model_from_checkpoint(state), device, state["config"].get("channels_last", False))
 
 
-def evaluate_checkpoint(state: dict[str, Any], data: Cifar10, split: str, device: torch.device,
-                        batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate_checkpoint(
+    state: dict[str, Any], data: Cifar10, split: str, device: torch.device, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone."""
     cfg = state["config"]
     if split == "test":
@@ -92,8 +98,8 @@ def evaluate_checkpoint(state: dict[str, Any], data: Cifar10, split: str, device
     else:
         _, index = stratified_split(data.train_labels, cfg["val_size"], cfg["seed"])
         images, labels = data.train_images[index], data.train_labels[index]
-    batches = Batches(images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]),
-                      device=device)
+    batches = Batches(
+        images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]), device=device
+    )
     logits, y = infer(inference_model(state, device), batches, tta=cfg.get("tta", 0))
     return logits.softmax(1), y, index
-

@@ -31,7 +31,7 @@ def per_class_accuracy(probs: torch.Tensor, y_true: torch.Tensor) -> list[float]
     """Top-1 accuracy (recall) of each class; NaN for a class with no samples."""
     support = torch.bincount(y_true, minlength=probs.shape[1]).tolist()
     hits = topk_hits(probs, y_true, 1).tolist()
-    return [h / s if s else float("nan") for h, s in zip(hits, support)]
+    return [h / s if s else float("nan") for h, s in zip(hits, support, strict=True)]
 
 
 def nll(probs: torch.Tensor, y_true: torch.Tensor) -> float:
@@ -49,16 +49,28 @@ def summarize(probs: torch.Tensor, y_true: torch.Tensor, classes: list[str]) -> 
         "top1": topk_accuracy(probs, y_true, 1),
         "top3": topk_accuracy(probs, y_true, 3),
         "loss": nll(probs, y_true),
-        "per_class_accuracy": dict(zip(classes, per_class_accuracy(probs, y_true))),
+        # not strict: a checkpoint may have more outputs than the data has class names; only named classes are kept
+        "per_class_accuracy": dict(zip(classes, per_class_accuracy(probs, y_true), strict=False)),
     }
 
 
-def write_test_results(run_dir: Path, split: str, probs: torch.Tensor, y_true: torch.Tensor,
-                       index: torch.Tensor, classes: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+def write_test_results(
+    run_dir: Path,
+    split: str,
+    probs: torch.Tensor,
+    y_true: torch.Tensor,
+    index: torch.Tensor,
+    classes: list[str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """``<split>_metrics.json`` and ``<split>_predictions.npz``: the numbers, and what they are computed from."""
     metrics = {"split": split, **summarize(probs, y_true, classes), **extra}
-    arrays = {"y_true": y_true.numpy().astype(np.int64), "probs": probs.numpy().astype(np.float32),
-              "index": index.numpy().astype(np.int64)}
-    atomic_write(run_dir / f"{split}_predictions.npz", lambda f: np.savez_compressed(f, **arrays))
+    labels = y_true.numpy().astype(np.int64)
+    scores = probs.numpy().astype(np.float32)
+    indices = index.numpy().astype(np.int64)
+    atomic_write(
+        run_dir / f"{split}_predictions.npz",
+        lambda f: np.savez_compressed(f, y_true=labels, probs=scores, index=indices),
+    )
     write_json(run_dir / f"{split}_metrics.json", metrics)
     return metrics

@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,11 @@ def register(name: str, **args: Arg) -> Callable[[Callable[..., nn.Module]], Cal
 def kwargs_problems(name: str, kwargs: dict[str, Any], num_classes: int = 10) -> list[str]:
     """Each keyword argument (and the class count) that model ``name``'s registry entry does not accept."""
     declared = MODEL_ARGS.get(name, {})
-    problems = [] if Arg(int, 2, MAX_CLASSES).problem(num_classes) is None else [
-        f"num_classes must be a whole number from 2 to {MAX_CLASSES} (got {shorten(num_classes)})"]
+    problems = (
+        []
+        if Arg(int, 2, MAX_CLASSES).problem(num_classes) is None
+        else [f"num_classes must be a whole number from 2 to {MAX_CLASSES} (got {shorten(num_classes)})"]
+    )
     for key, value in kwargs.items():
         if key not in declared:
             known = ", ".join(declared) or "none"
@@ -75,10 +79,10 @@ def shorten(value: Any, limit: int = 40) -> str:
     if isinstance(value, int) and value.bit_length() > 64:  # repr of a huge int is slow, or refused
         return f"a {value.bit_length()}-bit number"
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def build_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Make a freshly initialised model from its registry name (kwargs go to the factory, e.g. a width).
 
     Arguments outside what the factory declares (type and range) are a UsageError, so no run can train a model
@@ -131,8 +135,12 @@ class MyCNN(nn.Module):
         self.block2 = nn.Sequential(conv_bn_relu(w, 2 * w), conv_bn_relu(2 * w, 2 * w), nn.MaxPool2d(2))
         self.block3 = nn.Sequential(conv_bn_relu(2 * w, 4 * w), conv_bn_relu(4 * w, 4 * w), nn.MaxPool2d(2))
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(4 * w * 4 * 4, 256), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(256, num_classes),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * w * 4 * 4, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,7 +210,7 @@ class FastConvGroup(nn.Module):
         self.act = nn.GELU()
         if dirac:  # the first min(c_in, c_out) filters start as identity maps, so each group starts near a skip
             for conv in (self.conv1, self.conv2):
-                nn.init.dirac_(conv.weight.data[:conv.in_channels])
+                nn.init.dirac_(conv.weight.data[: conv.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -221,8 +229,9 @@ WHITEN_EPS = 5e-4  # added to the patch-covariance eigenvalues, so near-constant
 
 
 @torch.no_grad()
-def patch_whitening(images: torch.Tensor, kernel_size: int = 2,
-                    eps: float = WHITEN_EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_whitening(
+    images: torch.Tensor, kernel_size: int = 2, eps: float = WHITEN_EPS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Filters that map every ``kernel_size`` x ``kernel_size`` patch of ``images`` to whitened coordinates.
 
     With patch mean m and covariance C = V diag(e) V^T, the filters are the rows of diag(e + eps)^-1/2 V^T and the
@@ -250,9 +259,12 @@ def patch_whitening(images: torch.Tensor, kernel_size: int = 2,
 
 
 @torch.no_grad()
-def init_whitening(model: FastCNN, images: torch.Tensor) -> None:
+def init_whitening(model: nn.Module, images: torch.Tensor) -> None:
     """Set a FastCNN's stem convolution to whiten the patches of ``images`` (normalised training images)."""
+    if not isinstance(model, FastCNN):
+        raise ValueError(f"whitening needs a FastCNN, got {type(model).__name__}")
     stem = model.stem
+    assert stem.bias is not None  # FastCNN builds its stem with a bias
     weight, bias = patch_whitening(images[:WHITEN_IMAGES], stem.kernel_size[0])
     if weight.shape != stem.weight.shape:
         raise ValueError(f"whitening needs a stem of {weight.shape[0]} filters, the model has {stem.out_channels}")
@@ -278,8 +290,14 @@ class FastCNN(nn.Module):
     The logit scale of 1/9 keeps the initial softmax soft at the large learning rates fast recipes use.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_bn_scale: bool = False,
-                 frozen_stem: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: int = 64,
+        dirac: bool = False,
+        frozen_bn_scale: bool = False,
+        frozen_stem: bool = False,
+    ) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be at least 1 (got {width})")
@@ -299,8 +317,13 @@ class FastCNN(nn.Module):
 
 
 @register("fastcnn", width=Arg(int, 1, 1024), dirac=Arg(bool), frozen_bn_scale=Arg(bool), frozen_stem=Arg(bool))
-def fastcnn(num_classes: int = 10, width: int = 64, dirac: bool = False, frozen_bn_scale: bool = False,
-            frozen_stem: bool = False) -> nn.Module:
+def fastcnn(
+    num_classes: int = 10,
+    width: int = 64,
+    dirac: bool = False,
+    frozen_bn_scale: bool = False,
+    frozen_stem: bool = False,
+) -> nn.Module:
     """Fast VGG-like CNN (airbench-style): 2x2 stem, 3 conv-BN-GELU groups of width w/4w/4w (w=64), max-pools."""
     return FastCNN(num_classes, width, dirac, frozen_bn_scale, frozen_stem)
 
@@ -310,8 +333,9 @@ def probe_forward(model: nn.Module, hooks: dict[type, Callable], image_size: int
     hook to every layer of that type; the model's mode is restored and the hooks removed afterwards.
 
     Used to measure what a forward pass really does (MACs, layer output sizes) without reading the code."""
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               for kind, hook in hooks.items() if isinstance(m, kind)]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() for kind, hook in hooks.items() if isinstance(m, kind)
+    ]
     was_training = model.training
     model.eval()
     try:

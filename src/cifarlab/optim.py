@@ -49,16 +49,22 @@ def param_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
     dividing their decay keeps the per-step shrinkage the same. Frozen parameters (a whitened stem, a frozen BN
     scale) are left out so no optimiser state or weight decay touches them.
     """
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                for p in m.parameters()}
+    norm_ids = {
+        id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+    }
     trainable = [p for p in model.parameters() if p.requires_grad]
     if config.bias_lr_scale == 1.0:
         return [{"params": trainable}]
     others = [p for p in trainable if id(p) not in norm_ids]
     norms = [p for p in trainable if id(p) in norm_ids]
-    return [{"params": others},
-            {"params": norms, "lr": config.lr * config.bias_lr_scale,
-             "weight_decay": config.weight_decay / config.bias_lr_scale}]
+    return [
+        {"params": others},
+        {
+            "params": norms,
+            "lr": config.lr * config.bias_lr_scale,
+            "weight_decay": config.weight_decay / config.bias_lr_scale,
+        },
+    ]
 
 
 def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
@@ -66,8 +72,9 @@ def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
     groups = param_groups(model, config)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
-                           weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+    )
 
 
 def per_batch_schedule(config: Any) -> bool:

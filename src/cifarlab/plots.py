@@ -13,28 +13,42 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cifarlab.runfiles import atomic_write
 
 DPI = 100
-RUN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-              "#bcbd22", "#17becf"]
+RUN_COLORS = [
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 Draw = TypeVar("Draw", bound=Callable[..., Any])
 
 
 def literal_text(draw: Draw) -> Draw:
     """Make a figure function create and save all its text as typed: never parsed as math text or LaTeX."""
+
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
             return draw(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -60,8 +74,7 @@ def save_png(fig: Figure, path: Path) -> Path:
 
 
 @literal_text
-def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, normalized: bool,
-                      title: str) -> Path:
+def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, normalized: bool, title: str) -> Path:
     """A 10x10 heatmap with class names on both axes and the value written in every cell."""
     fig = new_figure(8.2, 7.0)
     ax = fig.add_subplot()
@@ -84,7 +97,7 @@ def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, no
     return save_png(fig, path)
 
 
-def epoch_ticks(ax, epochs: Sequence[int]) -> None:
+def epoch_ticks(ax: Axes, epochs: Sequence[int]) -> None:
     """Whole epochs on the x axis (every epoch when there are few, so one epoch is not drawn as 0.96-1.04)."""
     from matplotlib.ticker import MaxNLocator
 
@@ -107,17 +120,32 @@ def learning_curves(rows: list[dict], path: Path, title: str, best_epoch: int | 
     val_top1 = np.array([100 * r["val_top1"] for r in rows])
     ax_acc.plot(epochs, train_top1, "o-", label="train", color=RUN_COLORS[0])
     ax_acc.plot(epochs, val_top1, "s-", label="validation", color=RUN_COLORS[1])
-    ax_acc.fill_between(epochs, val_top1, train_top1, where=train_top1 >= val_top1, color=RUN_COLORS[1],
-                        alpha=0.15, label="train - validation gap", interpolate=True)
+    ax_acc.fill_between(
+        epochs,
+        val_top1,
+        train_top1,
+        where=train_top1 >= val_top1,
+        color=RUN_COLORS[1],
+        alpha=0.15,
+        label="train - validation gap",
+        interpolate=True,
+    )
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="top-1 accuracy")
     if best_epoch is not None and best_epoch in epochs:
         k = epochs.index(best_epoch)
         gap = train_top1[k] - val_top1[k]
         for ax in (ax_loss, ax_acc):
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
-        ax_acc.annotate(f"best epoch {best_epoch}\ngap {gap:+.1f} points", (best_epoch, val_top1[k]),
-                        xytext=(0.03, 0.95), textcoords="axes fraction", ha="left", va="top", fontsize=9,
-                        arrowprops={"arrowstyle": "->", "color": "grey"})
+        ax_acc.annotate(
+            f"best epoch {best_epoch}\ngap {gap:+.1f} points",
+            (best_epoch, val_top1[k]),
+            xytext=(0.03, 0.95),
+            textcoords="axes fraction",
+            ha="left",
+            va="top",
+            fontsize=9,
+            arrowprops={"arrowstyle": "->", "color": "grey"},
+        )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="lower right" if ax is ax_acc else "upper right")
@@ -137,10 +165,28 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) ->
     acc = np.array([b["accuracy"] if b["accuracy"] is not None else 0.0 for b in bins])
     conf = np.array([b["confidence"] if b["confidence"] is not None else 0.0 for b in bins])
     filled = count > 0
-    ax.bar(lower[filled], acc[filled], width=width[filled], align="edge", color=RUN_COLORS[0],
-           edgecolor="black", linewidth=0.5, label="accuracy in bin")
-    ax.bar(lower[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled], align="edge",
-           color=RUN_COLORS[1], alpha=0.35, edgecolor=RUN_COLORS[1], hatch="//", label="gap to confidence")
+    ax.bar(
+        lower[filled],
+        acc[filled],
+        width=width[filled],
+        align="edge",
+        color=RUN_COLORS[0],
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy in bin",
+    )
+    ax.bar(
+        lower[filled],
+        (conf - acc)[filled],
+        bottom=acc[filled],
+        width=width[filled],
+        align="edge",
+        color=RUN_COLORS[1],
+        alpha=0.35,
+        edgecolor=RUN_COLORS[1],
+        hatch="//",
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}\nECE {ece:.4f} ({len(bins)} bins)")
     ax.legend(loc="upper left", fontsize=9)
@@ -152,8 +198,9 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) ->
 
 
 @literal_text
-def image_grid(images: np.ndarray, captions: list[str], colors: list[str], path: Path, title: str,
-               ncols: int = 6) -> Path:
+def image_grid(
+    images: np.ndarray, captions: list[str], colors: list[str], path: Path, title: str, ncols: int = 6
+) -> Path:
     """Images (N, 3, 32, 32 uint8) enlarged in a grid, each with a caption under it."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
@@ -169,8 +216,9 @@ def image_grid(images: np.ndarray, captions: list[str], colors: list[str], path:
 
 
 @literal_text
-def gradcam_grid(images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarray, captions: list[str],
-                 path: Path, title: str) -> Path:
+def gradcam_grid(
+    images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarray, captions: list[str], path: Path, title: str
+) -> Path:
     """One row per image: the image, Grad-CAM for the (wrong) predicted class, Grad-CAM for the true class."""
     n = len(images)
     fig = new_figure(7.5, 2.3 * n + 0.6)
@@ -214,8 +262,13 @@ def overlaid_learning_curves(curves: dict[str, list[dict]], path: Path) -> Path:
 
 
 @literal_text
-def per_class_bars(classes: Sequence[str], values: dict[str, np.ndarray], errors: dict[str, np.ndarray | None],
-                   path: Path, ylabel: str = "test accuracy (%)") -> Path:
+def per_class_bars(
+    classes: Sequence[str],
+    values: dict[str, np.ndarray],
+    errors: dict[str, np.ndarray | None],
+    path: Path,
+    ylabel: str = "test accuracy (%)",
+) -> Path:
     """One group of bars per class, one bar per run (or seed group, with its std as an error bar)."""
     fig = new_figure(12, 4.5)
     ax = fig.add_subplot()
@@ -224,9 +277,16 @@ def per_class_bars(classes: Sequence[str], values: dict[str, np.ndarray], errors
     bars = []
     for k, (label, v) in enumerate(values.items()):
         err = errors.get(label)
-        bars.append(ax.bar(x + (k - (len(values) - 1) / 2) * width, 100 * np.nan_to_num(v), width,
-                           color=RUN_COLORS[k % len(RUN_COLORS)], yerr=None if err is None else 100 * err,
-                           capsize=2))
+        bars.append(
+            ax.bar(
+                x + (k - (len(values) - 1) / 2) * width,
+                100 * np.nan_to_num(v),
+                width,
+                color=RUN_COLORS[k % len(RUN_COLORS)],
+                yerr=None if err is None else 100 * err,
+                capsize=2,
+            )
+        )
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set(ylabel=ylabel, ylim=(0, 100), title="per-class accuracy")
     ax.grid(axis="y", alpha=0.3)

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +38,15 @@ JPEG2000_HEAD = 1 << 20  # bytes searched for a JPEG 2000 file's main header
 JPEG2000_MAX_SAMPLES = 1 << 26  # samples a JPEG 2000 image may be decoded with (at 4 bytes each: 256 MB)
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I" (32-bit) is what Pillow gives many 16-bit files
 EXIF_ORIENTATION = 0x0112
-TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}  # EXIF orientation -> the transpose that makes the image upright
+TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # EXIF orientation -> the transpose that makes the image upright
 
 
 class ImageRefused(ValueError):
@@ -81,9 +88,13 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]
         if not item.is_dir():
             items.append((item, None))
             continue
-        found = sorted(p for p in item.rglob("*")
-                       if p.is_file() and p.suffix.lower() in suffixes
-                       and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        found = sorted(
+            p
+            for p in item.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in suffixes
+            and not any(part.startswith(".") for part in p.relative_to(item).parts)
+        )
         items.extend([(p, None) for p in found] if found else [(item, "no image files in this folder")])
     return items
 
@@ -93,8 +104,9 @@ def check_pixel_count(image: Image.Image) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
     if limit and width * height > limit:
-        raise ImageRefused(f"image too large to decode safely ({width} x {height} pixels, over Pillow's limit of "
-                           f"{limit:,})")
+        raise ImageRefused(
+            f"image too large to decode safely ({width} x {height} pixels, over Pillow's limit of {limit:,})"
+        )
 
 
 def jpeg2000_levels(path: Path) -> int:
@@ -109,7 +121,7 @@ def jpeg2000_levels(path: Path) -> int:
             return head[pos + 9]
         if head[pos + 1] in (0x90, 0x93):  # the first tile: the main header has ended
             break
-        pos += 2 + int.from_bytes(head[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(head[pos + 2 : pos + 4], "big")
     return 0
 
 
@@ -123,8 +135,10 @@ def jpeg2000_drop(image: Image.Image, path: Path) -> int:
     drop = min(wanted, jpeg2000_levels(path))
     width, height = ((n + (1 << drop) - 1) >> drop for n in image.size)
     if width * height * len(image.getbands()) > JPEG2000_MAX_SAMPLES:
-        raise ImageRefused(f"JPEG 2000 image too large to decode safely ({image.width} x {image.height} pixels "
-                           f"and only {drop} resolution levels to drop)")
+        raise ImageRefused(
+            f"JPEG 2000 image too large to decode safely ({image.width} x {image.height} pixels "
+            f"and only {drop} resolution levels to drop)"
+        )
     return drop
 
 
@@ -150,13 +164,18 @@ def resizable(image: Image.Image) -> Image.Image:
 
 def upright_size(size: tuple[int, int], method: Image.Transpose | None) -> tuple[int, int]:
     """Width and height after the EXIF transpose."""
-    swaps = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
-             Image.Transpose.TRANSVERSE)
+    swaps = (
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+    )
     return (size[1], size[0]) if method in swaps else size
 
 
-def stored_box(box: tuple[int, int, int, int], size: tuple[int, int],
-               method: Image.Transpose | None) -> tuple[int, int, int, int]:
+def stored_box(
+    box: tuple[int, int, int, int], size: tuple[int, int], method: Image.Transpose | None
+) -> tuple[int, int, int, int]:
     """A box given in the upright frame, in the stored (pre-transpose) frame of an image of ``size``."""
     w, h = size
     left, top, right, bottom = box
@@ -266,8 +285,9 @@ def load_image(path: Path) -> torch.Tensor:
     except IsADirectoryError:
         raise ValueError("is a folder") from None
     except Image.DecompressionBombError:
-        raise ValueError(f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} "
-                         "pixels)") from None
+        raise ValueError(
+            f"image too large to decode safely (over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels)"
+        ) from None
     except MemoryError:
         raise ValueError("image too large to decode in the memory available") from None
     except Exception as exc:  # noqa: BLE001 - decoders of untrusted files raise many types (OSError, SyntaxError, ...)
@@ -277,21 +297,29 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 @torch.no_grad()
-def classify(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-             device: torch.device, tta: int = 0) -> torch.Tensor:
+def classify(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    device: torch.device,
+    tta: int = 0,
+) -> torch.Tensor:
     """Softmax probabilities for uint8 (N, 3, 32, 32) images, normalised as in training, in batches.
 
     ``tta`` is the run's own test-time augmentation level, so predict scores an image as evaluate would."""
     from cifarlab.data import Batches
     from cifarlab.infer import infer
 
-    logits, _ = infer(model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std,
-                                     device=device), tta)
+    logits, _ = infer(
+        model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std, device=device), tta
+    )
     return logits.softmax(1)
 
 
-def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], top_k: int = 3,
-                  device: str = "cpu") -> list[Result]:
+def predict_files(
+    checkpoint: str | Path, inputs: Sequence[str | Path], top_k: int = 3, device: str = "cpu"
+) -> list[Result]:
     """Top-k classes for every image among ``inputs`` (files or folders), in order; unreadable ones get errors."""
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.device import pick_device
@@ -315,11 +343,17 @@ def predict_files(checkpoint: str | Path, inputs: Sequence[str | Path], top_k: i
         except ValueError as exc:
             results.append(Result(str(item), error=str(exc)))
     if tensors:
-        probs = classify(model, torch.stack(tensors), torch.tensor(state["mean"]), torch.tensor(state["std"]), dev,
-                         tta=state["config"].get("tta", 0))
+        probs = classify(
+            model,
+            torch.stack(tensors),
+            torch.tensor(state["mean"]),
+            torch.tensor(state["std"]),
+            dev,
+            tta=state["config"].get("tta", 0),
+        )
         values, indices = probs.topk(top_k, dim=1)
-        for i, vs, js in zip(ok, values.tolist(), indices.tolist()):
-            results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js)]
+        for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
+            results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js, strict=True)]
     return results
 
 

@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarlab.errors import CifarlabError, UsageError
 
@@ -31,7 +32,14 @@ LOCK_FILE = ".lock"
 TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files are ".<name>.<random>.tmp" beside their target
 
 METRICS_COLUMNS = [
-    "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top3", "lr", "epoch_seconds",
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top3",
+    "lr",
+    "epoch_seconds",
     "images_per_second",
 ]
 
@@ -108,8 +116,10 @@ class RunLock:
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
         except OSError:
             os.close(fd)
-            raise CifarlabError(f"run folder {self.folder} is in use by another cifarlab process (a training or "
-                                "resume still running); wait for it to end") from None
+            raise CifarlabError(
+                f"run folder {self.folder} is in use by another cifarlab process (a training or "
+                "resume still running); wait for it to end"
+            ) from None
         self.fd = fd
 
     def release(self) -> None:

@@ -92,15 +92,29 @@ def load_restricted(path: Path, encoding: str = "latin1") -> Any:
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if text.startswith("refused "):
-            raise DataError(f"{path}: {text}: it is not plain data (a CIFAR-10 file holds only dicts, lists, "
-                            "strings, numbers and arrays), and loading it could run code; not loaded") from None
+            raise DataError(
+                f"{path}: {text}: it is not plain data (a CIFAR-10 file holds only dicts, lists, "
+                "strings, numbers and arrays), and loading it could run code; not loaded"
+            ) from None
         raise DataError(f"{path} is truncated or corrupt (cannot unpickle: {text})") from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError,
-            UnicodeDecodeError, MemoryError, RecursionError, OverflowError) as exc:
-        raise DataError(f"{path} is truncated or corrupt (cannot unpickle: {type(exc).__name__}: "
-                        f"{one_line(exc)})") from None
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        UnicodeDecodeError,
+        MemoryError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
+        raise DataError(
+            f"{path} is truncated or corrupt (cannot unpickle: {type(exc).__name__}: {one_line(exc)})"
+        ) from None
 
 
 def _load(f: BinaryIO, encoding: str) -> Any:

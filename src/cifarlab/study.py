@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from cifarlab.analysis import analyze_after_training
 from cifarlab.compare import compare, comparison_markdown
@@ -25,8 +26,14 @@ STUDY_MODELS = ("mycnn", "resnet18")
 QUICK = dict(limit_train=5000, epochs=3)
 
 
-def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: str | None = None,
-          models: tuple[str, ...] = STUDY_MODELS, **overrides) -> Path:
+def study(
+    recipe: str = "seed",
+    quick: bool = False,
+    out: str = "runs",
+    name: str | None = None,
+    models: tuple[str, ...] = STUDY_MODELS,
+    **overrides: Any,
+) -> Path:
     """Train every study model with one shared config, then compare them. Returns the study folder."""
     overrides = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
     name = name or time.strftime("study-%Y%m%d-%H%M%S") + ("-quick" if quick else "")
@@ -44,8 +51,12 @@ def study(recipe: str = "seed", quick: bool = False, out: str = "runs", name: st
     text = comparison_markdown(comp)
     atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)
     html = report(run_dirs, out=study_dir / "report.html")
-    write_json(study_dir / "study.json", {"recipe": recipe, "quick": quick, "runs": [d.name for d in run_dirs],
-                                          "seconds": time.perf_counter() - t0})
-    log("\n" + text + f"\nstudy written to {study_dir}\nreport: {html} (open it in a browser) and "
-        f"{html.with_suffix('.md')}")
+    write_json(
+        study_dir / "study.json",
+        {"recipe": recipe, "quick": quick, "runs": [d.name for d in run_dirs], "seconds": time.perf_counter() - t0},
+    )
+    log(
+        "\n" + text + f"\nstudy written to {study_dir}\nreport: {html} (open it in a browser) and "
+        f"{html.with_suffix('.md')}"
+    )
     return study_dir

@@ -38,12 +38,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.errors import CifarlabError, UsageError
@@ -57,11 +58,25 @@ except ImportError:  # not on Windows: runs are then not locked against a second
 SWEEP_FILE = "sweep.json"
 LOG_DIR = "logs"
 ALIASES = {"width": "model_width"}  # the train command's flag names, where they differ from the config key
-OWN_FLAGS = {"model": "--model", "recipe": "--recipe", "seed": "--seeds", "name": "--name", "out": "--out",
-             "data_dir": "--data-dir"}
+OWN_FLAGS = {
+    "model": "--model",
+    "recipe": "--recipe",
+    "seed": "--seeds",
+    "name": "--name",
+    "out": "--out",
+    "data_dir": "--data-dir",
+}
 SPEC_IGNORES = ("name", "out", "data_dir", "device")  # may change between invocations of one sweep
-HEADLINE_KEYS = ("test_top1", "test_top3", "best_val_top1", "train_seconds", "images_per_second", "epochs",
-                 "params", "seconds_used")
+HEADLINE_KEYS = (
+    "test_top1",
+    "test_top3",
+    "best_val_top1",
+    "train_seconds",
+    "images_per_second",
+    "epochs",
+    "params",
+    "seconds_used",
+)
 INTERRUPT_WAIT = 60.0  # seconds a run gets to save and exit after Ctrl-C before it is killed
 POLL_SECONDS = 0.5
 
@@ -69,6 +84,7 @@ POLL_SECONDS = 0.5
 # ---------------------------------------------------------------------------------------------------------
 # The grid
 # ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SweepSpec:
@@ -205,8 +221,9 @@ def expand(spec: SweepSpec, data_dir: str | None = None) -> list[PlannedRun]:
     varying = [k for k in keys if len(spec.grid[k]) > 1]
     runs: list[PlannedRun] = []
     names: set[str] = set()
-    for model, recipe, values in itertools.product(spec.models, spec.recipes,
-                                                   itertools.product(*(spec.grid[k] for k in keys))):
+    for model, recipe, values in itertools.product(
+        spec.models, spec.recipes, itertools.product(*(spec.grid[k] for k in keys))
+    ):
         overrides = dict(zip(keys, values, strict=True))
         label = model or RECIPES.get(recipe, {}).get("model") or TrainConfig.model
         for seed in spec.seeds:
@@ -219,8 +236,9 @@ def expand(spec: SweepSpec, data_dir: str | None = None) -> list[PlannedRun]:
             point = {"model": label, "recipe": recipe, **{k: overrides[k] for k in varying}, "seed": seed}
             try:
                 check_types(overrides)
-                config = make_config(recipe, model=model, seed=seed, out=str(folder), name=name,
-                                     data_dir=data_dir, **overrides).to_dict()
+                config = make_config(
+                    recipe, model=model, seed=seed, out=str(folder), name=name, data_dir=data_dir, **overrides
+                ).to_dict()
                 runs.append(PlannedRun(name, point, config))
             except (CifarlabError, TypeError, ValueError) as exc:
                 runs.append(PlannedRun(name, point, None, f"bad config: {exc}"))
@@ -234,9 +252,13 @@ def check_types(values: dict[str, Any]) -> None:
     """A value of the wrong type for its config field (``epochs=abc``) is a bad config, said in plain words."""
     for key, value in values.items():
         allowed = {t.strip() for t in FIELD_TYPES[key].split("|")}
-        ok = (value is None and "None" in allowed) or (isinstance(value, bool) and "bool" in allowed) or \
-             (not isinstance(value, bool) and isinstance(value, int) and ({"int", "float"} & allowed)) or \
-             (isinstance(value, float) and "float" in allowed) or (isinstance(value, str) and "str" in allowed)
+        ok = (
+            (value is None and "None" in allowed)
+            or (isinstance(value, bool) and "bool" in allowed)
+            or (not isinstance(value, bool) and isinstance(value, int) and ({"int", "float"} & allowed))
+            or (isinstance(value, float) and "float" in allowed)
+            or (isinstance(value, str) and "str" in allowed)
+        )
         if not ok:
             raise UsageError(f"{key} must be {' or '.join(sorted(allowed))}, got {json.dumps(value)}")
 
@@ -251,6 +273,7 @@ def same_plan(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 # Sweep files (TOML or YAML)
 # ---------------------------------------------------------------------------------------------------------
 
+
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
     """The table of a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) sweep file."""
     path = Path(path)
@@ -261,11 +284,11 @@ def read_sweep_file(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read it ({exc})") from None
     if path.suffix.lower() == ".toml":
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # Python 3.10
+        else:
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ImportError:
                 raise UsageError(f"{path}: reading TOML needs Python 3.11+ (or: pip install tomli)") from None
         try:
@@ -324,6 +347,7 @@ def settings_from_file(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------------
 # One run, as a worker runs it (a thread of the local pool, or a Ray task on any node)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def folder_state(run_dir: Path) -> str:
     """``done`` (run.json), ``partial`` (a last.pt to resume from), ``empty`` (no checkpoint yet), ``missing``."""
@@ -386,15 +410,27 @@ def interrupt_process(proc: subprocess.Popen) -> int:
         return proc.wait()
 
 
-def run_process(cmd: list[str], job: dict[str, Any], log_path: Path, cancel: threading.Event | None,
-                on_start: Callable[[int], None] | None, keep_fd: int | None) -> int:
+def run_process(
+    cmd: list[str],
+    job: dict[str, Any],
+    log_path: Path,
+    cancel: threading.Event | None,
+    on_start: Callable[[int], None] | None,
+    keep_fd: int | None,
+) -> int:
     """Run one command of a run with its output appended to the run's log; returns its exit code (130 when
     cancelled). In a new session, so a terminal's Ctrl-C reaches the driver, which passes it on once."""
     with open(log_path, "a") as log:
         log.write(f"\n$ {shlex.join(cmd)}    # on {socket.gethostname()}, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(job),
-                                start_new_session=True, pass_fds=(keep_fd,) if keep_fd is not None else ())
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env(job),
+            start_new_session=True,
+            pass_fds=(keep_fd,) if keep_fd is not None else (),
+        )
     if on_start is not None:
         on_start(proc.pid)
     try:
@@ -465,8 +501,9 @@ def unpack_folder(blob: bytes, parent: Path) -> None:
             tar.extractall(parent)
 
 
-def execute_run(job: dict[str, Any], cancel: threading.Event | None = None,
-                on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+def execute_run(
+    job: dict[str, Any], cancel: threading.Event | None = None, on_start: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Train (or resume, or skip) one run and report how it ended. The body of a local worker and of a Ray task.
 
     ``job``: name, config, sweep_dir, threads, analysis ("none", "numbers" or "full"), env, gather, blob."""
@@ -479,8 +516,11 @@ def execute_run(job: dict[str, Any], cancel: threading.Event | None = None,
     run_dir, log_path = work / name, logs / f"{name}.log"
     result: dict[str, Any] = {"name": name, "host": socket.gethostname(), "resumed_from": None}
     if not gather and not Path(job["sweep_dir"], SWEEP_FILE).is_file():
-        result.update(state="failed", message=f"{job['sweep_dir']} is not visible on {result['host']}: put the "
-                      "runs on storage every node mounts at the same path, or use --ray-gather")
+        result.update(
+            state="failed",
+            message=f"{job['sweep_dir']} is not visible on {result['host']}: put the "
+            "runs on storage every node mounts at the same path, or use --ray-gather",
+        )
         return result
     if gather and job.get("blob"):
         unpack_folder(job["blob"], work)
@@ -489,8 +529,9 @@ def execute_run(job: dict[str, Any], cancel: threading.Event | None = None,
         if not lock.acquire(cancel):
             result.update(state="interrupted", message="stopped by Ctrl-C while waiting for the run's lock")
             return result
-        result["state"], result["message"] = execute_locked(job, work, run_dir, log_path, cancel, on_start,
-                                                            lock.fd, result)
+        result["state"], result["message"] = execute_locked(
+            job, work, run_dir, log_path, cancel, on_start, lock.fd, result
+        )
     finally:
         lock.release()
     if result["state"] == "done":
@@ -504,9 +545,16 @@ def execute_run(job: dict[str, Any], cancel: threading.Event | None = None,
     return result
 
 
-def execute_locked(job: dict[str, Any], work: Path, run_dir: Path, log_path: Path,
-                   cancel: threading.Event | None, on_start: Callable[[int], None] | None, fd: int | None,
-                   result: dict[str, Any]) -> tuple[str, str | None]:
+def execute_locked(
+    job: dict[str, Any],
+    work: Path,
+    run_dir: Path,
+    log_path: Path,
+    cancel: threading.Event | None,
+    on_start: Callable[[int], None] | None,
+    fd: int | None,
+    result: dict[str, Any],
+) -> tuple[str, str | None]:
     """The training (and analysis) commands of one run, under its lock."""
     python = [sys.executable, "-m", "cifarlab"]
     state = folder_state(run_dir)
@@ -521,8 +569,17 @@ def execute_locked(job: dict[str, Any], work: Path, run_dir: Path, log_path: Pat
     else:
         config_file = log_path.with_name(f"{job['name']}.config.json")
         write_json(config_file, job["config"])
-        cmd = python + ["train", "--config", str(config_file), "--out", str(work), "--name", job["name"],
-                        "--no-analysis", *data]
+        cmd = python + [
+            "train",
+            "--config",
+            str(config_file),
+            "--out",
+            str(work),
+            "--name",
+            job["name"],
+            "--no-analysis",
+            *data,
+        ]
     state, message = classify(run_process(cmd, job, log_path, cancel, on_start, fd), run_dir, log_path)
     if resuming:
         result["resumed_from"] = resumed_epoch(log_path, run_dir)
@@ -538,6 +595,7 @@ def execute_locked(job: dict[str, Any], work: Path, run_dir: Path, log_path: Pat
 # Where the runs go: the local pool and Ray
 # ---------------------------------------------------------------------------------------------------------
 
+
 def physical_cores() -> int:
     """Physical cores this process may use (hyper-threads counted once), from Linux's topology files."""
     try:
@@ -548,8 +606,9 @@ def physical_cores() -> int:
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add(((topology / "physical_package_id").read_text().strip(),
-                       (topology / "core_id").read_text().strip()))
+            cores.add(
+                ((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip())
+            )
         except OSError:
             return len(cpus)
     return len(cores) or len(cpus)
@@ -631,17 +690,21 @@ class RayPool:
             slots = min(slots, int(resources.get("GPU", 0) // gpus_per_run))
             if slots < 1:
                 ray.shutdown()
-                raise UsageError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has "
-                                 f"{resources.get('GPU', 0):g} GPUs")
+                raise UsageError(
+                    f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has {resources.get('GPU', 0):g} GPUs"
+                )
         self.slots = max(1, slots)
         # Ray's own retries cover a lost node or worker process (the retried task resumes from last.pt);
         # a killed training process comes back as an exit code and is retried by the driver.
-        self.remote = ray.remote(execute_run).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run,
-                                                      max_retries=retries, retry_exceptions=False)
+        self.remote = ray.remote(execute_run).options(
+            num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=retries, retry_exceptions=False
+        )
         self.refs: dict[Any, str] = {}
         where = "a private Ray instance" if self.own_instance else f"the Ray cluster at {address}"
-        self.description = f"{where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs), " \
-                           f"{self.slots} run{'s' * (self.slots != 1)} at a time"
+        self.description = (
+            f"{where} ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs), "
+            f"{self.slots} run{'s' * (self.slots != 1)} at a time"
+        )
 
     def has_room(self) -> bool:
         return len(self.refs) < self.slots
@@ -680,6 +743,7 @@ class RayPool:
 # Progress
 # ---------------------------------------------------------------------------------------------------------
 
+
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -703,8 +767,14 @@ class Progress:
         if is_terminal():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=finished, desc=f"sweep {name}", unit="run", dynamic_ncols=True,
-                            bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} finished{postfix}")
+            self.bar = tqdm(
+                total=total,
+                initial=finished,
+                desc=f"sweep {name}",
+                unit="run",
+                dynamic_ncols=True,
+                bar_format="{desc} |{bar}| {n_fmt}/{total_fmt} finished{postfix}",
+            )
 
     def show(self, finished: int, status: str) -> None:
         if self.bar is not None:
@@ -729,6 +799,7 @@ class Progress:
 # The driver
 # ---------------------------------------------------------------------------------------------------------
 
+
 class SweepInterrupted(CifarlabError):
     """Ctrl-C during a sweep: everything is saved and the sweep can be continued."""
 
@@ -742,7 +813,7 @@ class SweepLock:
         self.path = folder / ".sweep.lock"
         self.fd: int | None = None
 
-    def __enter__(self) -> "SweepLock":
+    def __enter__(self) -> SweepLock:
         if fcntl is not None:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -786,20 +857,30 @@ class Sweep:
                 differ = same_plan(before, run.config)
                 if differ:
                     k = differ[0]
-                    raise UsageError(f"{self.folder / SWEEP_FILE}: run {run.name} was planned with {k}="
-                                     f"{json.dumps(before.get(k))}, now {k}={json.dumps(run.config.get(k))}; "
-                                     "give this grid another --name")
+                    raise UsageError(
+                        f"{self.folder / SWEEP_FILE}: run {run.name} was planned with {k}="
+                        f"{json.dumps(before.get(k))}, now {k}={json.dumps(run.config.get(k))}; "
+                        "give this grid another --name"
+                    )
 
     def initial_entry(self, run: PlannedRun) -> dict[str, Any]:
-        entry: dict[str, Any] = {"name": run.name, "point": run.point, "state": "pending", "attempts": 0,
-                                 "seconds": None, "message": None, "headline": None, "config": run.config}
+        entry: dict[str, Any] = {
+            "name": run.name,
+            "point": run.point,
+            "state": "pending",
+            "attempts": 0,
+            "seconds": None,
+            "message": None,
+            "headline": None,
+            "config": run.config,
+        }
         if run.error:
             entry.update(state="failed", message=run.error)
             return entry
         state = folder_state(self.folder / run.name)
         if state == "done":
             entry.update(state="done", headline=headline(self.folder / run.name))
-            old = next((r for r in self.old.get("runs", []) if r["name"] == run.name), {})
+            old: dict[str, Any] = next((r for r in self.old.get("runs", []) if r["name"] == run.name), {})
             entry.update(seconds=old.get("seconds"), attempts=old.get("attempts", 0))
         elif state == "partial":
             entry["state"] = "interrupted"
@@ -811,21 +892,31 @@ class Sweep:
     def save(self) -> None:
         runs = [self.runs[r.name] for r in self.planned]
         runs += [r for r in self.old.get("runs", []) if r["name"] not in self.runs]  # earlier grids' runs
-        write_json(self.folder / SWEEP_FILE, {
-            "name": self.spec.name, "status": self.status, "started": self.started,
-            "continue_with": f"cifarlab sweep --resume {self.spec.folder}",
-            "updated": time.strftime("%Y-%m-%d %H:%M:%S"), "spec": self.spec.to_dict(),
-            "options": self.options.to_dict(),
-            "counts": {s: self.count(s) for s in ("done", "running", "pending", "interrupted", "failed")},
-            "groups": self.groups, "mlflow": self.mlflow or None, "runs": runs})
+        write_json(
+            self.folder / SWEEP_FILE,
+            {
+                "name": self.spec.name,
+                "status": self.status,
+                "started": self.started,
+                "continue_with": f"cifarlab sweep --resume {self.spec.folder}",
+                "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "spec": self.spec.to_dict(),
+                "options": self.options.to_dict(),
+                "counts": {s: self.count(s) for s in ("done", "running", "pending", "interrupted", "failed")},
+                "groups": self.groups,
+                "mlflow": self.mlflow or None,
+                "runs": runs,
+            },
+        )
 
 
 def resolve_options(options: SweepOptions) -> SweepOptions:
     """Fill in the defaults that depend on the machine: workers and threads."""
     cores = physical_cores()
     workers = options.workers or (cores if options.ray is None else max(1, int(cores // options.cpus_per_run)))
-    threads = options.threads or (max(1, cores // workers) if options.ray is None else
-                                  max(1, int(options.cpus_per_run)))
+    threads = options.threads or (
+        max(1, cores // workers) if options.ray is None else max(1, int(options.cpus_per_run))
+    )
     return dataclasses.replace(options, workers=workers, threads=threads)
 
 
@@ -846,23 +937,40 @@ def start_mlflow(sweep: Sweep) -> dict[str, str]:
         client.update_run(sweep.mlflow["run_id"], status="RUNNING")
     else:
         experiment = mlflow_experiment(client, uri, sweep.spec.name)
-        run = client.create_run(experiment, run_name=f"sweep {sweep.spec.name}",
-                                tags={"cifarlab.sweep": str(sweep.folder)})
+        run = client.create_run(
+            experiment, run_name=f"sweep {sweep.spec.name}", tags={"cifarlab.sweep": str(sweep.folder)}
+        )
         spec = sweep.spec.to_dict()
-        log_params(client, run.info.run_id, {"models": spec["models"], "recipes": spec["recipes"],
-                                             "seeds": spec["seeds"], **{f"grid.{k}": v for k, v in
-                                                                        spec["grid"].items()}})
+        log_params(
+            client,
+            run.info.run_id,
+            {
+                "models": spec["models"],
+                "recipes": spec["recipes"],
+                "seeds": spec["seeds"],
+                **{f"grid.{k}": v for k, v in spec["grid"].items()},
+            },
+        )
         sweep.mlflow = {"uri": uri, "run_id": run.info.run_id, "experiment": sweep.spec.name}
-    return {"CIFARLAB_MLFLOW_URI": uri, "CIFARLAB_MLFLOW_EXPERIMENT": sweep.spec.name,
-            "CIFARLAB_MLFLOW_PARENT_RUN": sweep.mlflow["run_id"]}
+    return {
+        "CIFARLAB_MLFLOW_URI": uri,
+        "CIFARLAB_MLFLOW_EXPERIMENT": sweep.spec.name,
+        "CIFARLAB_MLFLOW_PARENT_RUN": sweep.mlflow["run_id"],
+    }
 
 
 def make_job(sweep: Sweep, name: str, env: dict[str, str]) -> dict[str, Any]:
     """What a worker needs to train one run (picklable, so a Ray task can take it to any node)."""
     options = sweep.options
-    job: dict[str, Any] = {"name": name, "config": sweep.runs[name]["config"], "sweep_dir": str(sweep.folder),
-                           "threads": options.threads, "env": env, "gather": options.gather and bool(options.ray),
-                           "analysis": "none" if not options.report else ("full" if options.images else "numbers")}
+    job: dict[str, Any] = {
+        "name": name,
+        "config": sweep.runs[name]["config"],
+        "sweep_dir": str(sweep.folder),
+        "threads": options.threads,
+        "env": env,
+        "gather": options.gather and bool(options.ray),
+        "analysis": "none" if not options.report else ("full" if options.images else "numbers"),
+    }
     if job["gather"] and (sweep.folder / name).exists():
         job["blob"] = pack_folder(sweep.folder / name)  # a partial run goes to the node, to be resumed there
     return job
@@ -885,8 +993,9 @@ def eta(sweep: Sweep, slots: int, durations: list[float]) -> float | None:
 def status_text(sweep: Sweep, slots: int, durations: list[float]) -> str:
     """``2 running, 0 failed, ~4m10s left`` (the time is estimated once a run has finished)."""
     left = eta(sweep, slots, durations)
-    return (f"{sweep.count('running')} running, {sweep.count('failed')} failed, "
-            + ("time left: known after the first run" if left is None else f"~{fmt_seconds(left)} left"))
+    return f"{sweep.count('running')} running, {sweep.count('failed')} failed, " + (
+        "time left: known after the first run" if left is None else f"~{fmt_seconds(left)} left"
+    )
 
 
 def finished_line(run: dict[str, Any], attempts_note: str) -> str:
@@ -904,7 +1013,7 @@ def drive(sweep: Sweep, pool: Any, env: dict[str, str], progress: Progress) -> N
     """Hand out runs as workers free up, retry runs whose worker died, record every change in sweep.json."""
     options = sweep.options
     queue = deque(name for name, run in sweep.runs.items() if run["state"] in ("pending", "interrupted"))
-    slots = getattr(pool, "slots", options.workers)
+    slots: int = getattr(pool, "slots", options.workers or 1)
     durations: list[float] = []
     while queue or any(r["state"] == "running" for r in sweep.runs.values()):
         while queue and pool.has_room():
@@ -925,8 +1034,9 @@ def drive(sweep: Sweep, pool: Any, env: dict[str, str], progress: Progress) -> N
         progress.show(sweep.count("done", "failed"), status_text(sweep, slots, durations))
 
 
-def handle_result(sweep: Sweep, result: dict[str, Any], queue: deque, progress: Progress,
-                  durations: list[float]) -> None:
+def handle_result(
+    sweep: Sweep, result: dict[str, Any], queue: deque, progress: Progress, durations: list[float]
+) -> None:
     """Record how one run ended: done, failed, interrupted, or died (then queued again to be resumed)."""
     run = sweep.runs[result["name"]]
     if sweep.options.gather and "blob" in result:
@@ -939,8 +1049,10 @@ def handle_result(sweep: Sweep, result: dict[str, Any], queue: deque, progress: 
     if state == "died" and run["attempts"] <= sweep.options.retries:
         run["state"] = "pending"
         queue.appendleft(run["name"])
-        progress.line(f"retry   {run['name']}: {result.get('message')}; resuming it from its last checkpoint "
-                      f"(attempt {run['attempts'] + 1} of {sweep.options.retries + 1})")
+        progress.line(
+            f"retry   {run['name']}: {result.get('message')}; resuming it from its last checkpoint "
+            f"(attempt {run['attempts'] + 1} of {sweep.options.retries + 1})"
+        )
         return
     if state == "died":
         state, run["message"] = "failed", f"{result.get('message')}, {run['attempts']} times"
@@ -961,8 +1073,9 @@ def handle_result(sweep: Sweep, result: dict[str, Any], queue: deque, progress: 
 def stop_cleanly(sweep: Sweep, pool: Any, progress: Progress) -> None:
     """Ctrl-C: every running run saves its last whole epoch and stops; the states are recorded."""
     progress.line("stopping: each running run keeps its last whole epoch (Ctrl-C again is ignored) ...")
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is \
-        threading.main_thread() else None
+    previous = (
+        signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         pool.interrupt()
         deadline = time.monotonic() + INTERRUPT_WAIT + 10
@@ -982,6 +1095,7 @@ def stop_cleanly(sweep: Sweep, pool: Any, progress: Progress) -> None:
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (a scheduler or ``kill``) stops the sweep as cleanly as Ctrl-C does."""
+
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -1011,9 +1125,17 @@ def compare_and_report(sweep: Sweep, data_dir: str | None) -> str:
         report(done, out=sweep.folder / "report.html", data_dir=data_dir)  # writes comparison/ too
     else:
         write_comparison(comp, sweep.folder / "comparison")
-    sweep.groups = [{"label": g.label, "model": g.runs[0].config.get("model"), "n": g.n, "seeds": g.seeds,
-                     "runs": [r.name for r in g.runs],
-                     **{k: {"mean": m, "std": s} for k, (m, s) in g.stats.items()}} for g in comp.groups]
+    sweep.groups = [
+        {
+            "label": g.label,
+            "model": g.runs[0].config.get("model"),
+            "n": g.n,
+            "seeds": g.seeds,
+            "runs": [r.name for r in g.runs],
+            **{k: {"mean": m, "std": s} for k, (m, s) in g.stats.items()},
+        }
+        for g in comp.groups
+    ]
     return text
 
 
@@ -1056,9 +1178,12 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
         env = start_mlflow(sweep) if options.mlflow else {}
         total, skipped = len(planned), sweep.count("done")
         pool = make_pool(options)
-        print(f"sweep {spec.name}: {total} runs ({skipped} already done, {sweep.count('interrupted')} to resume, "
-              f"{sweep.count('failed')} failed before starting) on {pool.description}, {options.threads} "
-              f"thread{'s' * (options.threads != 1)} per run -> {folder}", flush=True)
+        print(
+            f"sweep {spec.name}: {total} runs ({skipped} already done, {sweep.count('interrupted')} to resume, "
+            f"{sweep.count('failed')} failed before starting) on {pool.description}, {options.threads} "
+            f"thread{'s' * (options.threads != 1)} per run -> {folder}",
+            flush=True,
+        )
         for run in sweep.runs.values():
             if run["state"] == "failed":
                 print(f"FAILED  {run['name']}: {run['message']}", flush=True)
@@ -1075,7 +1200,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
             raise SweepInterrupted(
                 f"sweep {spec.name} interrupted: {sweep.count('done')} done, {sweep.count('interrupted')} "
                 f"stopped part-way (they resume from their last epoch), {sweep.count('pending')} not started. "
-                f"Continue with: cifarlab sweep --resume {spec.folder}") from None
+                f"Continue with: cifarlab sweep --resume {spec.folder}"
+            ) from None
         progress.close()
         pool.close()
         failed = [r["name"] for r in sweep.runs.values() if r["state"] == "failed"]
@@ -1085,11 +1211,19 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
         if options.mlflow:
             finish_mlflow(sweep)
             sweep.save()
-    print("\n" + text + f"\nsweep written to {folder} (sweep.json, comparison.md"
-          + (", report.html" if options.report and sweep.groups else "") + ")", flush=True)
+    print(
+        "\n"
+        + text
+        + f"\nsweep written to {folder} (sweep.json, comparison.md"
+        + (", report.html" if options.report and sweep.groups else "")
+        + ")",
+        flush=True,
+    )
     if failed:
-        raise CifarlabError(f"sweep {spec.name}: {len(failed)} of {total} runs failed ({', '.join(failed)}); "
-                            f"their messages are in {folder / SWEEP_FILE}, their output in {folder / LOG_DIR}/")
+        raise CifarlabError(
+            f"sweep {spec.name}: {len(failed)} of {total} runs failed ({', '.join(failed)}); "
+            f"their messages are in {folder / SWEEP_FILE}, their output in {folder / LOG_DIR}/"
+        )
     return folder
 
 
@@ -1104,6 +1238,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 # The command line
 # ---------------------------------------------------------------------------------------------------------
 
+
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -1113,6 +1248,7 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     return parse
 
 
@@ -1139,21 +1275,41 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
             raise UsageError(f"--resume {args.resume}: no {SWEEP_FILE} there (is it a sweep folder?)")
         data = read_json(saved)
         spec_saved, options_saved = data.get("spec") or {}, data.get("options") or {}
-        base.update(name=spec_saved.get("name"), out=str(Path(args.resume).parent), models=spec_saved.get("models"),
-                    recipes=spec_saved.get("recipes"), seeds=spec_saved.get("seeds"),
-                    set=dict(spec_saved.get("grid") or {}))
+        base.update(
+            name=spec_saved.get("name"),
+            out=str(Path(args.resume).parent),
+            models=spec_saved.get("models"),
+            recipes=spec_saved.get("recipes"),
+            seeds=spec_saved.get("seeds"),
+            set=dict(spec_saved.get("grid") or {}),
+        )
         # the saved options (a Ray address included) hold, flags override; workers and threads fit this machine
         base.update({k: v for k, v in options_saved.items() if k in OPTION_KEYS - {"workers", "threads"}})
-        grid_flags = [f for f, v in (("--model", args.model), ("--recipe", args.recipe), ("--seeds", args.seeds),
-                                     ("--set", args.set), ("--name", args.name), ("a sweep file", args.file)) if v]
+        grid_flags = [
+            f
+            for f, v in (
+                ("--model", args.model),
+                ("--recipe", args.recipe),
+                ("--seeds", args.seeds),
+                ("--set", args.set),
+                ("--name", args.name),
+                ("a sweep file", args.file),
+            )
+            if v
+        ]
         if grid_flags:
             raise UsageError(f"--resume continues {args.resume} with its own grid; drop {', '.join(grid_flags)}")
     elif args.file:
         base.update(settings_from_file(args.file))
     grid = dict(base.get("set") or {})
     grid.update(parse_set(args.set or []))
-    for key, value in (("epochs", args.epochs), ("limit_train", args.limit_train),
-                       ("time_budget", args.time_budget), ("device", args.device), ("batch_size", args.batch_size)):
+    for key, value in (
+        ("epochs", args.epochs),
+        ("limit_train", args.limit_train),
+        ("time_budget", args.time_budget),
+        ("device", args.device),
+        ("batch_size", args.batch_size),
+    ):
         if value is not None:
             grid[key] = [value]
     name = args.name or base.get("name")
@@ -1161,22 +1317,34 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
         raise UsageError("give the sweep a --name (its folder is OUT/NAME), a sweep file, or --resume OUT/NAME")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UsageError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+    models: list[str | None] = [*comma_list(args.model)] if args.model else list(base.get("models") or [None])
     try:
         spec = SweepSpec(
-            name=name, out=args.out or base.get("out") or "runs",
-            models=comma_list(args.model) if args.model else list(base.get("models") or [None]),
+            name=name,
+            out=args.out or base.get("out") or "runs",
+            models=models,
             recipes=comma_list(args.recipe) if args.recipe else list(base.get("recipes") or ["seed"]),
-            grid=grid, seeds=parse_seeds(args.seeds) if args.seeds else list(base.get("seeds") or [0]))
+            grid=grid,
+            seeds=parse_seeds(args.seeds) if args.seeds else list(base.get("seeds") or [0]),
+        )
     except UsageError as exc:
         raise UsageError(f"{args.file}: {exc}" if args.file and not args.seeds else str(exc)) from None
     unknown_recipes = [r for r in spec.recipes if r not in RECIPES]
     if unknown_recipes:
         raise UsageError(f"unknown recipe {unknown_recipes[0]!r}; choose from: {', '.join(sorted(RECIPES))}")
     from_file = {k: base[k] for k in OPTION_KEYS if k in base}
-    flags = {"workers": args.workers, "threads": args.threads, "ray": args.ray, "cpus_per_run": args.cpus_per_run,
-             "gpus_per_run": args.gpus_per_run, "gather": args.ray_gather or None, "retries": args.retries,
-             "mlflow": args.mlflow, "report": False if args.no_report else None,
-             "images": True if args.analysis_images else None}
+    flags = {
+        "workers": args.workers,
+        "threads": args.threads,
+        "ray": args.ray,
+        "cpus_per_run": args.cpus_per_run,
+        "gpus_per_run": args.gpus_per_run,
+        "gather": args.ray_gather or None,
+        "retries": args.retries,
+        "mlflow": args.mlflow,
+        "report": False if args.no_report else None,
+        "images": True if args.analysis_images else None,
+    }
     values = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
     try:
         options = SweepOptions(**values)
@@ -1190,7 +1358,7 @@ def check_options(options: SweepOptions, source: str | None) -> None:
     """Options from a sweep file are checked as strictly as the flags."""
     where = f"{source}: " if source else ""
     if not (options.ray is None or isinstance(options.ray, str)):
-        raise UsageError(f"{where}ray must be an address, \"auto\" or \"local\" (got {options.ray!r})")
+        raise UsageError(f'{where}ray must be an address, "auto" or "local" (got {options.ray!r})')
     for key in ("workers", "threads"):
         value = getattr(options, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -1208,8 +1376,11 @@ def print_plan(spec: SweepSpec, planned: list[PlannedRun]) -> None:
     print(f"sweep {spec.name}: {len(planned)} runs -> {spec.folder}")
     for run in planned:
         state = folder_state(spec.folder / run.name)
-        note = f"  [bad config: {run.error.removeprefix('bad config: ')}]" if run.error else \
-            ("" if state == "missing" else f"  [{state}]")
+        note = (
+            f"  [bad config: {run.error.removeprefix('bad config: ')}]"
+            if run.error
+            else ("" if state == "missing" else f"  [{state}]")
+        )
         values = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in run.point.items())
         print(f"  {run.name}: {values}{note}")
 
@@ -1225,21 +1396,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_sweep_command(sub: argparse._SubParsersAction) -> None:
+def register_sweep(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab sweep`` to the command line."""
     p = sub.add_parser(
-        "sweep", help="a grid of runs (models x recipes x config values x seeds) on a local pool or Ray",
+        "sweep",
+        help="a grid of runs (models x recipes x config values x seeds) on a local pool or Ray",
         description="Train a grid of runs: every combination of --model, --recipe and --set values, times "
-                    "--seeds. Each run is an ordinary run folder OUT/NAME/RUN; OUT/NAME/sweep.json records the "
-                    "grid and each run's state and numbers. Running it again skips finished runs and resumes "
-                    "interrupted ones. Ends with compare and report over its runs (docs/sweep.md).")
+        "--seeds. Each run is an ordinary run folder OUT/NAME/RUN; OUT/NAME/sweep.json records the "
+        "grid and each run's state and numbers. Running it again skips finished runs and resumes "
+        "interrupted ones. Ends with compare and report over its runs (docs/sweep.md).",
+    )
     p.add_argument("file", nargs="?", metavar="SWEEP_FILE", help="a .toml or .yaml file holding the same settings")
     p.add_argument("--name", help="the sweep's name: its folder is OUT/NAME")
     p.add_argument("--resume", metavar="OUT/NAME", help="continue a stopped sweep with its saved grid")
     p.add_argument("--model", metavar="M1,M2", help="models (default: the recipe's)")
     p.add_argument("--recipe", metavar="R1,R2", help="recipes (default: seed)")
-    p.add_argument("--set", action="append", metavar="KEY=V1,V2",
-                   help="config key and its values (repeatable; one value sets it for every run)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="config key and its values (repeatable; one value sets it for every run)",
+    )
     p.add_argument("--seeds", metavar="0-4", help="seeds: 0-4, 0,1,5 or 0-2,7 (default 0)")
     p.add_argument("--epochs", type=positive(int), help="epochs of every run")
     p.add_argument("--batch-size", type=positive(int), help="batch size of every run")
@@ -1248,24 +1425,50 @@ def register_sweep_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $CIFARLAB_DATA_DIR, else ./data)")
     p.add_argument("--device", help="device of every run: auto (default), cpu, cuda, ...")
     p.add_argument("--out", help="parent folder of the sweep folder (default: runs)")
-    p.add_argument("--workers", type=positive(int), metavar="N",
-                   help="runs at a time on the local pool (default: one per physical core)")
-    p.add_argument("--threads", type=positive(int), metavar="N",
-                   help="torch threads per run (default: physical cores / workers; with Ray: --cpus-per-run)")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run on Ray: alone, a private Ray instance on this machine; ADDRESS (host:port, auto, "
-                        "ray://host:10001) a cluster (needs cifarlab[ray])")
+    p.add_argument(
+        "--workers",
+        type=positive(int),
+        metavar="N",
+        help="runs at a time on the local pool (default: one per physical core)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive(int),
+        metavar="N",
+        help="torch threads per run (default: physical cores / workers; with Ray: --cpus-per-run)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on Ray: alone, a private Ray instance on this machine; ADDRESS (host:port, auto, "
+        "ray://host:10001) a cluster (needs cifarlab[ray])",
+    )
     p.add_argument("--cpus-per-run", type=positive(float), metavar="N", help="Ray: CPUs each run asks for (1)")
     p.add_argument("--gpus-per-run", type=positive(float), metavar="N", help="Ray: GPUs each run asks for (0)")
-    p.add_argument("--ray-gather", action="store_true",
-                   help="Ray without shared storage: train on each node's disk, send run folders to the driver")
-    p.add_argument("--retries", type=non_negative_int, metavar="N",
-                   help="times a run whose worker died is resumed (default 2)")
-    p.add_argument("--mlflow", metavar="URI", help="also log to this MLflow tracking store, e.g. "
-                                                   "sqlite:///mlflow.db (needs cifarlab[mlflow])")
-    p.add_argument("--no-report", action="store_true", help="skip each run's analysis and the final report.html "
-                                                            "(comparison.md is still written)")
-    p.add_argument("--analysis-images", action="store_true",
-                   help="each run's analysis also draws galleries and Grad-CAM (slow on a CPU)")
+    p.add_argument(
+        "--ray-gather",
+        action="store_true",
+        help="Ray without shared storage: train on each node's disk, send run folders to the driver",
+    )
+    p.add_argument(
+        "--retries", type=non_negative_int, metavar="N", help="times a run whose worker died is resumed (default 2)"
+    )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="also log to this MLflow tracking store, e.g. sqlite:///mlflow.db (needs cifarlab[mlflow])",
+    )
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip each run's analysis and the final report.html (comparison.md is still written)",
+    )
+    p.add_argument(
+        "--analysis-images",
+        action="store_true",
+        help="each run's analysis also draws galleries and Grad-CAM (slow on a CPU)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the runs of the grid and stop")
     p.set_defaults(func=cmd_sweep)

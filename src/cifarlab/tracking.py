@@ -42,8 +42,13 @@ TRACKING_FILE = "tracking.json"
 MISCLASSIFIED_SHOWN = 16
 # metrics.csv column -> TensorBoard tag (the part before "/" is the chart group)
 SCALAR_TAGS = {
-    "train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "top1/train", "val_top1": "top1/val",
-    "val_top3": "top3/val", "lr": "lr", "images_per_second": "speed/images_per_second",
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_top1": "top1/train",
+    "val_top1": "top1/val",
+    "val_top3": "top3/val",
+    "lr": "lr",
+    "images_per_second": "speed/images_per_second",
     "epoch_seconds": "speed/epoch_seconds",
 }
 TEST_KEYS = ("top1", "top3", "loss")
@@ -73,13 +78,13 @@ def mlflow_available() -> bool:
 def require_mlflow() -> None:
     """A usage error that says how to install MLflow, when it is missing."""
     if not mlflow_available():
-        raise UsageError("MLflow tracking was asked for, but MLflow is not installed: "
-                         "pip install 'cifarlab[mlflow]'")
+        raise UsageError("MLflow tracking was asked for, but MLflow is not installed: pip install 'cifarlab[mlflow]'")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Figures for the end of a run
 # ---------------------------------------------------------------------------------------------------------
+
 
 def rgb_array(fig: Any) -> np.ndarray:
     """Render a matplotlib figure to an (H, W, 3) uint8 array."""
@@ -102,8 +107,15 @@ def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.nd
     ax.set_title(title)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=7,
-                    color="white" if shares[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                str(int(counts[i, j])),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.6 else "black",
+            )
     return rgb_array(fig)
 
 
@@ -137,6 +149,7 @@ def official_test_images(config: dict[str, Any], data: Any) -> np.ndarray | None
 # ---------------------------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------------------------
+
 
 def quiet_mlflow() -> None:
     """MLflow logs its database migrations and run links at INFO level; keep the run's output readable."""
@@ -203,7 +216,7 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
 
     items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=items[start:start + 100])
+        client.log_batch(run_id, params=items[start : start + 100])
 
 
 class MlflowRun:
@@ -225,8 +238,7 @@ class MlflowRun:
         parent = os.environ.get("CIFARLAB_MLFLOW_PARENT_RUN")
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(mlflow_experiment(self.client, uri, experiment), run_name=run_dir.name,
-                                     tags=tags)
+        run = self.client.create_run(mlflow_experiment(self.client, uri, experiment), run_name=run_dir.name, tags=tags)
         self.run_id = run.info.run_id
         log_params(self.client, self.run_id, config)
         write_json(run_dir / TRACKING_FILE, {"mlflow_uri": uri, "mlflow_run_id": self.run_id})
@@ -254,6 +266,7 @@ class MlflowRun:
 # ---------------------------------------------------------------------------------------------------------
 # The tracker
 # ---------------------------------------------------------------------------------------------------------
+
 
 class Tracker:
     """Writes one run's TensorBoard events and (optionally) its MLflow run. Tracking never stops training:
@@ -286,8 +299,9 @@ class Tracker:
         try:
             action()
         except Exception as exc:  # noqa: BLE001 - a tracking failure must not lose a training run
-            print(f"cifarlab: warning: {what} logging stopped ({type(exc).__name__}: {exc}); training goes on",
-                  flush=True)
+            print(
+                f"cifarlab: warning: {what} logging stopped ({type(exc).__name__}: {exc}); training goes on", flush=True
+            )
             if what == "TensorBoard":
                 self.tensorboard = False
             else:
@@ -297,12 +311,14 @@ class Tracker:
         """Log one epoch's metrics row (the keys of metrics.csv); events are flushed so a kill loses none."""
         step = int(row["epoch"])
         if self.tensorboard:
+
             def write() -> None:
                 writer = self._writer(step)
                 for key, tag in SCALAR_TAGS.items():
                     if key in row:
                         writer.add_scalar(tag, float(row[key]), step)
                 writer.flush()
+
             self._guard("TensorBoard", write)
         if self.mlflow is not None:
             self._guard("MLflow", lambda: self.mlflow.epoch(row))
@@ -346,8 +362,9 @@ class Tracker:
         if images is not None and len(wrong) and index.max() < len(images):
             picked = np.random.default_rng(int(self.config.get("seed", 0))).permutation(wrong)[:MISCLASSIFIED_SHOWN]
             picked.sort()
-            figures["misclassified"] = misclassified_image(images[index[picked]], [classes[y_true[k]] for k in picked],
-                                                           [classes[y_pred[k]] for k in picked])
+            figures["misclassified"] = misclassified_image(
+                images[index[picked]], [classes[y_true[k]] for k in picked], [classes[y_pred[k]] for k in picked]
+            )
         return figures
 
     def _tensorboard_finish(self, test: dict[str, float], step: int, figures: dict[str, np.ndarray]) -> None:
@@ -358,8 +375,11 @@ class Tracker:
             writer.add_scalar(f"test/{key}", value, step)
         for name, image in figures.items():
             writer.add_image(name, image, step, dataformats="HWC")
-        params = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                  for k, v in self.config.items() if k not in HPARAM_SKIP}
+        params = {
+            k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+            for k, v in self.config.items()
+            if k not in HPARAM_SKIP
+        }
         exp, ssi, sei = hparams(params, {f"hparam/test_{k}": v for k, v in test.items()})
         for summary in (exp, ssi, sei):
             writer.file_writer.add_summary(summary, step)
@@ -392,8 +412,9 @@ class NullTracker:
         pass
 
 
-def open_tracker(run_dir: str | Path, config: Any, mlflow_uri: str | None = None,
-                 enabled: bool = True) -> Tracker | NullTracker:
+def open_tracker(
+    run_dir: str | Path, config: Any, mlflow_uri: str | None = None, enabled: bool = True
+) -> Tracker | NullTracker:
     """The tracker for one run (see the module docstring for the environment variables that steer it).
 
     ``mlflow_uri`` (default ``$CIFARLAB_MLFLOW_URI``) also logs to MLflow; ``enabled=False`` (every process but
@@ -402,8 +423,10 @@ def open_tracker(run_dir: str | Path, config: Any, mlflow_uri: str | None = None
         return NullTracker()
     asked = env_flag("CIFARLAB_TENSORBOARD")
     if asked and not tensorboard_available():
-        raise UsageError("CIFARLAB_TENSORBOARD=1 asks for TensorBoard event files, but TensorBoard is not "
-                         "installed: pip install 'cifarlab[tensorboard]'")
+        raise UsageError(
+            "CIFARLAB_TENSORBOARD=1 asks for TensorBoard event files, but TensorBoard is not "
+            "installed: pip install 'cifarlab[tensorboard]'"
+        )
     tensorboard = asked if asked is not None else tensorboard_available()
     mlflow_uri = mlflow_uri or os.environ.get("CIFARLAB_MLFLOW_URI") or None
     if not tensorboard and not mlflow_uri:

@@ -13,9 +13,10 @@ import itertools
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,13 +33,19 @@ from cifarlab.device import autocast, pick_device, place_model
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
-from cifarlab.metrics import write_test_results
 from cifarlab.interrupts import StopSignals, exit_code
+from cifarlab.metrics import write_test_results
 from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
 from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_schedule, steps_per_epoch
 from cifarlab.progress import log, progress
-from cifarlab.runfiles import (RunLock, check_writable, new_run_dir, remove_stale_temp_files, write_json,
-                               write_metrics_csv)
+from cifarlab.runfiles import (
+    RunLock,
+    check_writable,
+    new_run_dir,
+    remove_stale_temp_files,
+    write_json,
+    write_metrics_csv,
+)
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 
 Clock = Callable[[], float]
@@ -102,8 +109,13 @@ class Run:
         return self.averager.scored(model) if self.averager is not None else model
 
 
-def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path | None = None,
-          on_epoch: Callable[[int, nn.Module], None] | None = None, clock: Clock = time.perf_counter) -> Path:
+def train(
+    config: TrainConfig,
+    data: Cifar10 | None = None,
+    resume: str | Path | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    clock: Clock = time.perf_counter,
+) -> Path:
     """Train one model as ``config`` says, test its chosen checkpoint once, and return the run folder.
 
     ``resume`` continues an interrupted run from its last.pt. ``on_epoch(epoch, model)``, if given, is called
@@ -121,6 +133,7 @@ def train(config: TrainConfig, data: Cifar10 | None = None, resume: str | Path |
 
 
 # --- the loop ------------------------------------------------------------------------------------------------
+
 
 def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = None) -> None:
     """Train epoch by epoch to the planned length; after each epoch validate, then write the checkpoints."""
@@ -148,7 +161,9 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
         distributed.teardown(run.dist)
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch}: {run.folder}/last.pt holds epoch {run.saved_epoch}, the last completed "
-            f"one. Resume with: cifarlab train --resume {run.folder}", exit_code(exc)) from None
+            f"one. Resume with: cifarlab train --resume {run.folder}",
+            exit_code(exc),
+        ) from None
 
 
 def train_one_epoch(run: Run, epoch: int) -> list[float]:
@@ -157,8 +172,9 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     taken = (epoch - 1) * length.steps_per_epoch  # optimiser steps before this epoch
-    batches = progress(run.train_batches, length.steps_per_epoch, f"epoch {epoch}/{length.epochs}",
-                       enabled=run.dist.is_main)
+    batches = progress(
+        run.train_batches, length.steps_per_epoch, f"epoch {epoch}/{length.epochs}", enabled=run.dist.is_main
+    )
     for i, (x, y) in enumerate(batches):
         if i == length.steps_per_epoch or taken + i >= length.total_steps:
             break  # a lone last image (see optim.steps_per_epoch), or a run's end part-way into an epoch
@@ -173,15 +189,21 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
         if run.pacer is not None:
             run.pacer.step()
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     if not per_batch_schedule(config):
         run.scheduler.step()
     return distributed.all_reduce_sum([loss_sum, correct, seen], run.device, run.dist)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               label_smoothing: float = 0.0, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    label_smoothing: float = 0.0,
+    bf16: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch: forward pass, loss, backward pass, update. Returns the loss and the logits.
 
     A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched."""
@@ -198,18 +220,37 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 def stopped(run: Run, what: str) -> NonFiniteLoss:
     """The error that ends a run whose loss stopped being a number; last.pt still holds the last good epoch."""
-    return NonFiniteLoss(f"training stopped: {what}. The last good checkpoint, last.pt (epoch {run.saved_epoch}), "
-                         "is intact; try a lower --lr.")
+    return NonFiniteLoss(
+        f"training stopped: {what}. The last good checkpoint, last.pt (epoch {run.saved_epoch}), "
+        "is intact; try a lower --lr."
+    )
 
 
-def record_epoch(run: Run, epoch: int, train_sums: list[float], val: dict[str, float], lr: float,
-                 epoch_seconds: float, train_seconds: float) -> bool:
+def record_epoch(
+    run: Run,
+    epoch: int,
+    train_sums: list[float],
+    val: dict[str, float],
+    lr: float,
+    epoch_seconds: float,
+    train_seconds: float,
+) -> bool:
     """Add the epoch's row to the history; True when its validation top-1 is the best so far."""
     loss_sum, correct, seen = train_sums
     run.train_seconds += epoch_seconds
-    run.history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_top1": correct / seen,
-                        "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"], "lr": lr,
-                        "epoch_seconds": epoch_seconds, "images_per_second": seen / train_seconds})
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "train_top1": correct / seen,
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top3": val["top3"],
+            "lr": lr,
+            "epoch_seconds": epoch_seconds,
+            "images_per_second": seen / train_seconds,
+        }
+    )
     improved = val["top1"] > run.best_top1
     run.best_top1 = max(run.best_top1, val["top1"])
     return improved
@@ -217,13 +258,17 @@ def record_epoch(run: Run, epoch: int, train_sums: list[float], val: dict[str, f
 
 def log_epoch(run: Run, improved: bool) -> None:
     row = run.history[-1]
-    log(f"epoch {row['epoch']:3d}/{run.length.epochs}  train loss {row['train_loss']:.4f} top-1 "
+    log(
+        f"epoch {row['epoch']:3d}/{run.length.epochs}  train loss {row['train_loss']:.4f} top-1 "
         f"{100 * row['train_top1']:5.2f}%  |  val loss {row['val_loss']:.4f} top-1 {100 * row['val_top1']:5.2f}% "
         f"top-3 {100 * row['val_top3']:5.2f}%  |  lr {row['lr']:.2e}  {row['epoch_seconds']:6.1f}s  "
-        f"{row['images_per_second']:7.0f} img/s" + ("  *best" if improved else ""), run.dist.is_main)
+        f"{row['images_per_second']:7.0f} img/s" + ("  *best" if improved else ""),
+        run.dist.is_main,
+    )
 
 
 # --- the checkpoint ---------------------------------------------------------------------------------------------
+
 
 def save_epoch(run: Run, epoch: int, improved: bool) -> None:
     """best.pt (if improved), last.pt and metrics.csv, written by the main process. Each write is atomic, so on a
@@ -236,9 +281,11 @@ def save_epoch(run: Run, epoch: int, improved: bool) -> None:
             save_checkpoint(state, run.folder / "last.pt")
             write_metrics_csv(run.folder / "metrics.csv", run.history)
         except CifarlabError as exc:
-            raise CifarlabError(f"{exc}. Training stopped in epoch {epoch}; every file written before is intact. "
-                                "Free some space or make the folder writable, then resume with: "
-                                f"cifarlab train --resume {run.folder}") from None
+            raise CifarlabError(
+                f"{exc}. Training stopped in epoch {epoch}; every file written before is intact. "
+                "Free some space or make the folder writable, then resume with: "
+                f"cifarlab train --resume {run.folder}"
+            ) from None
     run.saved_epoch = epoch
 
 
@@ -246,12 +293,23 @@ def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
     """Everything needed to resume the run after ``epoch``, or to use its model (keys: checkpoint.py)."""
     model = unwrap(run.model)
     extra = {} if run.averager is None else {"averager": run.averager.state_dict(), "train_model": model.state_dict()}
-    return {"model": run.scored().state_dict(), "model_name": run.config.model,
-            "model_kwargs": model_kwargs(run.config), **extra, "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "epoch": epoch, "config": config_as_run(run).to_dict(),
-            "mean": run.prep.mean, "std": run.prep.std, "classes": list(run.data.classes),
-            "rng": rng_state(run.train_batches), "best_val_top1": run.best_top1, "history": run.history,
-            "train_seconds": run.train_seconds}
+    return {
+        "model": run.scored().state_dict(),
+        "model_name": run.config.model,
+        "model_kwargs": model_kwargs(run.config),
+        **extra,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,
+        "config": config_as_run(run).to_dict(),
+        "mean": run.prep.mean,
+        "std": run.prep.std,
+        "classes": list(run.data.classes),
+        "rng": rng_state(run.train_batches),
+        "best_val_top1": run.best_top1,
+        "history": run.history,
+        "train_seconds": run.train_seconds,
+    }
 
 
 def config_as_run(run: Run) -> TrainConfig:
@@ -276,8 +334,10 @@ def set_rng_state(state: dict[str, torch.Tensor], batches: Batches) -> None:
 
 # --- setup -------------------------------------------------------------------------------------------------------
 
-def build_run(config: TrainConfig, data: Cifar10 | None, resume: str | Path | None, clock: Clock,
-              cleanup: contextlib.ExitStack) -> Run:
+
+def build_run(
+    config: TrainConfig, data: Cifar10 | None, resume: str | Path | None, clock: Clock, cleanup: contextlib.ExitStack
+) -> Run:
     """Everything a run needs before its first epoch, in the order that fixes its random numbers: processes and
     device, the data and its split, the time-budget plan, model, batches, optimiser, schedule, weight averaging,
     then the run folder (a new one, or the resumed one with every state restored from last.pt)."""
@@ -286,8 +346,10 @@ def build_run(config: TrainConfig, data: Cifar10 | None, resume: str | Path | No
     if resume is not None and dist.is_main:
         claim_folder(Path(resume), cleanup)
     if resume is None and config.name and (Path(config.out) / config.name).exists():
-        raise UsageError(f"run folder {Path(config.out) / config.name} already exists; choose another --name "
-                         "(runs are never overwritten)")
+        raise UsageError(
+            f"run folder {Path(config.out) / config.name} already exists; choose another --name "
+            "(runs are never overwritten)"
+        )
     torch.manual_seed(config.seed)
     t_load = time.perf_counter()
     data = data if data is not None else load_cifar10(config.data_dir)
@@ -311,15 +373,38 @@ def build_run(config: TrainConfig, data: Cifar10 | None, resume: str | Path | No
         folder, config = create_folder(config, prep, dist, cleanup)
     else:
         folder = Path(resume)
-    run = Run(config, data, prep, device, dist, folder, model, optimizer, scheduler, length, train_batches,
-              val_batches, averager, pacer, plan, params, macs, load_seconds, budget_start, clock)
+    run = Run(
+        config,
+        data,
+        prep,
+        device,
+        dist,
+        folder,
+        model,
+        optimizer,
+        scheduler,
+        length,
+        train_batches,
+        val_batches,
+        averager,
+        pacer,
+        plan,
+        params,
+        macs,
+        load_seconds,
+        budget_start,
+        clock,
+    )
     if resume is not None:
         restore(run, load_checkpoint(folder, "last.pt"))
     elif dist.is_main:
         save_checkpoint(checkpoint_state(run, 0), folder / "last.pt")  # so even an early Ctrl-C can be resumed
-    log(f"run {folder}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
+    log(
+        f"run {folder}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
         f"{len(prep.train_idx)} train / {len(prep.val_idx)} val images, device {device}"
-        + (f" x {dist.world_size} processes" if dist.enabled else ""), dist.is_main)
+        + (f" x {dist.world_size} processes" if dist.enabled else ""),
+        dist.is_main,
+    )
     return run
 
 
@@ -352,21 +437,49 @@ def prepare_data(data: Cifar10, config: TrainConfig) -> Prepared:
 def probe_batches(data: Cifar10, prep: Prepared, config: TrainConfig, device: torch.device) -> Batches:
     """The training stream the time-budget planner times its probes on: the run's own images and augmentation,
     shuffled with a seed of its own so that probing leaves the run's batch order untouched."""
-    return Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx], config.batch_size,
-                   torch.tensor(prep.mean), torch.tensor(prep.std), shuffle=True, augment=config.augment,
-                   crop_padding=config.crop_padding, seed=config.seed + 1, device=device)
+    return Batches(
+        data.train_images[prep.train_idx],
+        data.train_labels[prep.train_idx],
+        config.batch_size,
+        torch.tensor(prep.mean),
+        torch.tensor(prep.std),
+        shuffle=True,
+        augment=config.augment,
+        crop_padding=config.crop_padding,
+        seed=config.seed + 1,
+        device=device,
+    )
 
 
-def plan_run(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device,
-             dist: distributed.DistInfo, started: float, clock: Clock) -> tuple[BudgetPlan, TrainConfig]:
+def plan_run(
+    config: TrainConfig,
+    data: Cifar10,
+    prep: Prepared,
+    device: torch.device,
+    dist: distributed.DistInfo,
+    started: float,
+    clock: Clock,
+) -> tuple[BudgetPlan, TrainConfig]:
     """Time a few steps, fit the whole schedule (and width) into the budget (budget.py); the planned config."""
     if dist.enabled:
         raise UsageError("--time-budget plans for one process; run it without torchrun")
-    plan = plan_budget(config, probe_batches(data, prep, config, device), len(prep.val_idx), len(data.test_labels),
-                       len(data.classes), device, started, train_step, clock)
-    log(f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
+    plan = plan_budget(
+        config,
+        probe_batches(data, prep, config, device),
+        len(prep.val_idx),
+        len(data.test_labels),
+        len(data.classes),
+        device,
+        started,
+        train_step,
+        clock,
+    )
+    log(
+        f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
         f"({plan.train_steps / plan.steps_per_epoch:.2f} epochs) at {plan.step_seconds:.3f}s/step"
-        + (f", width {plan.width}" if plan.width else "") + f", planned total {plan.predicted_seconds:.0f}s")
+        + (f", width {plan.width}" if plan.width else "")
+        + f", planned total {plan.predicted_seconds:.0f}s"
+    )
     return plan, apply_plan(config, plan)
 
 
@@ -380,17 +493,29 @@ def make_model(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch
     return place_model(model, device, config.channels_last), params, macs
 
 
-def make_batches(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device,
-                 dist: distributed.DistInfo) -> tuple[Batches, Batches]:
+def make_batches(
+    config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device, dist: distributed.DistInfo
+) -> tuple[Batches, Batches]:
     """This process's shard of the shuffled, augmented training split, and its slice of the validation split."""
     mean, std = torch.tensor(prep.mean), torch.tensor(prep.std)
-    train = Batches(data.train_images[prep.train_idx], data.train_labels[prep.train_idx],
-                    config.batch_size // dist.world_size, mean, std, shuffle=True, augment=config.augment,
-                    crop_padding=config.crop_padding, seed=config.seed, device=device, rank=dist.rank,
-                    world_size=dist.world_size)
-    val_shard = prep.val_idx[dist.rank::dist.world_size]  # every validation image scored once, none dropped
-    val = Batches(data.train_images[val_shard], data.train_labels[val_shard], config.eval_batch_size, mean, std,
-                  device=device)
+    train = Batches(
+        data.train_images[prep.train_idx],
+        data.train_labels[prep.train_idx],
+        config.batch_size // dist.world_size,
+        mean,
+        std,
+        shuffle=True,
+        augment=config.augment,
+        crop_padding=config.crop_padding,
+        seed=config.seed,
+        device=device,
+        rank=dist.rank,
+        world_size=dist.world_size,
+    )
+    val_shard = prep.val_idx[dist.rank :: dist.world_size]  # every validation image scored once, none dropped
+    val = Batches(
+        data.train_images[val_shard], data.train_labels[val_shard], config.eval_batch_size, mean, std, device=device
+    )
     return train, val
 
 
@@ -399,12 +524,14 @@ def wrap_model(model: nn.Module, config: TrainConfig, device: torch.device, dist
     if dist.enabled:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
-        model = torch.compile(model)
+        # for a module torch.compile returns an OptimizedModule (an nn.Module); its annotation only says Callable
+        model = torch.compile(model)  # type: ignore[assignment]
     return model
 
 
-def create_folder(config: TrainConfig, prep: Prepared, dist: distributed.DistInfo,
-                  cleanup: contextlib.ExitStack) -> tuple[Path, TrainConfig]:
+def create_folder(
+    config: TrainConfig, prep: Prepared, dist: distributed.DistInfo, cleanup: contextlib.ExitStack
+) -> tuple[Path, TrainConfig]:
     """A new run folder (made and locked by the main process) with config.json, split.json, normalization.json;
     returns it with the config named after it."""
     folder = None
@@ -413,8 +540,9 @@ def create_folder(config: TrainConfig, prep: Prepared, dist: distributed.DistInf
         cleanup.enter_context(RunLock(folder))
         named = replace(config, name=folder.name)
         write_json(folder / "config.json", named.to_dict())
-        write_json(folder / "split.json", {"seed": config.seed, "train": prep.train_idx.tolist(),
-                                           "val": prep.val_idx.tolist()})
+        write_json(
+            folder / "split.json", {"seed": config.seed, "train": prep.train_idx.tolist(), "val": prep.val_idx.tolist()}
+        )
         write_json(folder / "normalization.json", {"mean": prep.mean, "std": prep.std, "computed_on": "train"})
     folder = Path(distributed.broadcast_object(str(folder), dist))  # every process writes nothing, but logs it
     return folder, replace(config, name=folder.name)
@@ -438,6 +566,7 @@ def restore(run: Run, state: dict[str, Any]) -> None:
 
 # --- the test ----------------------------------------------------------------------------------------------------
 
+
 def finish(run: Run) -> None:
     """Score best.pt (or last.pt, per ``test_checkpoint``) on the test set, once, and write run.json.
 
@@ -450,36 +579,68 @@ def finish(run: Run) -> None:
         probs, y, index = evaluate_checkpoint(state, run.data, "test", run.device, run.config.eval_batch_size)
         test_seconds = time.perf_counter() - t0
         seconds_used = run.clock() - run.budget_start
-        metrics = write_test_results(run.folder, "test", probs, y, index, list(run.data.classes),
-                                     {"checkpoint": tested, "epoch": state["epoch"], "tta": run.config.tta})
+        metrics = write_test_results(
+            run.folder,
+            "test",
+            probs,
+            y,
+            index,
+            list(run.data.classes),
+            {"checkpoint": tested, "epoch": state["epoch"], "tta": run.config.tta},
+        )
         write_json(run.folder / "run.json", run_summary(run, metrics, tested, test_seconds, seconds_used))
         run.tracker.finish(run.folder, run.data)
-        log(f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
-            f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run.folder}/test_metrics.json")
+        log(
+            f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
+            f"top-3 {100 * metrics['top3']:.2f}%  loss {metrics['loss']:.4f}  ->  {run.folder}/test_metrics.json"
+        )
     distributed.barrier(run.dist)
     distributed.teardown(run.dist)
 
 
-def run_summary(run: Run, metrics: dict[str, Any], tested: str, test_seconds: float,
-                seconds_used: float) -> dict[str, Any]:
+def run_summary(
+    run: Run, metrics: dict[str, Any], tested: str, test_seconds: float, seconds_used: float
+) -> dict[str, Any]:
     """run.json: what was trained, how long it took, how it scored, on what machine."""
     config, history = config_as_run(run), run.history
     best = max(history, key=lambda r: r["val_top1"])
     return {
-        "name": run.folder.name, "model": config.model, "recipe": config.recipe, "seed": config.seed,
-        "params": run.params, "macs": run.macs, "epochs": config.epochs, "train_images": len(run.prep.train_idx),
-        "train_seconds": run.train_seconds, "test_seconds": test_seconds, "data_load_seconds": run.load_seconds,
+        "name": run.folder.name,
+        "model": config.model,
+        "recipe": config.recipe,
+        "seed": config.seed,
+        "params": run.params,
+        "macs": run.macs,
+        "epochs": config.epochs,
+        "train_images": len(run.prep.train_idx),
+        "train_seconds": run.train_seconds,
+        "test_seconds": test_seconds,
+        "data_load_seconds": run.load_seconds,
         "images_per_second": float(np.median([r["images_per_second"] for r in history])),
-        "best_epoch": best["epoch"], "best_val_top1": best["val_top1"], "train_top1_at_best": best["train_top1"],
-        "train_val_gap": best["train_top1"] - best["val_top1"], "test_top1": metrics["top1"],
-        "test_top3": metrics["top3"], "test_loss": metrics["loss"], "device": str(run.device), **environment(),
-        "test_checkpoint": tested, "tta": config.tta, "train_steps": config.train_steps,
-        "time_budget": config.time_budget, "seconds_used": seconds_used,
+        "best_epoch": best["epoch"],
+        "best_val_top1": best["val_top1"],
+        "train_top1_at_best": best["train_top1"],
+        "train_val_gap": best["train_top1"] - best["val_top1"],
+        "test_top1": metrics["top1"],
+        "test_top3": metrics["top3"],
+        "test_loss": metrics["loss"],
+        "device": str(run.device),
+        **environment(),
+        "test_checkpoint": tested,
+        "tta": config.tta,
+        "train_steps": config.train_steps,
+        "time_budget": config.time_budget,
+        "seconds_used": seconds_used,
         "budget_plan": None if run.plan is None else run.plan.record(run.length),
     }
 
 
 def environment() -> dict[str, Any]:
     """Hardware and versions, for the record (reports show it in their setup section)."""
-    return {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+    }
