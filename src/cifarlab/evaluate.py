@@ -8,7 +8,7 @@ from typing import Any
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.data import load_cifar10, resolve_data_dir
 from cifarlab.device import pick_device
-from cifarlab.errors import UsageError
+from cifarlab.errors import CheckpointError, UsageError
 from cifarlab.infer import evaluate_checkpoint
 from cifarlab.metrics import write_test_results
 
@@ -32,6 +32,11 @@ def evaluate(
     out_dir = Path(out) if out else Path(state["path"]).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_cifar10(data_dir)
+    if list(state["classes"]) != list(data.classes):
+        raise CheckpointError(
+            f"{state['path']} was trained on classes {', '.join(state['classes'])}, "
+            f"not on the {len(data.classes)} classes of the data in {resolve_data_dir(data_dir)}"
+        )
     probs, y, index = evaluate_checkpoint(state, data, split, pick_device(device))
     checkpoint = Path(state["path"]).name
     return write_test_results(
