@@ -108,7 +108,8 @@ def main() -> int:
     run([*cli, "--model", "mycnn", "--epochs", "2", "--name", "seed"], env)
     run([*cli, "--recipe", "fast", "--epochs", "3", "--name", "fast"], env)
     run([sys.executable, "-c", STOP_AFTER_EPOCH_1, args.data_dir, str(out), "resumed"], env)
-    run([sys.executable, "-m", "cifarlab", "train", "--resume", str(out / "resumed"), "--no-analysis"], env)
+    resume = [sys.executable, "-m", "cifarlab", "train", "--resume", str(out / "resumed"), "--no-analysis"]
+    run([*resume, "--data-dir", args.data_dir], env)
 
     print(f"torch {torch.__version__}, OMP_NUM_THREADS={args.threads}")
     for name in ("seed", "fast", "resumed"):
