@@ -238,6 +238,21 @@ def test_a_file_where_the_batch_folder_should_be_is_refused(tmp_path):
         load_cifar10(tmp_path)  # downloads allowed: still refused, nothing fetched
 
 
+def test_an_absent_folder_without_downloads_says_where_it_looked(tmp_path):
+    message = f"CIFAR-10 not found: no {BATCH_DIR}/ folder in {(tmp_path / 'nowhere').resolve()}"
+    assert refusal_of(tmp_path / "nowhere") == message
+
+
+def test_an_incomplete_folder_is_replaced_naming_the_first_missing_file(small_cifar, tmp_path, monkeypatch, capsys):
+    serve(monkeypatch, archive_of(small_cifar / BATCH_DIR, tmp_path / "a.tar.gz"))
+    root = tmp_path / "root"
+    (root / BATCH_DIR).mkdir(parents=True)
+    shutil.copy(small_cifar / BATCH_DIR / "data_batch_1", root / BATCH_DIR)
+    assert len(load_cifar10(root).train_labels) == 50
+    expected = f"{root / BATCH_DIR} is incomplete (no data_batch_2; an interrupted download?): replacing it"
+    assert expected in capsys.readouterr().out
+
+
 def test_a_complete_folder_is_read_without_downloading(fake_cifar, monkeypatch):
     def no_fetch(url, dest):
         raise AssertionError("a complete folder must not be downloaded again")
@@ -511,6 +526,7 @@ def test_augmentation_keeps_every_tensor_on_the_images_device():
     images = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
     for augment in ("crop-flip", "translate-altflip"):
         batches = identity_batches(images, 4, shuffle=True, augment=augment, device="meta")
+        assert batches.mean.device.type == batches.std.device.type == "meta"  # normalised where the images are
         for x, y in batches:
             assert x.device.type == y.device.type == "meta" and x.shape[1:] == (3, 32, 32)
 
