@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import UsageError
+from cifarlab.fast import validate_fast
 
 
 @dataclass(frozen=True)
@@ -230,36 +231,27 @@ def check_values(values: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+# The course project's recipe, which `augment` extends.
+SEED_RECIPE: dict[str, Any] = dict(
+    epochs=20,
+    batch_size=64,
+    optimizer="adam",
+    lr=1e-3,
+    weight_decay=0.0,
+    scheduler="step",
+    step_size=10,
+    gamma=0.1,
+    augment="none",
+    label_smoothing=0.0,
+)
+
 # Each recipe is a set of overrides of the TrainConfig defaults above.
 RECIPES: dict[str, dict[str, Any]] = {
     # The course project: Adam 1e-3, StepLR (x0.1 after epoch 10), 20 epochs, normalisation only. The course fixed
-    # neither batch size nor StepLR's step: batch 64 lifts ResNet-18 from 77.6% to 78.4% (mean of 3 seeds each,
-    # benchmarks/seed_sweep.py, docs/benchmarks.md "Choosing the seed recipe"); step 7 instead of 10 gained nothing.
-    "seed": dict(
-        epochs=20,
-        batch_size=64,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        scheduler="step",
-        step_size=10,
-        gamma=0.1,
-        augment="none",
-        label_smoothing=0.0,
-    ),
+    # neither the batch size nor the step: docs/benchmarks.md, "Choosing the seed recipe".
+    "seed": SEED_RECIPE,
     # The course setup plus the two standard augmentations (random crop, horizontal flip): less overfitting.
-    "augment": dict(
-        epochs=20,
-        batch_size=64,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        scheduler="step",
-        step_size=10,
-        gamma=0.1,
-        augment="crop-flip",
-        label_smoothing=0.0,
-    ),
+    "augment": {**SEED_RECIPE, "augment": "crop-flip"},
     # airbench-style fast training of fastcnn (docs/fast.md). Nesterov SGD with large batches; LR 1.465e-3 per
     # image of the batch (0.75 at 512); weight decay 0.0153/11.5; a 1,000-image validation split (monitoring only).
     "fast": dict(
@@ -286,7 +278,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         test_checkpoint="last",
         channels_last=True,
         bf16=True,
-        budget_epochs=8.0,  # at 10 min on 2 cores: width 24 x 12.6 epochs 90.9% > width 16 x 25 epochs 90.3%
+        budget_epochs=8.0,  # the planner's widest width must fit 8 epochs (docs/benchmarks.md, "Width at 10 minutes")
     ),
     # ResNet-18 with the CIFAR stem, the standard strong baseline: SGD + Nesterov, one-cycle, crop and flip.
     "resnet18-cifar": dict(
@@ -361,6 +353,4 @@ def validate(config: TrainConfig) -> None:
             f"limit_train: must be between 10 and {50000 - config.val_size} (50,000 minus val_size), "
             f"got {config.limit_train}"
         )
-    from cifarlab.fast import validate_fast  # local import: fast imports torch
-
     validate_fast(config)
