@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,10 +13,10 @@ from cifarlab.analysis import register_analyze
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
+from cifarlab.flags import positive_float, positive_int, seed_int
 from cifarlab.report import register_report
 from cifarlab.sweep import register_sweep
 
-MAX_SEED = 2**32 - 1  # as config.MAX_SEED; repeated so that building the parser imports nothing heavy
 # What last.pt must hold, and of which type, for training to continue where it stopped.
 RESUME_KEYS: dict[str, type | tuple[type, ...]] = {
     "optimizer": dict,
@@ -36,38 +35,6 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         text = " ".join(message.split())  # argparse's messages may wrap long choice lists
         self.exit(2, f"cifarlab: error: {escape(text)} (see {self.prog} --help)\n")
-
-
-def whole_number(text: str) -> int:
-    """An integer flag value; the message says what was given."""
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def seed_int(text: str) -> int:
-    value = whole_number(text)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def add_common_run_flags(p: argparse.ArgumentParser) -> None:

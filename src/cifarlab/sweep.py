@@ -48,6 +48,7 @@ from typing import Any
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.flags import non_negative_int, positive_float, positive_int
 from cifarlab.runfiles import read_json, write_json
 
 try:
@@ -1239,29 +1240,6 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    return parse
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def comma_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
@@ -1418,22 +1396,22 @@ def register_sweep(sub: argparse._SubParsersAction) -> None:
         help="config key and its values (repeatable; one value sets it for every run)",
     )
     p.add_argument("--seeds", metavar="0-4", help="seeds: 0-4, 0,1,5 or 0-2,7 (default 0)")
-    p.add_argument("--epochs", type=positive(int), help="epochs of every run")
-    p.add_argument("--batch-size", type=positive(int), help="batch size of every run")
-    p.add_argument("--limit-train", type=positive(int), metavar="N", help="train on a balanced slice of N images")
-    p.add_argument("--time-budget", type=positive(float), metavar="SECONDS", help="time budget of every run")
+    p.add_argument("--epochs", type=positive_int, help="epochs of every run")
+    p.add_argument("--batch-size", type=positive_int, help="batch size of every run")
+    p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a balanced slice of N images")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="time budget of every run")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $CIFARLAB_DATA_DIR, else ./data)")
     p.add_argument("--device", help="device of every run: auto (default), cpu, cuda, ...")
     p.add_argument("--out", help="parent folder of the sweep folder (default: runs)")
     p.add_argument(
         "--workers",
-        type=positive(int),
+        type=positive_int,
         metavar="N",
         help="runs at a time on the local pool (default: one per physical core)",
     )
     p.add_argument(
         "--threads",
-        type=positive(int),
+        type=positive_int,
         metavar="N",
         help="torch threads per run (default: physical cores / workers; with Ray: --cpus-per-run)",
     )
@@ -1445,8 +1423,8 @@ def register_sweep(sub: argparse._SubParsersAction) -> None:
         help="run on Ray: alone, a private Ray instance on this machine; ADDRESS (host:port, auto, "
         "ray://host:10001) a cluster (needs cifarlab[ray])",
     )
-    p.add_argument("--cpus-per-run", type=positive(float), metavar="N", help="Ray: CPUs each run asks for (1)")
-    p.add_argument("--gpus-per-run", type=positive(float), metavar="N", help="Ray: GPUs each run asks for (0)")
+    p.add_argument("--cpus-per-run", type=positive_float, metavar="N", help="Ray: CPUs each run asks for (1)")
+    p.add_argument("--gpus-per-run", type=positive_float, metavar="N", help="Ray: GPUs each run asks for (0)")
     p.add_argument(
         "--ray-gather",
         action="store_true",
