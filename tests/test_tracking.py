@@ -55,7 +55,7 @@ def test_the_end_of_a_run_logs_its_confusion_matrix_and_misclassified_images(tmp
     import numpy as np
     import torch
 
-    from cifarlab.data import CLASSES, Cifar10
+    from cifarlab.data import CLASSES, ImageData
 
     y_true = np.array([0, 1, 2, 3, 4, 5, 6, 7])
     y_pred = np.array([0, 1, 2, 3, 4, 9, 9, 1])
@@ -70,7 +70,7 @@ def test_the_end_of_a_run_logs_its_confusion_matrix_and_misclassified_images(tmp
     )
     images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
     labels = torch.tensor([9, 9, *y_true.tolist()])
-    data = Cifar10(images, labels, images, labels, list(CLASSES))
+    data = ImageData(images, labels, images, labels, list(CLASSES))
 
     tracker = Tracker(tmp_path, {"model": "mycnn", "seed": 0, "lr": 1e-3}, tensorboard=True, mlflow_uri=None)
     figures = tracker.figures(tmp_path, data)

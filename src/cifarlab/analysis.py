@@ -512,7 +512,7 @@ def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[st
 def analyze(run: str | Path, data: Any = None, data_dir: str | None = None, images: bool = True) -> dict[str, Any]:
     """Write the whole analysis of ``run`` into ``RUN/analysis/`` and return its summary.
 
-    ``data`` (a loaded :class:`cifarlab.data.Cifar10`) saves reading CIFAR-10 again right after training.
+    ``data`` (a loaded :class:`cifarlab.data.ImageData`) saves reading CIFAR-10 again right after training.
     With ``images=False`` (or when the test images cannot be found) galleries and Grad-CAM are skipped and
     the reason is recorded in ``summary.json``.
     """

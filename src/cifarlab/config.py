@@ -40,10 +40,14 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing; 0 = plain cross-entropy as in the course
 
     # --- data ---
+    dataset: str = "cifar10"  # "cifar10", "cifar100", or the path of a folder of images (docs/datasets.md)
+    labels: str = "fine"  # CIFAR-100 only: "fine" (100 classes) or "coarse" (its 20 superclasses)
+    image_size: int | None = None  # pixels per side; None = 32 for CIFAR, 64 for folders (shorter side, centre crop)
+    strict: bool = False  # image folders: refuse the folder if any file is unreadable (default: skip and count them)
     augment: str = "none"  # "none" (course: normalisation only), "crop-flip" (pad+random crop, flip), or
     # "translate-altflip" (shift by up to crop_padding px, reflect-filled; each image mirrored every other epoch)
     crop_padding: int = 4  # pixels of padding for the random crop (crop-flip), largest shift (translate-altflip)
-    val_size: int = 5000  # images held out of the official training set, stratified per class (10%)
+    val_size: int | None = None  # training images held out for validation, stratified by class; None = 10% (5,000)
     limit_train: int | None = None  # train on a class-balanced slice of this many images (demos, tests)
     eval_batch_size: int = 1000  # batch size for validation and test (no gradients, so larger is cheaper)
 
@@ -137,6 +141,8 @@ MAX_CROP_PADDING = 16  # half an image: beyond it a crop or shift is mostly padd
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("step", "onecycle", "cosine", "none")
 AUGMENTS = ("none", "crop-flip", "translate-altflip")
+LABELS = ("fine", "coarse")  # CIFAR-100's two label sets
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512  # every registered model works in this range (global pooling)
 
 
 def show(value: Any, limit: int = 40) -> str:
@@ -207,7 +213,11 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_epochs": (lambda v: v >= 0, "must not be negative"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "crop_padding": (lambda v: 0 <= v <= MAX_CROP_PADDING, f"must be between 0 and {MAX_CROP_PADDING} pixels"),
-    "val_size": (lambda v: 10 <= v <= 25000 and v % 10 == 0, "must be a multiple of 10 between 10 and 25000"),
+    "val_size": (lambda v: v is None or v >= 1, "must be at least 1"),
+    "dataset": (lambda v: v != "", "must be cifar10, cifar100 or the path of an image folder"),
+    "labels": (lambda v: v in LABELS, f"must be one of {', '.join(LABELS)}"),
+    "image_size": (lambda v: v is None or MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
+                   f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels"),
     "limit_train": (lambda v: v is None or v >= 10, "must be at least 10"),
     "eval_batch_size": (lambda v: v >= 1, "must be at least 1"),
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED}"),
@@ -348,9 +358,4 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"model: unknown model {config.model!r}; choose from: {', '.join(sorted(MODELS))}")
     if config.recipe not in RECIPES:
         raise UsageError(f"recipe: unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
-    if config.limit_train is not None and not config.limit_train <= 50000 - config.val_size:
-        raise UsageError(
-            f"limit_train: must be between 10 and {50000 - config.val_size} (50,000 minus val_size), "
-            f"got {config.limit_train}"
-        )
     validate_fast(config)

@@ -14,8 +14,9 @@ import tempfile
 import urllib.request
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,15 +37,31 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 @dataclass
-class Cifar10:
-    """The official training and test sets, as (N, 3, 32, 32) uint8 images and int64 labels."""
+class ImageData:
+    """A dataset in memory: training and held-out test images as (N, 3, S, S) uint8, labels as int64.
+
+    ``record`` is what a run saves about its data (run.json, checkpoint) so that later commands can read the
+    same images again and refuse different ones: ``kind`` ("cifar10", "cifar100" or "folder"), ``path`` (the
+    image folder; None for CIFAR, whose folder comes from --data-dir), ``classes``, ``image_size``,
+    ``fingerprint`` (a hash of the file list), ``test`` (where the held-out images come from) and, by kind,
+    ``labels`` (CIFAR-100: "fine" or "coarse") or ``test_files`` (folders split by cifarlab).
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: list[str]
-    root: Path | None = None  # the folder they were read from (holding cifar-10-batches-py/)
+    root: Path | None = None  # the folder they were read from (CIFAR: the one holding cifar-10-batches-py/)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    @property
+    def kind(self) -> str:
+        return str(self.record.get("kind", "cifar10"))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
@@ -196,7 +213,7 @@ def download(root: Path) -> None:
         ) from None
 
 
-def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> Cifar10:
+def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> ImageData:
     """Read the official python-version batches from ``data_dir/cifar-10-batches-py`` into uint8 tensors.
 
     A folder that lacks batch files (left by an earlier failed download) is downloaded again and replaced
@@ -217,41 +234,83 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool
         download(root)
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE)
-    return Cifar10(
+    classes = _read_classes(folder / META_FILE)
+    return ImageData(
         train_images=torch.from_numpy(np.concatenate([x for x, _ in train])),
         train_labels=torch.from_numpy(np.concatenate([y for _, y in train])),
         test_images=torch.from_numpy(test_images),
         test_labels=torch.from_numpy(test_labels),
-        classes=_read_classes(folder / META_FILE),
+        classes=classes,
         root=root,
+        record={
+            "kind": "cifar10",
+            "path": None,
+            "classes": classes,
+            "image_size": 32,
+            "fingerprint": files_fingerprint(folder, [*TRAIN_FILES, TEST_FILE]),
+            "test": "the official test set (test_batch)",
+        },
     )
 
 
-def stratified_split(labels: torch.Tensor, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a train/validation split with val_size/10 images of each class in validation.
+def files_fingerprint(root: Path, names: list[str]) -> str:
+    """A short hash of files' names (relative to ``root``) and sizes: the same list of files, the same value."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(f"{name}\0{(root / name).stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def class_quotas(counts: list[int], total: int) -> list[int]:
+    """Split ``total`` over classes in proportion to their sizes (largest remainders first; ties to lower
+    classes): ``total // C`` each when the classes are equally large, as in CIFAR."""
+    n = sum(counts)
+    exact = [total * c / n for c in counts]
+    quotas = [int(e) for e in exact]
+    order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - quotas[c]), c))
+    for c in order[: total - sum(quotas)]:
+        quotas[c] += 1
+    return quotas
+
+
+def default_val_size(num_train: int) -> int:
+    """10% of the training images (5,000 on CIFAR), as in the course project."""
+    return num_train // 10
+
+
+def stratified_split(
+    labels: torch.Tensor, val_size: int | None, seed: int, num_classes: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a train/validation split holding out ``val_size`` images (None: 10%), each class in proportion.
 
     Reproducible from the seed alone; both index tensors are sorted so the split is easy to compare and save.
     """
+    num_classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
+    val_size = default_val_size(len(labels)) if val_size is None else val_size
+    counts = [int((labels == c).sum()) for c in range(num_classes)]
+    if val_size >= len(labels):
+        raise DataError(f"cannot hold out {val_size} of {len(labels)} training images for validation")
+    quotas = class_quotas(counts, val_size)
     gen = torch.Generator().manual_seed(seed)
-    per_class = val_size // NUM_CLASSES
     train_idx, val_idx = [], []
-    for c in range(NUM_CLASSES):
+    for c in range(num_classes):
         idx = torch.nonzero(labels == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        if len(idx) <= per_class:
-            raise DataError(f"class {c} has only {len(idx)} images; cannot hold out {per_class} for validation")
-        val_idx.append(idx[:per_class])
-        train_idx.append(idx[per_class:])
+        if len(idx) <= quotas[c]:
+            raise DataError(f"class {c} has only {len(idx)} images; cannot hold out {quotas[c]} for validation")
+        val_idx.append(idx[: quotas[c]])
+        train_idx.append(idx[quotas[c] :])
     return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
 
 
 def balanced_subset(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A class-balanced random subset of ``indices`` with n images (n/10 per class, remainder spread)."""
+    """A class-balanced random subset of ``indices`` with n images (n/C per class, remainder spread)."""
     gen = torch.Generator().manual_seed(seed + 1)
+    num_classes = int(labels.max()) + 1
     chosen = []
-    for c in range(NUM_CLASSES):
+    for c in range(num_classes):
         idx = indices[labels[indices] == c]
-        take = n // NUM_CLASSES + (1 if c < n % NUM_CLASSES else 0)
+        take = n // num_classes + (1 if c < n % num_classes else 0)
         chosen.append(idx[torch.randperm(len(idx), generator=gen)[:take]])
     return torch.cat(chosen).sort().values
 

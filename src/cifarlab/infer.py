@@ -16,7 +16,7 @@ from torch import nn
 
 from cifarlab import distributed
 from cifarlab.checkpoint import model_from_checkpoint
-from cifarlab.data import Batches, Cifar10, stratified_split
+from cifarlab.data import Batches, ImageData, stratified_split
 from cifarlab.device import place_model
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level
@@ -89,7 +89,7 @@ def inference_model(state: dict[str, Any], device: torch.device) -> nn.Module:
 
 
 def evaluate_checkpoint(
-    state: dict[str, Any], data: Cifar10, split: str, device: torch.device, batch_size: int = 1000
+    state: dict[str, Any], data: ImageData, split: str, device: torch.device, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone."""
     cfg = state["config"]

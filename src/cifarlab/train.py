@@ -28,7 +28,7 @@ from cifarlab.averaging import WeightAverager, make_averager
 from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
-from cifarlab.data import Batches, Cifar10, balanced_subset, channel_stats, load_cifar10, normalize, stratified_split
+from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, load_cifar10, normalize, stratified_split
 from cifarlab.device import autocast, pick_device, place_model
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.fast import model_kwargs
@@ -78,7 +78,7 @@ class Run:
     """One training run: made by :func:`build_run`, advanced by :func:`run_epochs`, tested by :func:`finish`."""
 
     config: TrainConfig  # frozen: what changes while training lives in ``length``
-    data: Cifar10
+    data: ImageData
     prep: Prepared
     device: torch.device
     dist: distributed.DistInfo
@@ -111,7 +111,7 @@ class Run:
 
 def train(
     config: TrainConfig,
-    data: Cifar10 | None = None,
+    data: ImageData | None = None,
     resume: str | Path | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     clock: Clock = time.perf_counter,
@@ -336,7 +336,7 @@ def set_rng_state(state: dict[str, torch.Tensor], batches: Batches) -> None:
 
 
 def build_run(
-    config: TrainConfig, data: Cifar10 | None, resume: str | Path | None, clock: Clock, cleanup: contextlib.ExitStack
+    config: TrainConfig, data: ImageData | None, resume: str | Path | None, clock: Clock, cleanup: contextlib.ExitStack
 ) -> Run:
     """Everything a run needs before its first epoch, in the order that fixes its random numbers: processes and
     device, the data and its split, the time-budget plan, model, batches, optimiser, schedule, weight averaging,
@@ -425,7 +425,7 @@ def claim_folder(folder: Path, cleanup: contextlib.ExitStack) -> None:
     remove_stale_temp_files(folder)
 
 
-def prepare_data(data: Cifar10, config: TrainConfig) -> Prepared:
+def prepare_data(data: ImageData, config: TrainConfig) -> Prepared:
     """Stratified train/val split from the seed, optional balanced slice, and stats of the training split."""
     train_idx, val_idx = stratified_split(data.train_labels, config.val_size, config.seed)
     if config.limit_train is not None:
@@ -434,7 +434,7 @@ def prepare_data(data: Cifar10, config: TrainConfig) -> Prepared:
     return Prepared(train_idx, val_idx, mean, std)
 
 
-def probe_batches(data: Cifar10, prep: Prepared, config: TrainConfig, device: torch.device) -> Batches:
+def probe_batches(data: ImageData, prep: Prepared, config: TrainConfig, device: torch.device) -> Batches:
     """The training stream the time-budget planner times its probes on: the run's own images and augmentation,
     shuffled with a seed of its own so that probing leaves the run's batch order untouched."""
     return Batches(
@@ -453,7 +453,7 @@ def probe_batches(data: Cifar10, prep: Prepared, config: TrainConfig, device: to
 
 def plan_run(
     config: TrainConfig,
-    data: Cifar10,
+    data: ImageData,
     prep: Prepared,
     device: torch.device,
     dist: distributed.DistInfo,
@@ -483,7 +483,7 @@ def plan_run(
     return plan, apply_plan(config, plan)
 
 
-def make_model(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device) -> tuple[nn.Module, int, int]:
+def make_model(config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device) -> tuple[nn.Module, int, int]:
     """The freshly initialised model, placed on the device, with its parameter and multiply-accumulate counts."""
     model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config)).to(device)
     if config.whiten:  # frozen first conv that whitens 2x2 patches of (normalised) training images
@@ -494,7 +494,7 @@ def make_model(config: TrainConfig, data: Cifar10, prep: Prepared, device: torch
 
 
 def make_batches(
-    config: TrainConfig, data: Cifar10, prep: Prepared, device: torch.device, dist: distributed.DistInfo
+    config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device, dist: distributed.DistInfo
 ) -> tuple[Batches, Batches]:
     """This process's shard of the shuffled, augmented training split, and its slice of the validation split."""
     mean, std = torch.tensor(prep.mean), torch.tensor(prep.std)
