@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
-from cifarlab.data import CLASSES, load_cifar10
+from cifarlab.data import CLASSES, default_val_size, load_cifar10
 from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model
@@ -215,7 +215,8 @@ def test_the_seed_recipe_has_the_course_projects_values():
         "none",
         0,
     )
-    assert (c.model, c.val_size, c.test_checkpoint, c.seed) == ("mycnn", 5000, "best", 0)
+    assert (c.model, c.val_size, c.test_checkpoint, c.seed) == ("mycnn", None, "best", 0)  # None: 10% held out
+    assert default_val_size(50_000) == 5000  # the course's 90/10 split of CIFAR-10's training set
 
 
 def test_a_seed_run_steps_adam_in_batches_of_64_and_logs_each_epochs_starting_lr(small_config, fake_cifar, tmp_path):

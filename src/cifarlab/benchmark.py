@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cifarlab.config import make_config
 from cifarlab.errors import UsageError
+from cifarlab.flags import add_data_flags
 from cifarlab.progress import log
 from cifarlab.runfiles import read_json, write_json
 
@@ -123,7 +124,7 @@ def reference_loader(
 
     transform = transforms.Compose(
         [
-            transforms.RandomCrop(32, padding=4),
+            transforms.RandomCrop(images.shape[-1], padding=4),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
@@ -395,11 +396,16 @@ def benchmark(
     accuracy_only: bool = False,
     overrides: dict[str, Any] | None = None,
     command: str = "cifarlab benchmark",
+    dataset: str = "cifar10",
+    image_size: int | None = None,
+    labels: str = "fine",
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Run the measurements, write ``benchmark.json`` and ``benchmark.md`` into ``out``, return the results.
 
-    ``overrides`` go to every training config (tests use them to fit the fake data set)."""
-    from cifarlab.data import load_cifar10
+    ``overrides`` go to every training config (tests use them to fit the fake data set); ``dataset``,
+    ``image_size`` and ``labels`` choose the images, as ``cifarlab train`` does."""
+    from cifarlab.datasets import load_dataset
     from cifarlab.device import pick_device
     from cifarlab.models import MODELS
 
@@ -412,7 +418,14 @@ def benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
-    overrides = {"device": device, **(overrides or {})}
+    overrides = {
+        "device": device,
+        "dataset": dataset,
+        "image_size": image_size,
+        "labels": labels,
+        "strict": strict,
+        **(overrides or {}),
+    }
     result: dict[str, Any] = {
         "command": command,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -421,7 +434,8 @@ def benchmark(
         "throughput": [],
         "accuracy": [],
     }
-    data = load_cifar10(data_dir)
+    data = load_dataset(dataset, data_dir, image_size, labels, strict)
+    result["dataset"] = {key: value for key, value in data.record.items() if key != "test_files"}
     if not accuracy_only:
         result["throughput"] = throughput(data, settings, torch_device, log)
     if not throughput_only:
@@ -469,6 +483,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         args.throughput_only,
         args.accuracy_only,
         command=command_line(args),
+        dataset=args.dataset or "cifar10",
+        image_size=args.image_size,
+        labels=args.labels or "fine",
+        strict=bool(args.strict),
     )
     return 0
 
@@ -526,6 +544,6 @@ def register_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
     p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")
     p.add_argument("--accuracy-only", action="store_true", help="skip the throughput measurements")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/")
+    add_data_flags(p)
     p.add_argument("--device", help="auto (default), cpu, cuda or mps")
     p.set_defaults(func=cmd_benchmark)

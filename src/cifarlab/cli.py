@@ -13,7 +13,7 @@ from cifarlab.analysis import register_analyze
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
-from cifarlab.flags import positive_float, positive_int, seed_int
+from cifarlab.flags import add_data_flags, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
 from cifarlab.sweep import register_sweep
 
@@ -46,7 +46,7 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, help="training batch size (recipe default)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (recipe default)")
     p.add_argument("--seed", type=seed_int, help="seed for split, initial weights, shuffling, augmentation (default 0)")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (default: $CIFARLAB_DATA_DIR, else ./data)")
+    add_data_flags(p)
     p.add_argument("--out", help="parent folder for runs (default: runs)")
     p.add_argument("--name", help="run folder name (default: a timestamp and the model)")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a class-balanced slice of N images")
@@ -66,6 +66,10 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "device",
         "time_budget",
         "model_width",
+        "dataset",
+        "labels",
+        "image_size",
+        "strict",
     )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
@@ -73,7 +77,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.analysis import analyze_after_training
     from cifarlab.config import TrainConfig, make_config
-    from cifarlab.data import load_cifar10
+    from cifarlab.datasets import load_dataset
     from cifarlab.distributed import is_main_process
     from cifarlab.train import train
 
@@ -93,7 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
     run = train(config, resume=resume)
     if not args.no_analysis and is_main_process():  # the analysis follows training, once (rank 0 under torchrun)
-        analyze_after_training(run, load_cifar10(config.data_dir, allow_download=False))
+        data = load_dataset(
+            config.dataset, config.data_dir, config.image_size, config.labels, config.strict, allow_download=False
+        )
+        analyze_after_training(run, data)
     return 0
 
 
@@ -149,7 +156,14 @@ def check_resumable(state: dict[str, Any], model: str) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifarlab.evaluate import evaluate
 
-    metrics = evaluate(args.run, split=args.split, data_dir=args.data_dir, device=args.device or "auto", out=args.out)
+    metrics = evaluate(
+        args.run,
+        split=args.split,
+        data_dir=args.data_dir,
+        device=args.device or "auto",
+        out=args.out,
+        dataset=args.dataset,
+    )
     print(
         f"{args.split}: top-1 {100 * metrics['top1']:.2f}%  top-3 {100 * metrics['top3']:.2f}%  "
         f"loss {metrics['loss']:.4f}  ({metrics['n']} images, {metrics['checkpoint']} epoch {metrics['epoch']}, "
@@ -225,7 +239,12 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on the test (or validation) set")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--split", choices=["test", "val"], default="test", help="which split to score (default test)")
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/")
+    p.add_argument("--data-dir", help="folder holding the CIFAR files (default: $CIFARLAB_DATA_DIR, else ./data)")
+    p.add_argument(
+        "--dataset",
+        metavar="FOLDER",
+        help="the run's image folder, if it has moved (default: the folder the run recorded; its file list must match)",
+    )
     p.add_argument("--device", help="auto (default), cpu, cuda or mps")
     p.add_argument("--out", help="folder for the metrics files (default: beside the checkpoint)")
     p.set_defaults(func=cmd_evaluate)

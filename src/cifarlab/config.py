@@ -216,8 +216,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_size": (lambda v: v is None or v >= 1, "must be at least 1"),
     "dataset": (lambda v: v != "", "must be cifar10, cifar100 or the path of an image folder"),
     "labels": (lambda v: v in LABELS, f"must be one of {', '.join(LABELS)}"),
-    "image_size": (lambda v: v is None or MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
-                   f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels"),
+    "image_size": (
+        lambda v: v is None or MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE,
+        f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels",
+    ),
     "limit_train": (lambda v: v is None or v >= 10, "must be at least 10"),
     "eval_batch_size": (lambda v: v >= 1, "must be at least 1"),
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"must be between 0 and {MAX_SEED}"),

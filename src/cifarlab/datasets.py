@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cifarlab.data import ImageData, load_cifar10
+from cifarlab.data import ImageData, load_cifar10, resolve_data_dir
 from cifarlab.errors import DataError
 
 DATASETS = ("cifar10", "cifar100")  # built-in names; anything else is the path of an image folder
@@ -43,3 +43,15 @@ def reload(record: dict[str, Any], data_dir: str | os.PathLike | None = None, da
     if record.get("fingerprint") not in (None, data.record.get("fingerprint")):
         raise DataError("the images found are not the ones this run was trained on (their file list differs)")
     return data
+
+
+def run_record(data: ImageData) -> dict[str, Any]:
+    """The dataset record a run saves in run.json and its checkpoints: without the held-out file list, which
+    split.json holds (it can be long)."""
+    return {key: value for key, value in data.record.items() if key != "test_files"}
+
+
+def data_source(data: ImageData, data_dir: str | os.PathLike | None) -> str:
+    """Where the images came from, for messages and metrics: the image folder, else the CIFAR data folder."""
+    path = data.record.get("path")
+    return str(path) if path else str(resolve_data_dir(data_dir).resolve())

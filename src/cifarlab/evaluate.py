@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.data import load_cifar10, resolve_data_dir
+from cifarlab.datasets import data_source, reload
 from cifarlab.device import pick_device
 from cifarlab.errors import CheckpointError, UsageError
 from cifarlab.infer import evaluate_checkpoint
@@ -18,12 +18,15 @@ def evaluate(
     split: str = "test",
     data_dir: str | None = None,
     device: str = "auto",
+    dataset: str | None = None,
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write ``<split>_metrics.json`` and ``<split>_predictions.npz`` beside the checkpoint (or into ``out``).
 
-    The images come from ``data_dir``, else $CIFARLAB_DATA_DIR, else ./data: never from the folder recorded in
-    the checkpoint, which is only information (a checkpoint may come from anyone). The metrics name the folder.
+    The images are the dataset the checkpoint records (CIFAR-10 for checkpoints without a record). CIFAR comes
+    from ``data_dir``, else $CIFARLAB_DATA_DIR, else ./data: never from a folder recorded in the checkpoint (a
+    checkpoint may come from anyone). An image folder comes from ``dataset``, else the recorded path, and is used
+    only if its file list matches the recorded fingerprint. The metrics name the folder.
     """
     if split not in ("test", "val"):
         raise UsageError(f"--split must be 'test' or 'val' (got {split!r})")
@@ -31,11 +34,11 @@ def evaluate(
     model_from_checkpoint(state)  # a checkpoint that does not fit its model is refused before any data is read
     out_dir = Path(out) if out else Path(state["path"]).parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_cifar10(data_dir)
+    data = reload(state.get("dataset") or {"kind": "cifar10"}, data_dir, dataset)
     if list(state["classes"]) != list(data.classes):
         raise CheckpointError(
             f"{state['path']} was trained on classes {', '.join(state['classes'])}, "
-            f"not on the {len(data.classes)} classes of the data in {resolve_data_dir(data_dir)}"
+            f"not on the {len(data.classes)} classes of the data in {data_source(data, data_dir)}"
         )
     probs, y, index = evaluate_checkpoint(state, data, split, pick_device(device))
     checkpoint = Path(state["path"]).name
@@ -46,5 +49,5 @@ def evaluate(
         y,
         index,
         list(data.classes),
-        {"checkpoint": checkpoint, "epoch": state["epoch"], "data_dir": str(resolve_data_dir(data_dir).resolve())},
+        {"checkpoint": checkpoint, "epoch": state["epoch"], "data_dir": data_source(data, data_dir)},
     )

@@ -47,3 +47,30 @@ def positive_float(text: str) -> float:
     if not math.isfinite(value) or not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Which images a run trains on: ``train``, ``study`` and ``benchmark`` (docs/datasets.md)."""
+    p.add_argument(
+        "--dataset",
+        metavar="NAME_OR_FOLDER",
+        help="cifar10 (default), cifar100, or a folder of images: FOLDER/<class>/* (cifarlab holds out a test "
+        "split) or FOLDER/train/<class>/* with FOLDER/test/ or FOLDER/val/ as the test set",
+    )
+    p.add_argument("--labels", choices=["fine", "coarse"], help="CIFAR-100: 100 fine classes (default) or 20 coarse")
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        metavar="N",
+        help="pixels per side (default 32 for CIFAR, 64 for folders): shorter side resized to N, centre crop",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="image folders: refuse the folder if any file cannot be read (default: skip and count them)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="folder holding the CIFAR files, e.g. cifar-10-batches-py/ (default: $CIFARLAB_DATA_DIR, else ./data)",
+    )

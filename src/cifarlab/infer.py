@@ -96,7 +96,7 @@ def evaluate_checkpoint(
     if split == "test":
         images, labels, index = data.test_images, data.test_labels, torch.arange(len(data.test_labels))
     else:
-        _, index = stratified_split(data.train_labels, cfg["val_size"], cfg["seed"])
+        _, index = stratified_split(data.train_labels, cfg["val_size"], cfg["seed"], len(data.classes))
         images, labels = data.train_images[index], data.train_labels[index]
     batches = Batches(
         images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]), device=device

@@ -14,7 +14,7 @@ from typing import Any
 from cifarlab.analysis import analyze_after_training
 from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config import make_config
-from cifarlab.data import load_cifar10
+from cifarlab.datasets import load_dataset
 from cifarlab.distributed import is_main_process
 from cifarlab.progress import log
 from cifarlab.report import report
@@ -35,11 +35,15 @@ def study(
     **overrides: Any,
 ) -> Path:
     """Train every study model with one shared config, then compare them. Returns the study folder."""
-    overrides = {**(QUICK if quick else {}), **{k: v for k, v in overrides.items() if v is not None}}
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    overrides = {**(QUICK if quick else {}), **explicit}
     name = name or time.strftime("study-%Y%m%d-%H%M%S") + ("-quick" if quick else "")
     study_dir = Path(out) / name
+    first = make_config(recipe, model=models[0], out=str(study_dir), name=models[0], **overrides)
+    data = load_dataset(first.dataset, first.data_dir, first.image_size, first.labels, first.strict)
+    if quick and "limit_train" not in explicit and len(data.train_labels) * 9 // 10 < QUICK["limit_train"]:
+        overrides.pop("limit_train")  # a small folder: --quick trains on all of it
     configs = [make_config(recipe, model=m, out=str(study_dir), name=m, **overrides) for m in models]
-    data = load_cifar10(configs[0].data_dir)
     t0 = time.perf_counter()
     run_dirs = []
     for config in configs:

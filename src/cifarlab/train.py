@@ -28,9 +28,10 @@ from cifarlab.averaging import WeightAverager, make_averager
 from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
-from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, load_cifar10, normalize, stratified_split
+from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
+from cifarlab.datasets import load_dataset, run_record
 from cifarlab.device import autocast, pick_device, place_model
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CifarlabError, DataError, UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
@@ -305,6 +306,8 @@ def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
         "mean": run.prep.mean,
         "std": run.prep.std,
         "classes": list(run.data.classes),
+        "image_size": run.data.image_size,
+        "dataset": run_record(run.data),
         "rng": rng_state(run.train_batches),
         "best_val_top1": run.best_top1,
         "history": run.history,
@@ -352,7 +355,11 @@ def build_run(
         )
     torch.manual_seed(config.seed)
     t_load = time.perf_counter()
-    data = data if data is not None else load_cifar10(config.data_dir)
+    data = (
+        data
+        if data is not None
+        else load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
+    )
     load_seconds = time.perf_counter() - t_load
     budget_start = clock()  # a --time-budget covers everything from here to the test's end
     prep = prepare_data(data, config)
@@ -370,7 +377,7 @@ def build_run(
     pacer = None if plan is None else Pacer(plan, length, budget_start, clock)  # keeps a budget run on time
     model = wrap_model(model, config, device, dist)
     if resume is None:
-        folder, config = create_folder(config, prep, dist, cleanup)
+        folder, config = create_folder(config, data, prep, dist, cleanup)
     else:
         folder = Path(resume)
     run = Run(
@@ -427,7 +434,12 @@ def claim_folder(folder: Path, cleanup: contextlib.ExitStack) -> None:
 
 def prepare_data(data: ImageData, config: TrainConfig) -> Prepared:
     """Stratified train/val split from the seed, optional balanced slice, and stats of the training split."""
-    train_idx, val_idx = stratified_split(data.train_labels, config.val_size, config.seed)
+    train_idx, val_idx = stratified_split(data.train_labels, config.val_size, config.seed, len(data.classes))
+    if config.limit_train is not None and config.limit_train > len(train_idx):
+        raise UsageError(
+            f"limit_train: must be at most {len(train_idx)} (the training images left after validation), "
+            f"got {config.limit_train}"
+        )
     if config.limit_train is not None:
         train_idx = balanced_subset(train_idx, data.train_labels, config.limit_train, config.seed)
     mean, std = channel_stats(data.train_images[train_idx])
@@ -483,13 +495,15 @@ def plan_run(
     return plan, apply_plan(config, plan)
 
 
-def make_model(config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device) -> tuple[nn.Module, int, int]:
+def make_model(
+    config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device
+) -> tuple[nn.Module, int, int]:
     """The freshly initialised model, placed on the device, with its parameter and multiply-accumulate counts."""
     model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config)).to(device)
     if config.whiten:  # frozen first conv that whitens 2x2 patches of (normalised) training images
         images = data.train_images[prep.train_idx[:WHITEN_IMAGES]]
         init_whitening(model, normalize(images, torch.tensor(prep.mean), torch.tensor(prep.std)).to(device))
-    params, macs = count_params(model), count_macs(model)
+    params, macs = count_params(model), count_macs(model, data.image_size)
     return place_model(model, device, config.channels_last), params, macs
 
 
@@ -530,7 +544,7 @@ def wrap_model(model: nn.Module, config: TrainConfig, device: torch.device, dist
 
 
 def create_folder(
-    config: TrainConfig, prep: Prepared, dist: distributed.DistInfo, cleanup: contextlib.ExitStack
+    config: TrainConfig, data: ImageData, prep: Prepared, dist: distributed.DistInfo, cleanup: contextlib.ExitStack
 ) -> tuple[Path, TrainConfig]:
     """A new run folder (made and locked by the main process) with config.json, split.json, normalization.json;
     returns it with the config named after it."""
@@ -540,9 +554,10 @@ def create_folder(
         cleanup.enter_context(RunLock(folder))
         named = replace(config, name=folder.name)
         write_json(folder / "config.json", named.to_dict())
-        write_json(
-            folder / "split.json", {"seed": config.seed, "train": prep.train_idx.tolist(), "val": prep.val_idx.tolist()}
-        )
+        split = {"seed": config.seed, "train": prep.train_idx.tolist(), "val": prep.val_idx.tolist()}
+        if "test_files" in data.record:  # a folder whose held-out images cifarlab chose
+            split["test_files"] = data.record["test_files"]
+        write_json(folder / "split.json", split)
         write_json(folder / "normalization.json", {"mean": prep.mean, "std": prep.std, "computed_on": "train"})
     folder = Path(distributed.broadcast_object(str(folder), dist))  # every process writes nothing, but logs it
     return folder, replace(config, name=folder.name)
@@ -550,6 +565,12 @@ def create_folder(
 
 def restore(run: Run, state: dict[str, Any]) -> None:
     """Continue from last.pt: weights, averager, optimiser, schedule, random streams, history and length."""
+    recorded = state.get("dataset", {}).get("fingerprint")
+    if recorded is not None and recorded != run.data.record.get("fingerprint"):
+        raise DataError(
+            f"{run.folder} was trained on other images than the ones found now (their file list differs); "
+            "resume it with the same data"
+        )
     unwrap(run.model).load_state_dict(state.get("train_model", state["model"]))
     if run.averager is not None and "averager" in state:
         run.averager.load_state_dict(state["averager"])
@@ -608,6 +629,7 @@ def run_summary(
         "name": run.folder.name,
         "model": config.model,
         "recipe": config.recipe,
+        "dataset": run_record(run.data),
         "seed": config.seed,
         "params": run.params,
         "macs": run.macs,
