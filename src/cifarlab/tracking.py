@@ -135,12 +135,19 @@ def misclassified_image(images: np.ndarray, true: list[str], predicted: list[str
 
 
 def official_test_images(config: dict[str, Any], data: Any) -> np.ndarray | None:
-    """The official test images as (N, 3, 32, 32) uint8, from ``data`` or the run's data folder; None if absent."""
+    """The run's test images as (N, 3, S, S) uint8, from ``data`` or read again as the run's config says; None if
+    they cannot be read."""
     if data is None:
-        from cifarlab.data import load_cifar10
+        from cifarlab.datasets import load_dataset
 
         try:
-            data = load_cifar10(config.get("data_dir"), allow_download=False)
+            data = load_dataset(
+                config.get("dataset", "cifar10"),
+                config.get("data_dir"),
+                config.get("image_size"),
+                config.get("labels", "fine"),
+                allow_download=False,
+            )
         except DataError:
             return None
     return data.test_images.numpy()
