@@ -7,6 +7,7 @@ time-budget probe, validation, the test, ``evaluate`` and ``predict`` all comput
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -19,8 +20,42 @@ def mps_available() -> bool:
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """Whole cores allowed by a Linux container's CPU quota (cgroup v2 ``cpu.max``: "QUOTA PERIOD" or "max ..."),
+    at least 1; None without a quota."""
+    try:
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    try:
+        return max(1, int(quota) // int(period))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask where the OS has one (taskset, a container's CPU
+    set), capped by a container's CPU quota (docker --cpus)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return min(cores, quota) if quota is not None else cores
+
+
+def fit_threads() -> int:
+    """Use no more compute threads than usable cores (more only make threads wait for each other); a thread
+    count the user set with OMP_NUM_THREADS or torch.set_num_threads is kept if it is lower."""
+    threads = min(torch.get_num_threads(), usable_cores())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA, else Apple MPS, else CPU; an explicit name is checked so a typo gives a clear error."""
+    """CUDA, else Apple MPS, else CPU; an explicit name is checked so a typo gives a clear error. Fits the CPU
+    thread count to the usable cores (the CPU also feeds a GPU)."""
+    fit_threads()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

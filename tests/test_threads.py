@@ -1,0 +1,47 @@
+"""Threads on a shared CPU: OpenMP threads that sleep while they wait, and no more threads than usable cores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cifarlab import device
+
+
+def import_and_report(env: dict[str, str]) -> str:
+    """OMP_WAIT_POLICY as a fresh interpreter sees it after ``import cifarlab``."""
+    code = "import os, cifarlab; print(os.environ.get('OMP_WAIT_POLICY'))"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.subprocess
+def test_importing_cifarlab_makes_openmp_threads_sleep_unless_the_user_chose():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    assert import_and_report(env).strip() == "PASSIVE"
+    assert import_and_report({**env, "OMP_WAIT_POLICY": "ACTIVE"}).strip() == "ACTIVE"
+
+
+def test_threads_are_cut_to_the_usable_cores_and_never_raised(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(device, "usable_cores", lambda: 1)
+        assert device.fit_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(device, "usable_cores", lambda: 8)
+        assert device.fit_threads() == 1 and torch.get_num_threads() == 1  # a lower count set by the user is kept
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    ("text", "cores"), [("200000 100000\n", 2), ("50000 100000\n", 1), ("max 100000\n", None), ("junk", None)]
+)
+def test_a_container_cpu_quota_counts_as_its_whole_cores(tmp_path, text, cores):
+    quota = tmp_path / "cpu.max"
+    quota.write_text(text)
+    assert device.cgroup_cpu_limit(str(quota)) == cores
+    assert device.cgroup_cpu_limit(str(tmp_path / "absent")) is None
