@@ -203,7 +203,7 @@ def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
     assert data_a is data_b and len(data_a.train_labels) == 1000  # read once, from --data-dir
     shared = {k: v for k, v in mycnn.to_dict().items() if k not in ("model", "name")}
     assert shared == {k: v for k, v in resnet.to_dict().items() if k not in ("model", "name")}
-    assert (shared["recipe"], shared["seed"], shared["val_size"]) == ("seed", 0, 5000)  # same split, same recipe
+    assert (shared["recipe"], shared["seed"], shared["val_size"]) == ("seed", 0, None)  # same split (10%) and recipe
     assert (shared["limit_train"], shared["epochs"], shared["out"]) == (5000, 3, str(folder))
     assert (mycnn.name, resnet.name) == ("mycnn", "resnet18")
 

@@ -288,8 +288,8 @@ def stratified_split(
     num_classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
     val_size = default_val_size(len(labels)) if val_size is None else val_size
     counts = [int((labels == c).sum()) for c in range(num_classes)]
-    if val_size >= len(labels):
-        raise DataError(f"cannot hold out {val_size} of {len(labels)} training images for validation")
+    if not len(labels):
+        raise DataError("no training images to split")
     quotas = class_quotas(counts, val_size)
     gen = torch.Generator().manual_seed(seed)
     train_idx, val_idx = [], []
