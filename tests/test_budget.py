@@ -249,3 +249,33 @@ def test_cli_time_budget_must_be_positive(capsys):
         main(["train", "--recipe", "fast", "--time-budget", "0"])
     assert exc.value.code == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [16, 64])
+def test_the_planner_prices_widths_at_the_runs_image_size(size, monkeypatch):
+    """The widths are compared by their cost on the images the run trains on, not on 32-px ones."""
+    priced = []
+
+    def macs(model, image_size=32):
+        priced.append(image_size)
+        return count_macs(model, image_size)
+
+    monkeypatch.setattr(budget_module, "count_macs", macs)
+    monkeypatch.setattr(
+        budget_module, "time_probe", lambda config, width, *a, **k: Probe(width, 0.01 * width / 16, 1e-5, 0.01, 0.0)
+    )
+    images = torch.zeros(50, 3, size, size, dtype=torch.uint8)
+    batches = Batches(images, torch.zeros(50, dtype=torch.long), 1, torch.zeros(3), torch.ones(3))
+    plan = plan_budget(
+        make_config("fast", time_budget=60.0),
+        batches,
+        n_val=37,
+        n_test=113,
+        num_classes=37,
+        device=torch.device("cpu"),
+        started=0.0,
+        train_step=train_step,
+        clock=FakeClock(0.0),
+    )
+    assert priced and set(priced) == {size}
+    assert plan.width in WIDTHS and plan.steps_per_epoch == 50 and plan.train_steps >= 1

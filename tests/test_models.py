@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import UsageError
-from cifarlab.models import MODELS, build_model, count_macs, count_params, describe
+from cifarlab.models import MODELS, build_model, conv_bn_relu, count_macs, count_params, describe
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -42,9 +42,11 @@ def conv(c_in: int, c_out: int, k: int = 3, bias: bool = False) -> int:
     return c_in * c_out * k * k + (c_out if bias else 0)
 
 
-def mycnn_counts() -> tuple[int, int]:
-    """Parameters and MACs of mycnn, from the layer table in its docstring (BatchNorm: a scale and a shift)."""
-    convs = [(3, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16), (64, 128, 8), (128, 128, 8)]  # in, out, side
+def mycnn_counts(size: int = 32) -> tuple[int, int]:
+    """Parameters and MACs of mycnn, from the layer table in its docstring (BatchNorm: a scale and a shift); at
+    other sizes the convolutions scale with the image and the head, behind its pooling, stays the same."""
+    convs = [(3, 32, size), (32, 32, size), (32, 64, size // 2), (64, 64, size // 2)]  # in, out, side
+    convs += [(64, 128, size // 4), (128, 128, size // 4)]
     params = sum(conv(i, o) + 2 * o for i, o, _ in convs) + (2048 * 256 + 256) + (256 * 10 + 10)
     macs = sum(side * side * o * i * 9 for i, o, side in convs) + 2048 * 256 + 256 * 10
     return params, macs
@@ -85,3 +87,71 @@ def test_parameters_and_macs_of_every_model_match_a_count_by_hand(name, counts):
     model = build_model(name)
     assert (count_params(model), count_macs(model)) == counts
     assert counts[0] == sum(p.numel() for p in model.parameters())  # every parameter is trained
+
+
+def test_mycnn_counts_at_64_px_scale_the_convolutions_only():
+    assert (count_params(build_model("mycnn")), count_macs(build_model("mycnn"), 64)) == mycnn_counts(64)
+
+
+SIZES = [(16, 2), (32, 2), (64, 2), (96, 2), (224, 1)]  # (pixels per side, batch): one image at 224 keeps it fast
+
+
+@pytest.mark.parametrize("size, batch", SIZES, ids=[f"{s}px" for s, _ in SIZES])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_works_at_any_size_and_class_count(name, size, batch):
+    for num_classes in (2, 37):
+        model = build_model(name, num_classes=num_classes).eval()
+        with torch.no_grad():
+            out = model(torch.randn(batch, 3, size, size))
+        assert out.shape == (batch, num_classes) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_at_64_px_with_a_thousand_classes(name):
+    model = build_model(name, num_classes=1000).train()
+    loss = nn.functional.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([0, 999]))
+    loss.backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+
+
+class MyCNNAt32(nn.Module):
+    """mycnn as it is written for 32 px only, with its head straight after block3 (how its checkpoints began)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block1 = nn.Sequential(conv_bn_relu(3, 32), conv_bn_relu(32, 32), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(conv_bn_relu(32, 64), conv_bn_relu(64, 64), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(conv_bn_relu(64, 128), conv_bn_relu(128, 128), nn.MaxPool2d(2))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(2048, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block3(self.block2(self.block1(x))))
+
+
+def test_a_32px_mycnn_checkpoint_loads_and_gives_the_same_logits():
+    torch.manual_seed(0)
+    old = MyCNNAt32()
+    old.train()
+    with torch.no_grad():
+        old(torch.randn(8, 3, 32, 32))  # running statistics that differ from the initial ones
+    weights = old.state_dict()
+    model = build_model("mycnn")
+    assert [(k, tuple(v.shape)) for k, v in model.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in weights.items()
+    ]
+    model.load_state_dict(weights, strict=True)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(images), old.eval()(images))
+
+
+def test_fastcnn_at_32_px_pools_as_a_3x3_max_pool_did():
+    torch.manual_seed(0)
+    model = build_model("fastcnn", width=8).eval()
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(images)
+        model.pool = nn.MaxPool2d(3)  # what the head read at 32 px: the 3 x 3 output of group3, max-pooled
+        assert torch.equal(model(images), logits)

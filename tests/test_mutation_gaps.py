@@ -601,6 +601,8 @@ ACCEPTED = {
     "the highest seed": with_config(seed=2**64 - 1),
     "no validation": with_config(val_size=0),
     "all training images for validation": with_config(val_size=50_000),
+    "a validation share of 10%": with_config(val_size=None),
+    "validation of a folder larger than CIFAR-10": with_config(val_size=2**31),
     "no tta": lambda s: s["config"].pop("tta"),
     "tta 1": with_config(tta=1),
     "tta 2": with_config(tta=2),
@@ -640,7 +642,7 @@ REFUSED = {
     "seed below the range": (with_config(seed=-(2**63) - 1), "'config' has a seed or val_size out of range"),
     "seed above the range": (with_config(seed=2**64), "'config' has a seed or val_size out of range"),
     "negative val_size": (with_config(val_size=-1), "'config' has a seed or val_size out of range"),
-    "val_size past 50,000": (with_config(val_size=50_001), "'config' has a seed or val_size out of range"),
+    "val_size past 2**31": (with_config(val_size=2**31 + 1), "'config' has a seed or val_size out of range"),
     "config not a dict": (
         setting("config", "seed=0"),
         "'config' is not a training config (a dict with seed and val_size)",

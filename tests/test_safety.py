@@ -165,3 +165,98 @@ def test_missing_checkpoints_are_usage_errors(args, message, cli_error):
 
 def test_an_empty_run_folder_says_what_is_missing(tmp_path, cli_error):
     assert "no checkpoint (best.pt or last.pt)" in cli_error("evaluate", str(tmp_path), code=2)
+
+
+def recorded(tiny_run: Path, **changes) -> dict:
+    """The tiny run's checkpoint with an image size and a dataset record as a run now saves them, then ``changes``
+    (a value of None removes the key; keys "dataset.X" change the record)."""
+    state = torch.load(tiny_run / "best.pt", weights_only=True)
+    state["image_size"] = 32
+    state["dataset"] = {
+        "kind": "cifar10",
+        "path": None,
+        "classes": list(state["classes"]),
+        "image_size": 32,
+        "fingerprint": "0123456789abcdef",
+        "test": "the official test set (test_batch)",
+    }
+    for key, value in changes.items():
+        target, name = (state["dataset"], key[len("dataset.") :]) if key.startswith("dataset.") else (state, key)
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    return state
+
+
+def test_a_checkpoint_without_an_image_size_or_dataset_is_a_32px_cifar10_one(tiny_run, tmp_path):
+    from cifarlab.checkpoint import checkpoint_image_size
+
+    path = tmp_path / "old.pt"
+    torch.save(recorded(tiny_run, image_size=None, dataset=None), path)
+    state = load_checkpoint(path)
+    assert checkpoint_image_size(state) == 32 and "dataset" not in state
+
+
+@pytest.mark.parametrize("kind, size", [("cifar10", 32), ("cifar100", 16), ("folder", 512)])
+def test_a_recorded_image_size_and_dataset_are_accepted(kind, size, tiny_run, tmp_path):
+    from cifarlab.checkpoint import checkpoint_image_size
+
+    path = tmp_path / "new.pt"
+    changes = {"image_size": size, "dataset.image_size": size, "dataset.kind": kind}
+    if kind == "folder":
+        changes |= {"dataset.path": str(tmp_path / "pictures"), "dataset.layout": "split", "dataset.skipped": 3}
+    torch.save(recorded(tiny_run, **changes), path)
+    state = load_checkpoint(path)
+    assert checkpoint_image_size(state) == size and state["dataset"]["kind"] == kind
+    assert model_from_checkpoint(state)(torch.zeros(1, 3, size, size)).shape == (1, len(state["classes"]))
+
+
+def test_a_config_with_a_ten_percent_validation_share_is_accepted(tiny_run, tmp_path):
+    state = recorded(tiny_run)
+    state["config"]["val_size"] = None
+    torch.save(state, tmp_path / "share.pt")
+    assert load_checkpoint(tmp_path / "share.pt")["config"]["val_size"] is None
+
+
+BAD_RECORDS = {
+    "image size too small": ({"image_size": 15}, "'image_size' is not a whole number from 16 to 512"),
+    "image size too large": ({"image_size": 513}, "'image_size' is not a whole number from 16 to 512"),
+    "image size as text": ({"image_size": "32"}, "'image_size' is not a whole number from 16 to 512"),
+    "image size True": ({"image_size": True}, "'image_size' is not a whole number from 16 to 512"),
+    "dataset not a dict": ({"dataset": "cifar10"}, "'dataset' is not a dataset record (a dict)"),
+    "unknown kind": ({"dataset.kind": "imagenet"}, "'dataset' kind is not one of cifar10, cifar100, folder"),
+    "other classes": ({"dataset.classes": ["a", "b"]}, "'dataset' classes differ from the checkpoint's 'classes'"),
+    "classes as numbers": ({"dataset.classes": [1, 2]}, "'dataset' classes differ from the checkpoint's 'classes'"),
+    "another size": ({"dataset.image_size": 64}, "'dataset' image_size is not the checkpoint's (64)"),
+    "a size without the top-level one": (
+        {"image_size": None, "dataset.image_size": 64},
+        "'dataset' image_size is not the checkpoint's (64)",
+    ),
+    "no size": ({"dataset.image_size": None}, "'dataset' image_size is not the checkpoint's (None)"),
+    "path a number": ({"dataset.path": 7}, "'dataset' path is not a folder name"),
+    "path with a newline": ({"dataset.path": "a\nb"}, "'dataset' path is not a folder name"),
+    "no fingerprint": ({"dataset.fingerprint": None}, "'dataset' fingerprint is missing or not a string"),
+    "fingerprint a tensor": (
+        {"dataset.fingerprint": torch.zeros(2)},
+        "'dataset' fingerprint is missing or not a string",
+    ),
+    "skipped negative": ({"dataset.skipped": -1}, "'dataset' skipped is not a whole number >= 0"),
+    "val_size as text": (
+        {"config": {"seed": 0, "val_size": "10%"}},
+        "'config' has a val_size that is neither a whole number nor null (10%)",
+    ),
+}
+
+
+@pytest.mark.parametrize("changes, message", BAD_RECORDS.values(), ids=BAD_RECORDS)
+def test_a_bad_image_size_or_dataset_record_is_refused_in_one_line(
+    changes, message, tiny_run, fake_cifar, tmp_path, cli_error
+):
+    path = tmp_path / "bad.pt"
+    torch.save(recorded(tiny_run, **changes), path)
+    with pytest.raises(CheckpointError, match="is not a valid cifarlab checkpoint") as info:
+        load_checkpoint(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert message in cli_error("export", str(path), "--out", str(tmp_path / "m.pt"), code=1)
+    assert not (tmp_path / "m.pt").exists()

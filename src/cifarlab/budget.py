@@ -213,7 +213,7 @@ def plan_budget(
         return budget - (clock() - started) - MARGIN * budget - SETUP_SECONDS - test
 
     if config.model in WIDTH_MODELS and config.model_width is None:
-        probes = choose_width(config, probe, available, n_val, spe, num_classes)
+        probes = choose_width(config, probe, available, n_val, spe, num_classes, int(batches.images.shape[-1]))
     else:
         probes = [probe(config.model_width)]
     last = probes[-1]
@@ -235,14 +235,20 @@ def choose_width(
     n_val: int,
     spe: int,
     num_classes: int,
+    image_size: int = 32,
 ) -> list[Probe]:
-    """Probe the cheap width, price every width from it by multiply-accumulates, take the widest that fits
-    ``budget_epochs`` epochs, and probe that one for real. Returns the probes, the chosen width's last."""
+    """Probe the cheap width, price every width from it by multiply-accumulates (on images of ``image_size``
+    pixels, as trained), take the widest that fits ``budget_epochs`` epochs, and probe that one for real.
+    Returns the probes, the chosen width's last."""
+
+    def macs(width: int) -> int:
+        return count_macs(build_model(config.model, num_classes, width=width), image_size)
+
     probes = [probe(PROBE_WIDTH)]
-    base_macs = count_macs(build_model(config.model, num_classes, width=PROBE_WIDTH))
+    base_macs = macs(PROBE_WIDTH)
     width = WIDTHS[0]
     for candidate in WIDTHS:
-        estimate = scaled(probes[0], base_macs, count_macs(build_model(config.model, num_classes, width=candidate)))
+        estimate = scaled(probes[0], base_macs, macs(candidate))
         epochs = fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val), spe) / spe
         if epochs >= config.budget_epochs or candidate == WIDTHS[0]:
             width = candidate

@@ -2,8 +2,10 @@
 
 Keys: ``model`` (state dict), ``model_name``, ``model_kwargs`` (factory arguments, optional), ``optimizer``,
 ``scheduler``, ``epoch`` (epochs completed), ``config`` (the TrainConfig as a dict), ``mean``/``std``
-(training-split normalisation), ``classes``,
-``rng`` (torch RNG states and the batch generator's state), ``best_val_top1``, ``history`` (metrics rows).
+(training-split normalisation), ``classes``, ``image_size`` (pixels per side the model was trained at;
+absent means 32, CIFAR-10's), ``dataset`` (the run's dataset record, see :class:`cifarlab.data.ImageData`;
+optional), ``rng`` (torch RNG states and the batch generator's state), ``best_val_top1``, ``history`` (metrics
+rows).
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` can read it:
 unpickling never runs code from the file.
 
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cifarlab.errors import CheckpointError
 from cifarlab.models import MAX_CLASSES, MODELS, build_model, kwargs_problems, shorten
 from cifarlab.runfiles import atomic_write, resolve_checkpoint
@@ -36,6 +39,9 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 PICKLE_MAGIC = b"\x80"  # the legacy format, and plain pickles: refused (their sizes cannot be checked first)
 MAX_CLASS_NAME = 100  # characters in one class name
 EXAMPLES = 3  # mismatched weight names shown per kind of difference
+DEFAULT_IMAGE_SIZE = 32  # checkpoints without an image size are CIFAR-10's
+DATASET_KINDS = ("cifar10", "cifar100", "folder")
+MAX_TEXT = 4096  # characters in one text field of the dataset record (a path, the held-out description)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -141,6 +147,10 @@ def _check_fields(state: Any, path: Path) -> None:
     if "best_val_top1" in state and not _is_finite_number(state["best_val_top1"]):
         problems.append("'best_val_top1' is not a finite number")
     problems += _classes_problems(state["classes"])
+    if "image_size" in state and not _is_int_in(state["image_size"], MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
+        problems.append(f"'image_size' is not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    if "dataset" in state:
+        problems += _dataset_problems(state["dataset"], state["classes"], state.get("image_size"))
     for key in ("mean", "std"):
         values = state[key]
         if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
@@ -172,11 +182,20 @@ def _is_int_in(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
+def checkpoint_image_size(state: dict[str, Any]) -> int:
+    """Pixels per side of the images a checked checkpoint's model was trained on (32 for older checkpoints)."""
+    return int(state.get("image_size", DEFAULT_IMAGE_SIZE))
+
+
 def _config_problems(config: Any) -> list[str]:
-    """The config fields that loading a checkpoint relies on (split seed and size, TTA level, data folder)."""
-    if not isinstance(config, dict) or not all(isinstance(config.get(k), int) for k in ("seed", "val_size")):
+    """The config fields that loading a checkpoint relies on (split seed and size, TTA level, data folder);
+    a val_size of None means 10% of the training images."""
+    if not isinstance(config, dict) or not isinstance(config.get("seed"), int) or "val_size" not in config:
         return ["'config' is not a training config (a dict with seed and val_size)"]
-    if not (_is_int_in(config["seed"], -(2**63), 2**64 - 1) and _is_int_in(config["val_size"], 0, 50_000)):
+    val_size = config["val_size"]
+    if not (val_size is None or isinstance(val_size, int)):
+        return ["'config' has a val_size that is neither a whole number nor null (10%)"]
+    if not (_is_int_in(config["seed"], -(2**63), 2**64 - 1) and (val_size is None or _is_int_in(val_size, 0, 2**31))):
         return ["'config' has a seed or val_size out of range"]
     problems = []
     if config.get("tta", 0) not in (0, 1, 2) or isinstance(config.get("tta"), bool):
@@ -203,6 +222,37 @@ def _classes_problems(classes: Any) -> list[str]:
     if len(set(classes)) != len(classes):
         return ["'classes' names a class twice"]
     return []
+
+
+def _dataset_problems(record: Any, classes: Any, image_size: Any) -> list[str]:
+    """The dataset record: its kind, class names (the checkpoint's own), size (the checkpoint's), path and
+    fingerprint; later commands reload the images from it."""
+    if not isinstance(record, dict) or not all(isinstance(k, str) for k in record):
+        return ["'dataset' is not a dataset record (a dict)"]
+    problems = []
+    if record.get("kind") not in DATASET_KINDS:
+        problems.append(f"'dataset' kind is not one of {', '.join(DATASET_KINDS)} (got {shorten(record.get('kind'))})")
+    names = record.get("classes")
+    if not (isinstance(names, list) and all(isinstance(c, str) for c in names) and names == classes):
+        problems.append("'dataset' classes differ from the checkpoint's 'classes'")
+    size = record.get("image_size")
+    if not _is_int_in(size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE) or size != (image_size or DEFAULT_IMAGE_SIZE):
+        problems.append(f"'dataset' image_size is not the checkpoint's ({shorten(record.get('image_size'))})")
+    if not (record.get("path") is None or _is_text(record["path"])):
+        problems.append("'dataset' path is not a folder name")
+    if not _is_text(record.get("fingerprint")):
+        problems.append("'dataset' fingerprint is missing or not a string")
+    for key in ("test", "labels", "layout"):
+        if key in record and not _is_text(record[key]):
+            problems.append(f"'dataset' {key} is not a string")
+    if "skipped" in record and not _is_int_in(record["skipped"], 0, 2**63):
+        problems.append("'dataset' skipped is not a whole number >= 0")
+    return problems
+
+
+def _is_text(value: Any) -> bool:
+    """A non-empty string of at most MAX_TEXT printable characters (it may be printed in messages)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT and value.isprintable()
 
 
 def _check_weights(state: dict[str, Any], path: Path) -> None:

@@ -106,6 +106,9 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+HEAD_GRID = (4, 4)  # MyCNN's head reads a 4 x 4 grid of features, as block3 gives at 32 px
+
+
 class MyCNN(nn.Module):
     """The custom CNN: three conv blocks that each double the channels and halve the image, then a linear head.
 
@@ -120,9 +123,13 @@ class MyCNN(nn.Module):
                           max-pool 2x2                                     64 x 8 x 8
     block3                conv-BN-ReLU (64->128), conv-BN-ReLU (128->128)  128 x 8 x 8
                           max-pool 2x2                                     128 x 4 x 4
+    pool                  adaptive average pool to 4 x 4 (none at 32 px)   128 x 4 x 4
     head                  flatten, dropout 0.3, linear (2048->256), ReLU   256
                           dropout 0.3, linear (256->10)                    10 logits
     ====================  ===============================================  ============
+
+    At other sizes (S x S images) block3 gives 128 x S/8 x S/8, which the pool brings to 4 x 4, so the head and
+    every weight are the same at any size.
 
     BatchNorm makes Adam at 1e-3 train stably; dropout in the head is the only regulariser, which matters
     because the course recipe uses no augmentation.
@@ -144,7 +151,10 @@ class MyCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.block3(self.block2(self.block1(x))))
+        x = self.block3(self.block2(self.block1(x)))
+        if x.shape[-2:] != HEAD_GRID:  # only images other than 32 px need pooling (a functional op: no weights)
+            x = F.adaptive_avg_pool2d(x, HEAD_GRID)
+        return self.head(x)
 
 
 @register("mycnn")
@@ -283,8 +293,11 @@ class FastCNN(nn.Module):
     group1       conv 3x3 (24->w), max-pool, BN, GELU, conv, BN, GELU   64 x 15 x 15
     group2       conv 3x3 (w->4w), max-pool, BN, GELU, conv, BN, GELU   256 x 7 x 7
     group3       conv 3x3 (4w->4w), max-pool, BN, GELU, conv, BN, GELU  256 x 3 x 3
-    head         max-pool 3x3, linear (4w->10, no bias), x 1/9          10 logits
+    head         global max-pool, linear (4w->10, no bias), x 1/9       10 logits
     ===========  =====================================================  =====================
+
+    The shapes are for a 32 x 32 image; at S x S group3 gives 4w x about S/8 x S/8, and the global max-pool
+    (at 32 px the same as a 3x3 max-pool) makes the head the same at any size from 16 px.
 
     The cost grows with the square of ``width``, which is what the time-budget planner trades against epochs.
     The logit scale of 1/9 keeps the initial softmax soft at the large learning rates fast recipes use.
@@ -307,7 +320,7 @@ class FastCNN(nn.Module):
         self.group1 = FastConvGroup(24, width, dirac, frozen_bn_scale)
         self.group2 = FastConvGroup(width, 4 * width, dirac, frozen_bn_scale)
         self.group3 = FastConvGroup(4 * width, 4 * width, dirac, frozen_bn_scale)
-        self.pool = nn.MaxPool2d(3)
+        self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(4 * width, num_classes, bias=False)
         self.logit_scale = 1 / 9
 
