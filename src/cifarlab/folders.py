@@ -141,7 +141,9 @@ def check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: 
         )
 
 
-def class_files(folder: Path, root: Path, folders: list[str], suffixes: set[str], ignored: list[str]) -> list[list]:
+def class_files(
+    folder: Path, root: Path, folders: list[str], suffixes: set[str], ignored: list[str]
+) -> list[list[tuple[str, int, int]]]:
     """The image files of each class folder (an empty one is refused); other files are added to ``ignored``."""
     per_class = []
     for name in folders:
@@ -167,7 +169,8 @@ def scan_folder(path: str | os.PathLike) -> Scan:
     check_classes(train_dir, folders)
     ignored: list[str] = []
     train_files = class_files(train_dir, root, folders, suffixes, ignored)
-    train, test = [], []
+    train: list[Entry] = []
+    test: list[Entry] = []
     if test_dir is None:
         rng = np.random.default_rng(SPLIT_SEED)
         for label, files in enumerate(train_files):
