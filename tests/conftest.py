@@ -55,6 +55,7 @@ hypothesis_settings.load_profile("cifarlab")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "cifar10"  # the real set beside a clone, as on this project's machines
 DATA_ENV = "CIFARLAB_DATA_DIR"
+CACHE_ENV = "CIFARLAB_CACHE_DIR"  # where decoded image folders are cached: a fresh folder for every test
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: any download through it fails at once
 
 # Where the engine's internals live, for the few tests that must reach or replace one (``engine``, ``engine_patch``).
@@ -141,6 +142,7 @@ def offline_and_clean_environment(tmp_path_factory: pytest.TempPathFactory) -> A
         mp.setattr(socket.socket, "connect_ex", connect_ex)
         mp.setattr(socket, "getaddrinfo", getaddrinfo)
         mp.delenv(DATA_ENV, raising=False)
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("session-cache")))  # never ~/.cache
         for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # for child processes too
             mp.setenv(name, UNREACHABLE_PROXY)
         mp.chdir(home)
@@ -205,8 +207,10 @@ def no_patch_left_in_place() -> Any:
 def isolated_test(
     no_patch_left_in_place: None, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
-    """Each test starts in an empty working folder without $CIFARLAB_DATA_DIR, and must leave the folder empty."""
+    """Each test starts in an empty working folder without $CIFARLAB_DATA_DIR, with an empty cache folder of its
+    own ($CIFARLAB_CACHE_DIR), and must leave the working folder empty."""
     monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("cache")))  # decoded images: fresh, never ~/.cache
     cwd = tmp_path_factory.mktemp("cwd")
     monkeypatch.chdir(cwd)
     yield
@@ -524,3 +528,111 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Image folders and CIFAR-100
+# ----------------------------------------------------------------------------------------------------------
+
+IMAGENETTE = REPO.parent / "shared" / "data" / "imagenette2-96"  # the real image folder beside a clone
+FOLDER_COLOURS = ((220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 210, 40), (200, 60, 200), (40, 210, 210))
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("circle", "square", "stripe"),
+    per_class: int = 8,
+    test_per_class: int | None = 3,
+    held_out: str = "test",
+    size: tuple[int, int] = (40, 30),
+    seed: int = 0,
+) -> Path:
+    """A folder of PNG images whose colour and a bright band depend on the class (learnable in a few steps):
+    ``root/train/<class>/`` and ``root/<held_out>/<class>/`` with ``test_per_class`` images, or ``root/<class>/``
+    alone when that is None. Class c has colour FOLDER_COLOURS[c] plus noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    splits = [("", per_class)] if test_per_class is None else [("train", per_class), (held_out, test_per_class)]
+    for split, count in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 40, (size[1], size[0], 3)) + np.array(FOLDER_COLOURS[c % 6]) * 0.8
+                pixels[:, 4 * c : 4 * c + 4] = 255
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{name}-{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_image_folder() -> Callable[..., Path]:
+    """``make_image_folder(root, classes=..., per_class=8, test_per_class=3, held_out="test", size=(40, 30))``:
+    a generated image folder of one's own (``test_per_class=None``: the ``root/<class>/`` layout)."""
+    return write_image_folder
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A generated image folder: train/ (8 images per class) and test/ (3), classes circle, square, stripe,
+    40x30 PNGs. Read-only (which also checks that reading it never writes into it)."""
+    yield from read_only_fixture(write_image_folder(tmp_path_factory.mktemp("image_folder")))
+
+
+@pytest.fixture(scope="session")
+def imagenette_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small copy of the real Imagenette (96x96 JPEG): 5 train/ and 2 val/ images of each of its first 3
+    classes, or skip when ../shared/data/imagenette2-96 is absent."""
+    if not (IMAGENETTE / "train").is_dir():
+        pytest.skip(f"Imagenette not found at {IMAGENETTE}")
+    root = tmp_path_factory.mktemp("imagenette")
+    for split, count in (("train", 5), ("val", 2)):
+        for folder in sorted((IMAGENETTE / split).iterdir())[:3]:
+            (root / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:count]:
+                shutil.copy(image, root / split / folder.name / image.name)
+    return root
+
+
+def write_fake_cifar100(root: Path, train: int = 200, test: int = 100, seed: int = 0, byte_keys: bool = False) -> Path:
+    """A folder in CIFAR-100's official python-version layout: ``cifar-100-python/`` with train, test and meta
+    (fine label f belongs to coarse class f // 5; ``byte_keys``: keys and names as bytes, as Python 2 wrote them).
+    Images are generated as for CIFAR-10, from the coarse label modulo 10."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+
+    def key(text: str) -> str | bytes:
+        return text.encode() if byte_keys else text
+
+    for name, n in (("train", train), ("test", test)):
+        fine = np.arange(n) % 100
+        rng.shuffle(fine)
+        batch = {
+            key("filenames"): [key(f"{name}_{k}.png") for k in range(n)],
+            key("batch_label"): key(f"{name} batch 1 of 1"),
+            key("fine_labels"): fine.tolist(),
+            key("coarse_labels"): (fine // 5).tolist(),
+            key("data"): make_images((fine // 5) % 10, rng),
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    meta = {
+        key("fine_label_names"): [key(f"fine{k:02d}") for k in range(100)],
+        key("coarse_label_names"): [key(f"coarse{k:02d}") for k in range(20)],
+    }
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small generated CIFAR-100 folder: 200 training and 100 test images. Read-only."""
+    yield from read_only_fixture(write_fake_cifar100(tmp_path_factory.mktemp("fake_cifar100")))
+
+
+@pytest.fixture(scope="session")
+def make_fake_cifar100() -> Callable[..., Path]:
+    """``make_fake_cifar100(root, train=200, test=100, seed=0, byte_keys=False)``: a CIFAR-100 folder of one's own."""
+    return write_fake_cifar100

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from cifarlab import predict
+from cifarlab import images
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES
@@ -344,12 +344,12 @@ def test_jpeg_and_jpeg2000_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch)
         ("two.j2k", (300, 200)),
         ("flat.j2k", (600, 400)),
     ):
-        with predict.open_image(tmp_path / name) as image:
-            predict.decode_reduced(image, predict.jpeg2000_drop(image, tmp_path / name))
+        with images.open_image(tmp_path / name) as image:
+            images.decode_reduced(image, images.jpeg2000_drop(image, tmp_path / name))
             assert image.size == size, name
         rgb = load_image(tmp_path / name).float().mean(dim=(1, 2))
         assert torch.allclose(rgb, torch.tensor([30.0, 160.0, 90.0]), atol=3), name
-    monkeypatch.setattr(predict, "JPEG2000_MAX_SAMPLES", 100_000)  # as if these were huge
+    monkeypatch.setattr(images, "JPEG2000_MAX_SAMPLES", 100_000)  # as if these were huge
     assert load_image(tmp_path / "big.jp2").shape == (3, 32, 32)  # 150 x 100 x 3 samples
     with pytest.raises(ValueError, match=r"JPEG 2000 image too large to decode safely \(600 x 400 pixels and only 0"):
         load_image(tmp_path / "flat.j2k")
@@ -374,7 +374,7 @@ def reference(path: Path) -> np.ndarray:
 def test_the_reduced_decoder_keeps_the_geometry(orientation, size, tmp_path, monkeypatch):
     """Strips, the EXIF transpose on the small result and the mapped crop give the full-size pipeline's pixels
     (to 1 level where the transpose swaps the axes, so Pillow resamples them in the other order)."""
-    monkeypatch.setattr(predict, "STRIP_PIXELS", 1000)  # many strips even for small images
+    monkeypatch.setattr(images, "STRIP_PIXELS", 1000)  # many strips even for small images
     rng = np.random.default_rng(orientation)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -428,7 +428,7 @@ COLOURS = {
 @pytest.mark.parametrize("image, filename, mode, expected", COLOURS.values(), ids=COLOURS)
 def test_every_mode_comes_out_in_the_right_colour(image, filename, mode, expected, tmp_path):
     if filename is None:
-        rgb = torch.from_numpy(np.asarray(predict.shrink(image), dtype=np.uint8).copy()).permute(2, 0, 1)
+        rgb = torch.from_numpy(np.asarray(images.shrink(image), dtype=np.uint8).copy()).permute(2, 0, 1)
     else:
         options = {"transparency": 9} if image.mode == "L" else {"lossless": True} if filename.endswith("webp") else {}
         image.save(tmp_path / filename, **options)

@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cifarlab import predict
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10, normalize
+from cifarlab.errors import CheckpointError
+from cifarlab.models import build_model
 from cifarlab.predict import load_image, predict_files
 
 
@@ -190,3 +193,48 @@ def test_predict_applies_the_runs_test_time_augmentation(tiny_run, tmp_path, lev
         assert got[name] == pytest.approx(float(expected[j]), abs=1e-6)
     if level:
         assert (expected - plain).abs().max() > 1e-4  # the augmented views did change the answer
+
+
+def test_predict_uses_the_checkpoints_image_size_and_class_names(tmp_path, monkeypatch):
+    """A model trained at 64 px on three named classes: each photo is decoded at 64 x 64 and named by its classes."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3).eval()  # global pooling: takes 64 x 64 images
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.25, 0.25]
+    state = {
+        "model": model.state_dict(),
+        "model_name": "resnet18",
+        "config": {"seed": 0, "val_size": 10, "tta": 0},
+        "epoch": 1,
+        "mean": mean,
+        "std": std,
+        "classes": ["tench", "church", "golf ball"],
+        "image_size": 64,
+    }
+    torch.save(state, tmp_path / "big.pt")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    seen = []
+    classify = predict.classify
+
+    def spy(model, images, *args, **kwargs):
+        seen.append(images)
+        return classify(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(predict, "classify", spy)
+    (result,) = predict_files(tmp_path / "big.pt", [tmp_path / "photo.png"], top_k=3)
+    x = load_image(tmp_path / "photo.png", 64)
+    assert seen[0].shape == (1, 3, 64, 64) and torch.equal(seen[0][0], x)
+    with torch.no_grad():
+        expected = model(normalize(x[None], torch.tensor(mean), torch.tensor(std))).softmax(1)[0]
+    got = dict(result.top)
+    assert set(got) == {"tench", "church", "golf ball"}
+    for j, name in enumerate(state["classes"]):
+        assert got[name] == pytest.approx(float(expected[j]), abs=1e-5)
+
+
+def test_a_checkpoint_with_a_bad_image_size_is_refused(tiny_run, tmp_path, photos):
+    state = torch.load(tiny_run / "best.pt", weights_only=True)
+    state["image_size"] = 10**6
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"'image_size' is not a whole number from 1 to 512"):
+        predict_files(tmp_path / "bad.pt", [photos[0]])

@@ -115,9 +115,27 @@ def _read_classes(path: Path) -> list[str]:
     return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
 
 
-def missing_files(folder: Path) -> list[str]:
-    """The batch files ``folder`` lacks (all of them when it is absent); batches.meta is optional."""
-    return [name for name in [*TRAIN_FILES, TEST_FILE] if not (folder / name).is_file()]
+@dataclass(frozen=True)
+class Archive:
+    """An official dataset archive: what to fetch, its checksum, and the folder (and files) it must hold."""
+
+    name: str  # as said in messages: "CIFAR-10"
+    url: str
+    md5: str
+    filename: str  # the archive's file name
+    folder: str  # the folder inside it, installed into the data folder
+    files: tuple[str, ...]  # the files that folder must hold
+    megabytes: int  # its size, said before downloading
+
+
+def cifar10_archive() -> Archive:
+    """CIFAR-10's official python-version archive (read from the module's constants when asked)."""
+    return Archive("CIFAR-10", CIFAR_URL, CIFAR_MD5, ARCHIVE, BATCH_DIR, (*TRAIN_FILES, TEST_FILE), 170)
+
+
+def missing_files(folder: Path, names: tuple[str, ...] | None = None) -> list[str]:
+    """The files among ``names`` (CIFAR-10's batch files) that ``folder`` lacks (all when it is absent)."""
+    return [name for name in names or (*TRAIN_FILES, TEST_FILE) if not (folder / name).is_file()]
 
 
 def fetch(url: str, dest: Path) -> None:
@@ -134,25 +152,26 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_batches(archive: Path, dest: Path) -> Path:
+def extract_batches(archive: Path, dest: Path, source: Archive | None = None) -> Path:
     """Extract ``archive`` into ``dest`` with tarfile's "data" filter (no member may land outside ``dest``, no
     links out, no device files) and return the complete batch folder inside it."""
+    source = source or cifar10_archive()
     if not hasattr(tarfile, "data_filter"):
         raise DataError(
-            "extracting the CIFAR-10 archive safely needs Python 3.10.12, 3.11.4 or newer (tarfile's "
-            "extraction filters); extract cifar-10-python.tar.gz yourself and give --data-dir"
+            f"extracting the {source.name} archive safely needs Python 3.10.12, 3.11.4 or newer (tarfile's "
+            f"extraction filters); extract {source.filename} yourself and give --data-dir"
         )
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
-        raise DataError(f"{CIFAR_URL}: refused the archive, a member would be unsafe to extract: {exc}") from None
+        raise DataError(f"{source.url}: refused the archive, a member would be unsafe to extract: {exc}") from None
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataError(f"{CIFAR_URL}: the download is not a readable tar.gz archive ({one_line(exc)})") from None
-    folder = dest / BATCH_DIR
-    missing = missing_files(folder)
+        raise DataError(f"{source.url}: the download is not a readable tar.gz archive ({one_line(exc)})") from None
+    folder = dest / source.folder
+    missing = missing_files(folder, source.files)
     if missing:
-        raise DataError(f"{CIFAR_URL}: the archive has no {BATCH_DIR}/{missing[0]}")
+        raise DataError(f"{source.url}: the archive has no {source.folder}/{missing[0]}")
     return folder
 
 
@@ -169,18 +188,20 @@ def remove_leftovers(root: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def download(root: Path) -> None:
-    """Fetch the official archive, check its MD5, extract it beside the target and rename it into place.
+def download(root: Path, source: Archive | None = None) -> None:
+    """Fetch the official archive (CIFAR-10's unless ``source`` says), check its MD5, extract it beside the
+    target and rename it into place.
 
     Everything happens in a temporary folder inside ``root``: an interruption at any point leaves no
     half-written ``cifar-10-batches-py/`` behind, and the next download deletes the temporary folder.
     """
     from cifarlab.progress import log
 
+    source = source or cifar10_archive()
     # said first: offline, the name lookup alone can take a minute to fail, which would look like a hang
     log(
-        f"CIFAR-10 not found in {root.resolve()}: downloading {CIFAR_URL} (170 MB). To use a copy you already "
-        "have, give --data-dir DIR or set CIFARLAB_DATA_DIR=DIR."
+        f"{source.name} not found in {root.resolve()}: downloading {source.url} ({source.megabytes} MB). To use "
+        "a copy you already have, give --data-dir DIR or set CIFARLAB_DATA_DIR=DIR."
     )
     created = not root.exists()
     try:
@@ -188,16 +209,16 @@ def download(root: Path) -> None:
         remove_leftovers(root)
         work = Path(tempfile.mkdtemp(prefix=DOWNLOAD_PREFIX, dir=root))
         try:
-            archive = work / ARCHIVE
-            fetch(CIFAR_URL, archive)
+            archive = work / source.filename
+            fetch(source.url, archive)
             md5 = file_md5(archive)
-            if md5 != CIFAR_MD5:
+            if md5 != source.md5:
                 raise DataError(
-                    f"{CIFAR_URL}: checksum mismatch (MD5 {md5}, expected {CIFAR_MD5}): the download is "
+                    f"{source.url}: checksum mismatch (MD5 {md5}, expected {source.md5}): the download is "
                     "damaged or not the official archive; nothing was installed"
                 )
-            folder = extract_batches(archive, work / "extracted")
-            install_folder(folder, root / BATCH_DIR, work / "replaced")
+            folder = extract_batches(archive, work / "extracted", source)
+            install_folder(folder, root / source.folder, work / "replaced")
         finally:
             shutil.rmtree(work, ignore_errors=True)
     except Exception as exc:
@@ -206,10 +227,10 @@ def download(root: Path) -> None:
         if isinstance(exc, DataError):
             raise
         raise DataError(
-            f"CIFAR-10 not found in {root.resolve()} (looked for {root.resolve() / BATCH_DIR}), and downloading "
-            f"{CIFAR_URL} failed: {type(exc).__name__}: {one_line(exc)}. Fix: point cifarlab at a folder that "
-            "holds cifar-10-batches-py/ with --data-dir DIR or CIFARLAB_DATA_DIR=DIR, or download and extract "
-            f"{ARCHIVE} into it."
+            f"{source.name} not found in {root.resolve()} (looked for {root.resolve() / source.folder}), and "
+            f"downloading {source.url} failed: {type(exc).__name__}: {one_line(exc)}. Fix: point cifarlab at a "
+            f"folder that holds {source.folder}/ with --data-dir DIR or CIFARLAB_DATA_DIR=DIR, or download and "
+            f"extract {source.filename} into it."
         ) from None
 
 

@@ -1,0 +1,131 @@
+"""CIFAR-100 (the official python version) as in-memory uint8 tensors: 100 fine classes or 20 coarse ones.
+
+The archive holds ``cifar-100-python/`` with ``train`` (50,000 images), ``test`` (10,000) and ``meta`` (the class
+names): pickled dicts read with the same restricted unpickler as CIFAR-10, checked field by field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifarlab.data import Archive, ImageData, download, files_fingerprint, missing_files, resolve_data_dir
+from cifarlab.errors import DataError, UsageError
+from cifarlab.safe_pickle import load_restricted
+
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+ARCHIVE = "cifar-100-python.tar.gz"
+FOLDER = "cifar-100-python"
+TRAIN_FILE, TEST_FILE, META_FILE = "train", "test", "meta"
+LABELS = {"fine": 100, "coarse": 20}  # label set -> number of classes
+
+
+def cifar100_archive() -> Archive:
+    """CIFAR-100's official python-version archive (read from the module's constants when asked)."""
+    return Archive("CIFAR-100", CIFAR100_URL, CIFAR100_MD5, ARCHIVE, FOLDER, (TRAIN_FILE, TEST_FILE, META_FILE), 161)
+
+
+def text_keys(value: Any) -> Any:
+    """A dict whose bytes keys (as pickles from Python 2 read with ``encoding="bytes"`` have) are strings."""
+    if not isinstance(value, dict):
+        return value
+    return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in value.items()}
+
+
+def read_labels(path: Path, values: Any, key: str, count: int, size: int) -> np.ndarray:
+    """The labels under ``key`` as int64, checked: integers in 0..count-1, one per image."""
+    if not (
+        isinstance(values, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        or isinstance(values, np.ndarray)
+        and values.dtype.kind in "iu"
+    ):
+        raise DataError(f"{path}: '{key}' must be a list of integers")
+    try:
+        labels = np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        raise DataError(f"{path}: '{key}' must be a list of integers in 0-{count - 1}") from None
+    if labels.ndim != 1 or len(labels) != size:
+        raise DataError(f"{path}: {size} images but {labels.size} {key}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= count):
+        raise DataError(f"{path}: {key} out of range 0-{count - 1} (min {labels.min()}, max {labels.max()})")
+    return labels
+
+
+def read_split(path: Path, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read the official ``train`` or ``test`` file and check everything about it; errors name the file."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-100 file: {path}")
+    key = f"{labels}_labels"
+    batch = text_keys(load_restricted(path))
+    if not isinstance(batch, dict) or "data" not in batch or key not in batch:
+        raise DataError(f"{path} is not a CIFAR-100 file (expected a dict with 'data' and '{key}')")
+    images = batch["data"]
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
+        shape = getattr(images, "shape", None)
+        dtype = getattr(images, "dtype", type(images).__name__)
+        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
+    return images.reshape(-1, 3, 32, 32), read_labels(path, batch[key], key, LABELS[labels], len(images))
+
+
+def read_names(path: Path, labels: str) -> list[str]:
+    """The fine or coarse class names from ``meta``."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-100 file: {path}")
+    key = f"{labels}_label_names"
+    meta = text_keys(load_restricted(path))
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path} is not a CIFAR-100 meta file (expected a dict with a list '{key}')")
+    if len(names) != LABELS[labels]:
+        raise DataError(f"{path}: expected {LABELS[labels]} {labels} label names, found {len(names)}")
+    return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
+
+
+def load_cifar100(
+    data_dir: str | os.PathLike | None = None, labels: str = "fine", allow_download: bool = True
+) -> ImageData:
+    """Read ``data_dir/cifar-100-python`` (downloading it when absent and allowed) with the ``labels`` asked for:
+    "fine" (100 classes) or "coarse" (20 superclasses)."""
+    if labels not in LABELS:
+        raise UsageError(f"labels: must be 'fine' or 'coarse' (got {labels!r})")
+    root = resolve_data_dir(data_dir)
+    folder = root / FOLDER
+    source = cifar100_archive()
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (it should hold the CIFAR-100 files)")
+    if not folder.is_dir():
+        if not allow_download:
+            raise DataError(f"CIFAR-100 not found: no {FOLDER}/ folder in {root.resolve()}")
+        download(root, source)
+    elif allow_download and missing_files(folder, source.files):
+        from cifarlab.progress import log
+
+        missing = missing_files(folder, source.files)[0]
+        log(f"{folder} is incomplete (no {missing}; an interrupted download?): replacing it")
+        download(root, source)
+    train_images, train_labels = read_split(folder / TRAIN_FILE, labels)
+    test_images, test_labels = read_split(folder / TEST_FILE, labels)
+    classes = read_names(folder / META_FILE, labels)
+    return ImageData(
+        train_images=torch.from_numpy(train_images),
+        train_labels=torch.from_numpy(train_labels),
+        test_images=torch.from_numpy(test_images),
+        test_labels=torch.from_numpy(test_labels),
+        classes=classes,
+        root=root,
+        record={
+            "kind": "cifar100",
+            "path": None,
+            "classes": classes,
+            "image_size": 32,
+            "fingerprint": files_fingerprint(folder, [TRAIN_FILE, TEST_FILE]),
+            "test": "the official test set (test)",
+            "labels": labels,
+        },
+    )

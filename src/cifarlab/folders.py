@@ -1,0 +1,493 @@
+"""A folder of images as in-memory uint8 tensors, decoded once on every core and cached on disk.
+
+Layouts: ``PATH/<class>/*`` (cifarlab holds out 10% of each class, at least one image, as the test set: drawn
+with a fixed seed from the sorted file list, so every run on the folder shares one test set), or
+``PATH/train/<class>/*`` with ``PATH/test/<class>/*`` (preferred) or ``PATH/val/<class>/*`` as the held-out set.
+Class names are the sorted folder names, or readable names from ``PATH/classes.txt`` / ``PATH/classes.json``.
+Names starting with a dot (hidden files, ``.cifarlab-*``) are ignored; so are files whose extension Pillow does
+not know. Every image is decoded by :mod:`cifarlab.images` (shorter side to S, centre crop, RGB).
+
+The decoded tensor is cached under ``$CIFARLAB_CACHE_DIR`` (else ``$XDG_CACHE_HOME/cifarlab``, else
+``~/.cache/cifarlab``) as a ``.npy`` array and a small JSON (no pickle), keyed by the file list (names, sizes,
+modification times), the size and the decoder's version. The dataset folder itself is only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifarlab.data import ImageData
+from cifarlab.errors import CifarlabError, DataError, escape
+from cifarlab.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
+from cifarlab.progress import log, progress
+from cifarlab.runfiles import atomic_write
+
+CLASSES_TXT, CLASSES_JSON = "classes.txt", "classes.json"
+HELD_OUT = ("test", "val")  # held-out folders beside train/, in order of preference
+TEST_SHARE = 0.1  # of each class, held out as the test set when the folder has no test/ or val/
+SPLIT_SEED = 0  # fixed: every run on a folder, whatever its seed, shares one test set
+MAX_NAME = 100  # characters in a class name (as checkpoints allow)
+SHOWN = 5  # unreadable files named in a message
+POOL_MIN = 256  # fewer images are decoded in this process: starting workers would cost more than it saves
+CHUNK = 64  # images per task sent to a worker (and per step of the progress bar)
+CACHE_FORMAT = 1  # layout of the cache files; part of the key
+CACHE_SUBDIR = "images"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image file: its path relative to the dataset folder, class index, size, mtime, and which split."""
+
+    rel: str
+    label: int
+    size: int
+    mtime_ns: int
+    test: bool
+
+
+@dataclass
+class Scan:
+    """What a dataset folder holds, before any image is decoded."""
+
+    root: Path
+    layout: str  # "split", "train/test" or "train/val"
+    folders: list[str]  # class folder names, sorted: label c is folders[c]
+    classes: list[str]  # their readable names
+    entries: list[Entry]  # training images, then test images; by class, then by file name
+    ignored: list[str]  # files in class folders that are not images by their extension
+
+
+def visible(name: str) -> bool:
+    """Hidden names (a leading dot, which covers cifarlab's own ``.cifarlab-*``) are ignored."""
+    return not name.startswith(".")
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The sorted names of the visible sub-folders of ``folder``."""
+    try:
+        return sorted(e.name for e in os.scandir(folder) if visible(e.name) and e.is_dir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
+def list_files(folder: Path, root: Path, suffixes: set[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """(relative path, size, mtime in ns) of every image file below ``folder``, sorted; and the other files."""
+    found, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if visible(d))
+        for name in filenames:
+            if not visible(name):
+                continue
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() not in suffixes:
+                ignored.append(rel)
+                continue
+            try:
+                stat = path.stat()
+                found.append((rel, stat.st_size, stat.st_mtime_ns))
+            except OSError:  # a dangling link: listed, then reported as unreadable when decoded
+                found.append((rel, -1, 0))
+    return sorted(found), ignored
+
+
+def find_layout(root: Path) -> tuple[str, Path, Path | None]:
+    """The layout, the folder of training classes and the held-out folder (None: cifarlab splits)."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder of images")
+    subfolders = class_folders(root)
+    if "train" in subfolders:
+        held = next((name for name in HELD_OUT if name in subfolders), None)
+        if held is not None:
+            return f"train/{held}", root / "train", root / held
+        if class_folders(root / "train"):
+            raise DataError(
+                f"{root}: has train/<class>/ folders but no test/ or val/ beside it; add the held-out images as "
+                f"test/<class>/, or give {root / 'train'} to let cifarlab hold out 10% of each class"
+            )
+    return "split", root, None
+
+
+def check_classes(folder: Path, folders: list[str]) -> None:
+    """At least two class folders."""
+    if len(folders) < 2:
+        found = f" ({', '.join(map(escape, folders))})" if folders else ""
+        raise DataError(
+            f"{folder}: found {len(folders)} class folder{'s' * (len(folders) != 1)}{found}; a dataset needs at "
+            "least 2 (one sub-folder of images per class)"
+        )
+
+
+def check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: list[str]) -> None:
+    """The held-out folder has exactly the training classes."""
+    if train != test:
+        only_train = ", ".join(escape(c) for c in train if c not in test) or "none"
+        only_test = ", ".join(escape(c) for c in test if c not in train) or "none"
+        raise DataError(
+            f"{test_dir}: its classes differ from {train_dir.name}/'s (only in {train_dir.name}/: {only_train}; "
+            f"only in {test_dir.name}/: {only_test})"
+        )
+
+
+def class_files(
+    folder: Path, root: Path, folders: list[str], suffixes: set[str], ignored: list[str]
+) -> list[list[tuple[str, int, int]]]:
+    """The image files of each class folder (an empty one is refused); other files are added to ``ignored``."""
+    per_class = []
+    for name in folders:
+        found, other = list_files(folder / name, root, suffixes)
+        ignored.extend(other)
+        if not found:
+            raise DataError(f"{folder / name}: no image files (every class folder needs at least one image)")
+        per_class.append(found)
+    return per_class
+
+
+def held_out(count: int, rng: np.random.Generator) -> set[int]:
+    """Indices of the files of one class (sorted) held out for testing: 10%, at least one."""
+    return set(rng.permutation(count)[: max(1, int(count * TEST_SHARE))].tolist())
+
+
+def scan_folder(path: str | os.PathLike) -> Scan:
+    """List a dataset folder's classes and image files, and decide the test set; nothing is decoded."""
+    root = Path(path).resolve()
+    layout, train_dir, test_dir = find_layout(root)
+    suffixes = image_suffixes()
+    folders = class_folders(train_dir)
+    check_classes(train_dir, folders)
+    ignored: list[str] = []
+    train_files = class_files(train_dir, root, folders, suffixes, ignored)
+    train: list[Entry] = []
+    test: list[Entry] = []
+    if test_dir is None:
+        rng = np.random.default_rng(SPLIT_SEED)
+        for label, files in enumerate(train_files):
+            if len(files) < 2:
+                raise DataError(
+                    f"{train_dir / folders[label]}: only 1 image; each class needs at least 2 (one is held out "
+                    "for testing)"
+                )
+            chosen = held_out(len(files), rng)
+            for i, (rel, size, mtime) in enumerate(files):
+                (test if i in chosen else train).append(Entry(rel, label, size, mtime, i in chosen))
+    else:
+        check_same_classes(train_dir, test_dir, folders, class_folders(test_dir))
+        test_files = class_files(test_dir, root, folders, suffixes, ignored)
+        for split, per_class, is_test in ((train, train_files, False), (test, test_files, True)):
+            for label, files in enumerate(per_class):
+                split.extend(Entry(rel, label, size, mtime, is_test) for rel, size, mtime in files)
+    return Scan(root, layout, folders, class_names(root, folders), train + test, ignored)
+
+
+# --- class names -----------------------------------------------------------------------------------------------
+
+
+def names_from_txt(path: Path, folders: list[str]) -> dict[str, str]:
+    """classes.txt: one readable name per line in sorted folder order, or lines "folder name"."""
+    lines = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    pairs = [line.split(maxsplit=1) for line in lines]
+    if pairs and all(len(p) == 2 and p[0] in folders for p in pairs) and len({p[0] for p in pairs}) == len(pairs):
+        return {folder: name.strip() for folder, name in pairs}
+    if len(lines) != len(folders):
+        raise DataError(
+            f"{path}: {len(lines)} names for {len(folders)} class folders (give one readable name per line, in "
+            "sorted folder order, or lines 'folder name')"
+        )
+    return dict(zip(folders, lines, strict=True))
+
+
+def names_from_json(path: Path, folders: list[str]) -> dict[str, str]:
+    """classes.json: {"folder": "readable name"} for some or all of the class folders."""
+    try:
+        mapping = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise DataError(f'{path}: expected an object {{"folder": "readable name", ...}}')
+    unknown = [k for k in mapping if k not in folders]
+    if unknown:
+        raise DataError(f"{path}: {escape(unknown[0])!r} is not one of the class folders")
+    return {k: v.strip() for k, v in mapping.items()}
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read it as UTF-8 text ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def class_names(root: Path, folders: list[str]) -> list[str]:
+    """The readable name of each class folder: from classes.txt or classes.json at ``root``, else the folder's."""
+    txt, js = root / CLASSES_TXT, root / CLASSES_JSON
+    if txt.is_file() and js.is_file():
+        raise DataError(f"{root}: has both {CLASSES_TXT} and {CLASSES_JSON}; keep one")
+    mapping = names_from_txt(txt, folders) if txt.is_file() else names_from_json(js, folders) if js.is_file() else {}
+    names = [mapping.get(folder, folder) for folder in folders]
+    where = txt if txt.is_file() else js if js.is_file() else root
+    for name in names:
+        if not name or len(name) > MAX_NAME or not name.isprintable():
+            raise DataError(
+                f"{where}: class name {escape(name)!r} is empty, longer than {MAX_NAME} characters or not "
+                f"printable (give readable names in {CLASSES_JSON})"
+            )
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{where}: two classes are named {escape(twice)!r}")
+    return names
+
+
+# --- fingerprints and cache ------------------------------------------------------------------------------------
+
+
+def file_list_fingerprint(entries: list[Entry]) -> str:
+    """16 hex digits of the sha256 of the sorted relative paths and sizes: the same files, the same value,
+    wherever the folder lies and whenever it was copied."""
+    digest = hashlib.sha256()
+    for rel, size in sorted((e.rel, e.size) for e in entries):
+        digest.update(f"{rel}\0{size}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
+
+
+def cache_key(entries: list[Entry], image_size: int) -> str:
+    """The decoded tensor's key: the files in their order (path, size, mtime), the size and the decoder."""
+    digest = hashlib.sha256(f"cifarlab {CACHE_FORMAT} {DECODER_VERSION} {image_size}\n".encode())
+    for e in entries:
+        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    """$CIFARLAB_CACHE_DIR, else $XDG_CACHE_HOME/cifarlab, else ~/.cache/cifarlab."""
+    if os.environ.get("CIFARLAB_CACHE_DIR"):
+        return Path(os.environ["CIFARLAB_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "cifarlab"
+
+
+def cache_paths(key: str) -> tuple[Path, Path]:
+    folder = cache_dir() / CACHE_SUBDIR
+    return folder / f"{key}.npy", folder / f"{key}.json"
+
+
+def valid_meta(meta: Any, count: int, image_size: int) -> bool:
+    """The cache's JSON describes ``count`` files at this size, with a well-formed list of skipped ones."""
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("image_size") != image_size:
+        return False
+    skipped = meta.get("skipped")
+    if meta.get("files") != count or not isinstance(skipped, list):
+        return False
+    if not all(isinstance(s, list) and len(s) == 2 and type(s[0]) is int and isinstance(s[1], str) for s in skipped):
+        return False
+    indices = [s[0] for s in skipped]
+    return len(set(indices)) == len(indices) and all(0 <= i < count for i in indices)
+
+
+def read_cache(key: str, count: int, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
+    """The cached images and skipped files (index, reason), or None when absent; a damaged entry is said and
+    ignored (it is rebuilt)."""
+    array_path, meta_path = cache_paths(key)
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not valid_meta(meta, count, image_size):
+            raise ValueError("its description does not match the files")
+        images = np.load(array_path, allow_pickle=False)
+        kept = count - len(meta["skipped"])
+        if images.dtype != np.uint8 or images.shape != (kept, 3, image_size, image_size):
+            raise ValueError(
+                f"array of {images.dtype} {images.shape}, expected uint8 {(kept, 3, image_size, image_size)}"
+            )
+    except (OSError, ValueError, EOFError) as exc:
+        log(f"cifarlab: the cached images {array_path} are damaged ({exc}); decoding again")
+        return None
+    return images, [(i, reason) for i, reason in meta["skipped"]]
+
+
+def write_cache(key: str, images: np.ndarray, skipped: list[tuple[int, str]], count: int, image_size: int) -> None:
+    """Save the decoded images (array first, then the JSON that makes the entry valid), atomically; a cache
+    folder that cannot be written is a warning, not an error."""
+    array_path, meta_path = cache_paths(key)
+    meta = {"format": CACHE_FORMAT, "image_size": image_size, "files": count, "skipped": [list(s) for s in skipped]}
+    try:
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(array_path, lambda f: np.save(f, images, allow_pickle=False))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+    except (OSError, CifarlabError) as exc:
+        text = str(exc) if isinstance(exc, CifarlabError) else f"{array_path.parent}: {exc.strerror or exc}"
+        log(f"cifarlab: warning: could not cache the decoded images ({text}); the next run decodes them again")
+
+
+# --- decoding --------------------------------------------------------------------------------------------------
+
+
+def cpu_count() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every system
+        return os.cpu_count() or 1
+
+
+def workers_for(count: int) -> int:
+    """Processes that decode ``count`` images: every core, or just this process for a few images."""
+    return 1 if count < POOL_MIN else cpu_count()
+
+
+def ignore_interrupts() -> None:
+    """In workers: Ctrl-C is the main process's to handle (it stops the pool), not a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def decode_chunk(job: tuple[list[str], int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode some files: the readable ones as one (k, 3, S, S) array, and (position, reason) for the others."""
+    paths, image_size = job
+    arrays, failures = [], []
+    for i, path in enumerate(paths):
+        try:
+            arrays.append(decode_file(Path(path), image_size))
+        except ValueError as exc:
+            failures.append((i, str(exc)))
+    if not arrays:
+        return np.empty((0, 3, image_size, image_size), np.uint8), failures
+    return np.stack(arrays), failures
+
+
+def decode_files(paths: list[Path], image_size: int, desc: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode every file into one (N - skipped, 3, S, S) uint8 array, on every core, with a progress bar;
+    returns it and (index, reason) for each file that could not be read."""
+    workers = workers_for(len(paths))
+    chunk = max(1, min(CHUNK, math.ceil(len(paths) / (4 * workers))))
+    jobs = [([str(p) for p in paths[i : i + chunk]], image_size) for i in range(0, len(paths), chunk)]
+    out = np.empty((len(paths), 3, image_size, image_size), np.uint8)
+    failures: list[tuple[int, str]] = []
+    filled = 0
+
+    def collect(results: Any) -> None:
+        nonlocal filled
+        starts = range(0, len(paths), chunk)
+        for start, (arrays, failed) in zip(starts, progress(results, len(jobs), desc), strict=True):
+            out[filled : filled + len(arrays)] = arrays
+            filled += len(arrays)
+            failures.extend((start + i, reason) for i, reason in failed)
+
+    if workers == 1:
+        collect(map(decode_chunk, jobs))
+    else:
+        with multiprocessing.get_context().Pool(workers, initializer=ignore_interrupts) as pool:
+            collect(pool.imap(decode_chunk, jobs))
+    return out[:filled], failures
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def decoded_images(scan: Scan, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """The folder's images at this size, from the cache or decoded now (and cached)."""
+    check_fits(len(scan.entries), image_size, str(scan.root))
+    key = cache_key(scan.entries, image_size)
+    cached = read_cache(key, len(scan.entries), image_size)
+    where = f"{len(scan.entries):,} images of {scan.root} at {image_size} x {image_size}"
+    if cached is not None:
+        log(f"read {where} from the cache ({cache_paths(key)[0]})")
+        return cached
+    start = time.perf_counter()
+    workers = workers_for(len(scan.entries))
+    log(f"decoding {where} in {workers} process{'es' * (workers > 1)} (once: the result is cached)")
+    images, failures = decode_files([scan.root / e.rel for e in scan.entries], image_size, "decoding images")
+    log(f"decoded in {time.perf_counter() - start:.1f} s")
+    write_cache(key, images, failures, len(scan.entries), image_size)
+    return images, failures
+
+
+def report_unreadable(scan: Scan, failures: list[tuple[int, str]], strict: bool) -> None:
+    """Refuse unreadable files with ``strict``; else say how many were skipped, naming the first few."""
+    if not failures:
+        return
+    shown = "; ".join(escape(f"{scan.entries[i].rel}: {reason}") for i, reason in failures[:SHOWN])
+    more = f"; and {len(failures) - SHOWN} more" if len(failures) > SHOWN else ""
+    if strict:
+        raise DataError(
+            f"{scan.root}: {len(failures)} image files cannot be read (refused with --strict): {shown}{more}"
+        )
+    log(
+        f"cifarlab: warning: skipped {len(failures)} of {len(scan.entries):,} image files that cannot be read "
+        f"(--strict refuses them): {shown}{more}"
+    )
+
+
+def report_ignored(scan: Scan) -> None:
+    """Say which files in class folders were left out because their extension is not an image format's."""
+    if scan.ignored:
+        shown = ", ".join(escape(rel) for rel in scan.ignored[:SHOWN])
+        more = f" and {len(scan.ignored) - SHOWN} more" if len(scan.ignored) > SHOWN else ""
+        log(f"cifarlab: ignored {len(scan.ignored)} files that are not images by their extension: {shown}{more}")
+
+
+def split_tensors(scan: Scan, images: np.ndarray, failures: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+    """Train and test images and labels from the decoded array (whose rows are the readable entries, in order)."""
+    failed = {i for i, _ in failures}
+    kept = [e for i, e in enumerate(scan.entries) if i not in failed]
+    is_test = torch.tensor([e.test for e in kept], dtype=torch.bool)
+    labels = torch.tensor([e.label for e in kept], dtype=torch.int64)
+    tensor = torch.from_numpy(images)
+    n_train = int((~is_test).sum())  # training entries come first
+    for split, part in (("training", labels[:n_train]), ("test", labels[n_train:])):
+        counts = torch.bincount(part, minlength=len(scan.folders))
+        if bool((counts == 0).any()):
+            empty = scan.folders[int(torch.nonzero(counts == 0)[0])]
+            raise DataError(f"{scan.root}: class {escape(empty)!r} has no readable {split} images left")
+    return {
+        "train_images": tensor[:n_train],
+        "train_labels": labels[:n_train],
+        "test_images": tensor[n_train:],
+        "test_labels": labels[n_train:],
+    }
+
+
+def folder_record(scan: Scan, image_size: int, failures: list[tuple[int, str]]) -> dict[str, Any]:
+    """What a run saves about the folder (see :class:`cifarlab.data.ImageData`)."""
+    record: dict[str, Any] = {
+        "kind": "folder",
+        "path": str(scan.root),
+        "classes": scan.classes,
+        "image_size": image_size,
+        "fingerprint": file_list_fingerprint(scan.entries),
+        "layout": scan.layout,
+        "skipped": len(failures),
+    }
+    if scan.layout == "split":
+        failed = {i for i, _ in failures}
+        record["test"] = f"{TEST_SHARE:.0%} of each class of {scan.root}, held out by cifarlab (seed {SPLIT_SEED})"
+        record["test_files"] = [e.rel for i, e in enumerate(scan.entries) if e.test and i not in failed]
+    else:
+        held = scan.layout.split("/")[1]
+        record["test"] = f"the held-out folder {held}/ ({scan.root / held})"
+    return record
+
+
+def load_folder(path: str | os.PathLike, image_size: int = 64, strict: bool = False) -> ImageData:
+    """Read a dataset folder at ``image_size``: from the cache when its files are unchanged, else decoded now."""
+    scan = scan_folder(path)
+    report_ignored(scan)
+    images, failures = decoded_images(scan, image_size)
+    report_unreadable(scan, failures, strict)
+    return ImageData(
+        **split_tensors(scan, images, failures),
+        classes=scan.classes,
+        root=scan.root,
+        record=folder_record(scan, image_size, failures),
+    )
