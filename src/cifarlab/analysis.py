@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError, DataError, UsageError
+from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `cifarlab --help` stays fast
@@ -120,10 +120,14 @@ def recorded_dataset(run: Path) -> dict[str, Any]:
 
 def dataset_of(run: Path) -> dict[str, Any]:
     """The run's dataset record; a run without one was trained on CIFAR-10 at 32 pixels (marked ``assumed``)."""
+    return dataset_or_cifar10(recorded_dataset(run))
+
+
+def dataset_or_cifar10(record: Any) -> dict[str, Any]:
+    """``record`` when it is a non-empty record; else CIFAR-10 at 32 pixels, marked ``assumed``."""
     from cifarlab.data import CLASSES
 
-    record = recorded_dataset(run)
-    if record:
+    if isinstance(record, dict) and record:
         return record
     return {
         "kind": "cifar10",

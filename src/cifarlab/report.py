@@ -202,9 +202,9 @@ class RunView:
     @property
     def dataset(self) -> dict[str, Any]:
         """The run's dataset record (CIFAR-10 at 32 px, marked assumed, for a run that predates records)."""
-        from cifarlab.analysis import dataset_of
+        from cifarlab.analysis import dataset_or_cifar10
 
-        return dataset_of(self.path)
+        return dataset_or_cifar10(self.info.get("dataset"))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
@@ -798,9 +798,9 @@ def per_class_markdown(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
 def per_class_note(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
     """Says the report.md table is cut ('' when it lists every class)."""
     n = len(v.per_class)
-    return f"The {limit} worst of {n} classes; all of them in the HTML report and analysis/per_class.csv." if (
-        n > limit
-    ) else ""
+    if n <= limit:
+        return ""
+    return f"The {limit} worst of {n} classes; all of them in the HTML report and analysis/per_class_by_accuracy.csv."
 
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
