@@ -96,6 +96,14 @@ def rename_class(data: dict) -> None:
     data["per_class_accuracy"] = {HOSTILE_CLASS if k == "cat" else k: v for k, v in data["per_class_accuracy"].items()}
 
 
+def rename_recorded_class(data: dict) -> None:
+    """run.json: 'cat' is called HOSTILE_CLASS in the dataset record, when the run has one (it wins over
+    test_metrics.json)."""
+    record = data.get("dataset")
+    if isinstance(record, dict) and isinstance(record.get("classes"), list):
+        record["classes"] = [HOSTILE_CLASS if c == "cat" else c for c in record["classes"]]
+
+
 def hostile_copy(crafted_run: Callable[..., Path], dest: Path, seed: int) -> Path:
     """A copy of the tiny run (with mistakes) with a hostile folder name, class name, config value and run.json
     fields (``lr`` differs between the copies, so each is a group of its own, labelled by its folder name)."""
@@ -106,6 +114,7 @@ def hostile_copy(crafted_run: Callable[..., Path], dest: Path, seed: int) -> Pat
         info={"params": SCRIPT, "cpu": SCRIPT, "platform": f"{IMG} http://x"},
     )
     edit_json(dest / "test_metrics.json", rename_class)
+    edit_json(dest / "run.json", rename_recorded_class)
     return dest
 
 
@@ -201,8 +210,11 @@ def test_markdown_report_escapes_data(hostile_report):
     assert "<" not in md and ">" not in md and "http" not in md.lower()
     assert "&lt;img src=x onerror=alert(1)&gt; \\$x^2\\$ {a} \\\\b" in md  # the first run's name, escaped
     assert "run\\|\\$\\\\frac{\\$ % &#104;ttp\\_\\*x\\*" in md  # the second's
-    table = [ln for ln in md.splitlines() if ln.startswith("|")]
-    assert len({len(re.findall(r"(?<!\\)\|", ln)) for ln in table}) == 1  # no cell split by a name
+    tables = re.findall(r"(?m)(?:^\|.*\n)+", md)  # runs of table lines: results and per-class tables
+    assert len(tables) == 1 + 2  # the results table and one per-class table per run
+    for table in tables:  # no cell split by a name
+        assert len({len(re.findall(r"(?<!\\)\|", ln)) for ln in table.splitlines()}) == 1, table
+    assert markdown_text(HOSTILE_CLASS) in md  # the class name, in a per-class table
     links = re.findall(r"!\[(?:[^\]\\]|\\.)*\]\(([^)\s]+)\)", md)
     assert len(links) == 2 * 7 + 2
     assert all((md_path.parent / unquote(link)).is_file() for link in links)

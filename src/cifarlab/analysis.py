@@ -1,8 +1,10 @@
 """``cifarlab analyze RUN``: the error analysis of a finished run, from its saved test predictions.
 
 Nothing is retrained or re-evaluated: every number comes from ``RUN/test_predictions.npz`` (true labels and
-softmax probabilities of the official test set), computed with torchmetrics so the same code can reduce
-across processes. Images for the galleries and Grad-CAM are looked up in CIFAR-10 by the saved ``index``.
+softmax probabilities of the held-out test set), computed with torchmetrics so the same code can reduce
+across processes. Class names come from the run's dataset record (``run.json`` "dataset"), so any number of
+classes works; images for the galleries and Grad-CAM are read again from the run's dataset
+(:func:`cifarlab.datasets.reload`) and looked up by the saved ``index``, at the run's image size.
 Everything is written to ``RUN/analysis/`` (see ``docs/analysis.md`` for every file and column).
 
 Conventions, stated once:
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError, DataError, UsageError
+from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `cifarlab --help` stays fast
@@ -41,6 +43,8 @@ GALLERY_SIZE = 24
 TOP_LOSSES = 16
 GRADCAM_SHOWN = 8
 GRADCAM_SAMPLE = 64
+MAX_HEATMAP_CLASSES = 20  # more classes than this: the heatmaps show the most confused ones (the CSV has all)
+CAPTION_NAME = 24  # class names longer than this are shortened in gallery captions (the CSV files have them whole)
 # Files that only some analyses make (no mistakes, no images, no metrics.csv): removed before each analysis.
 OPTIONAL_FILES = ("learning_curves.png", "misclassified.png", "top_losses.png", "gradcam.png", "gradcam_maps.npz")
 # torchmetrics gives a confidence of exactly 1.0 (common in float32 softmax) a 16th bin of its own
@@ -104,16 +108,74 @@ def load_predictions(run: str | Path) -> Predictions:
     return Predictions(y_true, probs.astype(np.float32), index, classes)
 
 
-def class_names(run: Path, num_classes: int) -> list[str]:
-    """Class names in label order, as saved with the test metrics (the official names otherwise)."""
+def recorded_dataset(run: Path) -> dict[str, Any]:
+    """The dataset record saved in ``run.json`` ("dataset"); empty for a run made before runs recorded it."""
+    try:
+        info = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    except CifarlabError:
+        return {}
+    record = info.get("dataset") if isinstance(info, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def dataset_of(run: Path) -> dict[str, Any]:
+    """The run's dataset record; a run without one was trained on CIFAR-10 at 32 pixels (marked ``assumed``)."""
+    return dataset_or_cifar10(recorded_dataset(run))
+
+
+def dataset_or_cifar10(record: Any) -> dict[str, Any]:
+    """``record`` when it is a non-empty record; else CIFAR-10 at 32 pixels, marked ``assumed``."""
     from cifarlab.data import CLASSES
 
+    if isinstance(record, dict) and record:
+        return record
+    return {
+        "kind": "cifar10",
+        "path": None,
+        "classes": list(CLASSES),
+        "image_size": 32,
+        "test": "the official test set (test_batch)",
+        "assumed": True,
+    }
+
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
+
+
+def describe_dataset(record: dict[str, Any]) -> str:
+    """One line about a dataset record: 'CIFAR-100 (coarse labels), 32 px, 20 classes' or
+    'image folder /data/pets, 64 px, 37 classes'."""
+    kind = str(record.get("kind", "?"))
+    text = DATASET_NAMES.get(kind, kind)
+    if kind == "folder":
+        text += f" {record.get('path')}"
+    if record.get("labels") is not None and kind == "cifar100":
+        text += f" ({record['labels']} labels)"
+    classes = record.get("classes")
+    text += f", {record.get('image_size', '?')} px, {len(classes) if isinstance(classes, list) else '?'} classes"
+    return text + (" (assumed: the run predates dataset records)" if record.get("assumed") else "")
+
+
+def is_name_list(value: Any, length: int) -> bool:
+    """True for a list of ``length`` strings."""
+    return isinstance(value, list) and len(value) == length and all(isinstance(v, str) for v in value)
+
+
+def class_names(run: Path, num_classes: int) -> list[str]:
+    """Class names in label order: the run's dataset record, else the names saved with the test metrics (the
+    checkpoint's), else CIFAR-10's for a run that predates dataset records, else 'class k'."""
+    from cifarlab.data import CLASSES
+
+    record = recorded_dataset(run)
+    if is_name_list(record.get("classes"), num_classes):
+        return list(record["classes"])
     metrics = run / "test_metrics.json"
     if metrics.is_file():
-        names = list(read_json(metrics).get("per_class_accuracy", {}))
+        saved = read_json(metrics)
+        names = list(saved.get("per_class_accuracy", {})) if isinstance(saved, dict) else []
         if len(names) == num_classes:
             return names
-    if num_classes == len(CLASSES):
+    if not record and num_classes == len(CLASSES):
         return list(CLASSES)
     return [f"class {k}" for k in range(num_classes)]
 
@@ -226,6 +288,25 @@ def confused_pairs(counts: np.ndarray, classes: Sequence[str], top: int = TOP_PA
     ]
 
 
+def by_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-class rows, worst accuracy first; classes without test images (undefined accuracy) last, ties in
+    label order."""
+    return sorted(rows, key=lambda r: (r["accuracy"] is None, r["accuracy"] or 0.0))
+
+
+def most_confused_classes(counts: np.ndarray, limit: int = MAX_HEATMAP_CLASSES) -> np.ndarray:
+    """Label indices of the classes a heatmap shows, in label order: all of them up to ``limit``, else the
+    ``limit`` with the most mistakes as true or as predicted class (row plus column, diagonal left out);
+    ties go to the earlier label."""
+    n = len(counts)
+    if n <= limit:
+        return np.arange(n)
+    off = counts - np.diag(np.diag(counts))
+    errors = off.sum(axis=0) + off.sum(axis=1)
+    order = np.lexsort((np.arange(n), -errors))  # most errors first, then label order
+    return np.sort(order[:limit])
+
+
 def headline(pred: Predictions) -> dict[str, Any]:
     """Top-1, top-3 and loss, with the same code that wrote ``test_metrics.json``."""
     import torch
@@ -283,35 +364,48 @@ def top_losses(pred: Predictions, k: int) -> np.ndarray:
     return wrong[np.argsort(p_true, kind="stable")[:k]]
 
 
+def short_name(name: str, limit: int = CAPTION_NAME) -> str:
+    """A class name cut to ``limit`` characters (with an ellipsis), so a caption fits under its image."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
 def caption(pred: Predictions, pos: int, with_true_prob: bool = False) -> str:
     """'true: cat / pred: dog (87%)' for one image of a gallery."""
     t, p = pred.y_true[pos], pred.y_pred[pos]
-    text = f"true: {pred.classes[t]}\npred: {pred.classes[p]} ({pred.probs[pos, p]:.0%})"
+    text = f"true: {short_name(pred.classes[t])}\npred: {short_name(pred.classes[p])} ({pred.probs[pos, p]:.0%})"
     if with_true_prob:
         text += f"\np(true) = {100 * pred.probs[pos, t]:.2g}%"
     return text
 
 
 def load_test_images(
-    run: Path, pred: Predictions, data: Any = None, data_dir: str | None = None
+    run: Path, pred: Predictions, data: Any = None, data_dir: str | None = None, dataset: str | None = None
 ) -> tuple[torch.Tensor | None, str | None]:
-    """The official test images (uint8), or None and the reason why they cannot be shown.
+    """The run's held-out test images (uint8, at the run's size), or None and the reason why they cannot be shown.
 
-    The images are only used if the labels found at the saved indices equal the saved labels, so a wrong
-    data folder can never put the wrong pictures under a caption.
+    They are read again from the run's dataset record (a run without one is CIFAR-10): CIFAR from
+    ``data_dir`` (--data-dir, $CIFARLAB_DATA_DIR, ./data), an image folder from ``dataset`` or else the folder
+    the record names, refused when its files are not the ones the run was trained on. The images are only
+    used if the labels found at the saved indices equal the saved labels, so a wrong data folder can never
+    put the wrong pictures under a caption.
     """
-    from cifarlab.data import load_cifar10, resolve_data_dir
+    from cifarlab.data import resolve_data_dir
+    from cifarlab.datasets import reload
     from cifarlab.progress import log
 
     if data is None:
-        # never the run's recorded data_dir: a run folder may come from anyone, and the folder from its config
-        # would be read without the user ever naming it
+        record = recorded_dataset(run) or {"kind": "cifar10"}
+        # the CIFAR folder is never the run's recorded data_dir: a run folder may come from anyone, and the
+        # folder from its config would be read without the user ever naming it
         root = resolve_data_dir(data_dir).resolve()
+        hint = "give --dataset FOLDER" if record.get("kind") == "folder" else "give --data-dir"
         try:
-            data = load_cifar10(root, allow_download=False)
-        except DataError as exc:
-            return None, f"test images not available ({exc}); give --data-dir"
-        log(f"test images from {root}")
+            data = reload(record, root, dataset)
+        except CifarlabError as exc:
+            return None, f"test images not available ({exc}); {hint}"
+        except (KeyError, TypeError, ValueError) as exc:  # a record that lacks a field or holds the wrong type
+            return None, f"test images not available (the run's dataset record is incomplete: {exc!r})"
+        log(f"test images from {root if data.root is None else data.root}")
     labels = data.test_labels.numpy()
     if pred.index.max() >= len(labels) or (labels[pred.index] != pred.y_true).any():
         return None, "the test images found do not carry the labels saved with the run (another data folder?)"
@@ -354,28 +448,47 @@ def write_metric_files(out: Path, metrics: dict[str, Any], classes: Sequence[str
     write_matrix_csv(out / "confusion_matrix_normalized.csv", row_normalize(metrics["confusion"]), classes)
     columns = ["class", "precision", "recall", "f1", "support", "accuracy"]
     write_csv(out / "per_class.csv", columns, [[r[c] for c in columns] for r in metrics["per_class"]])
+    ranked = by_accuracy(metrics["per_class"])
+    write_csv(out / "per_class_by_accuracy.csv", columns, [[r[c] for c in columns] for r in ranked])
     pair_columns = ["true", "predicted", "count", "share_of_true"]
     write_csv(out / "confused_pairs.csv", pair_columns, [[r[c] for c in pair_columns] for r in metrics["pairs"]])
     write_json(out / "calibration.json", metrics["calibration"])
 
 
+def heatmap_note(shown: int, total: int) -> str:
+    """The line a confusion heatmap adds when it shows only some classes ('' when it shows them all)."""
+    if shown == total:
+        return ""
+    return f"\nthe {shown} most confused of {total} classes (mistakes as true or predicted); all in the CSV"
+
+
 def draw_metric_figures(
     out: Path, run: Path, metrics: dict[str, Any], classes: Sequence[str], title: str, best_epoch: int | None
 ) -> list[str]:
-    """Confusion heatmaps, learning curves and the reliability diagram; returns the file names."""
+    """Confusion heatmaps, learning curves and the reliability diagram; returns the file names.
+
+    With more than ``MAX_HEATMAP_CLASSES`` classes the heatmaps show the most confused ones (the title says
+    so); the normalised one keeps each row's share of the whole true class."""
     from cifarlab import plots
 
     counts = metrics["confusion"]
+    keep = most_confused_classes(counts)
+    names = [classes[k] for k in keep]
+    note = heatmap_note(len(keep), len(classes))
     files = [
         plots.confusion_heatmap(
-            counts, classes, out / "confusion_matrix.png", False, f"{title}: confusion matrix (test images)"
+            counts[np.ix_(keep, keep)],
+            names,
+            out / "confusion_matrix.png",
+            False,
+            f"{title}: confusion matrix (test images){note}",
         ).name,
         plots.confusion_heatmap(
-            row_normalize(counts),
-            classes,
+            row_normalize(counts)[np.ix_(keep, keep)],
+            names,
             out / "confusion_matrix_normalized.png",
             True,
-            f"{title}: confusion matrix, share of each true class",
+            f"{title}: confusion matrix, share of each true class{note}",
         ).name,
     ]
     if (run / "metrics.csv").is_file():
@@ -439,8 +552,15 @@ def gradcam_analysis(
     if (run / "test_metrics.json").is_file():
         checkpoint = read_json(run / "test_metrics.json").get("checkpoint", checkpoint)
     state = load_checkpoint(run, checkpoint)
+    size = int(images.shape[-1])
+    if len(state["classes"]) != len(pred.classes):
+        raise CifarlabError(
+            f"the checkpoint classifies {len(state['classes'])} classes, the predictions {len(pred.classes)}"
+        )
+    if state.get("image_size", 32) != size:
+        raise CifarlabError(f"the checkpoint was trained at {state.get('image_size', 32)} px, the images are {size} px")
     model = model_from_checkpoint(state)
-    layer = find_target_layer(model)
+    layer = find_target_layer(model, size)
     mean, std = torch.tensor(state["mean"]), torch.tensor(state["std"])
     wrong = sample_misclassified(pred, GRADCAM_SAMPLE, seed)
     right = sample_correct(pred, GRADCAM_SAMPLE, seed)
@@ -489,6 +609,7 @@ def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[st
     per_class = [r for r in metrics["per_class"] if r["f1"] is not None]
     by_f1 = sorted(per_class, key=lambda r: r["f1"])
     cal = metrics["calibration"]
+    shown = most_confused_classes(metrics["confusion"])
     return {
         "run": run.name,
         "model": run_info.get("model"),
@@ -506,13 +627,22 @@ def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[st
         "best_epoch": run_info.get("best_epoch"),
         "train_val_gap": run_info.get("train_val_gap"),
         "classes": list(pred.classes),
+        "worst_classes": [
+            {"class": r["class"], "accuracy": r["accuracy"]} for r in by_accuracy(metrics["per_class"])[:5]
+        ],
+        "heatmap_classes": None if len(shown) == len(pred.classes) else [pred.classes[k] for k in shown],
+        "dataset": {k: v for k, v in dataset_of(run).items() if k != "test_files"},
     }
 
 
-def analyze(run: str | Path, data: Any = None, data_dir: str | None = None, images: bool = True) -> dict[str, Any]:
+def analyze(
+    run: str | Path, data: Any = None, data_dir: str | None = None, images: bool = True, dataset: str | None = None
+) -> dict[str, Any]:
     """Write the whole analysis of ``run`` into ``RUN/analysis/`` and return its summary.
 
-    ``data`` (a loaded :class:`cifarlab.data.ImageData`) saves reading CIFAR-10 again right after training.
+    ``data`` (a loaded :class:`cifarlab.data.ImageData`) saves reading the images again right after training;
+    otherwise they come from the run's dataset (``data_dir``: the CIFAR folder; ``dataset``: an image folder
+    that has moved since training).
     With ``images=False`` (or when the test images cannot be found) galleries and Grad-CAM are skipped and
     the reason is recorded in ``summary.json``.
     """
@@ -531,7 +661,9 @@ def analyze(run: str | Path, data: Any = None, data_dir: str | None = None, imag
     files = draw_metric_figures(out, run, metrics, pred.classes, title, summary["best_epoch"])
     skipped: list[str] = []
     gradcam = None
-    pics, reason = (None, "images not asked for") if not images else load_test_images(run, pred, data, data_dir)
+    pics, reason = (
+        (None, "images not asked for") if not images else load_test_images(run, pred, data, data_dir, dataset)
+    )
     if pics is None:
         skipped.append(f"galleries and Grad-CAM: {reason}")
     else:
@@ -585,7 +717,7 @@ def analyze_after_training(run_dir: Path, data: Any) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    summary = analyze(args.run, data_dir=args.data_dir, images=not args.no_images)
+    summary = analyze(args.run, data_dir=args.data_dir, images=not args.no_images, dataset=args.dataset)
     print(describe(summary, Path(args.run) / ANALYSIS_DIR))
     return 0
 
@@ -602,7 +734,14 @@ def register_analyze(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="a finished run folder (holding test_predictions.npz)")
     p.add_argument(
         "--data-dir",
-        help="folder holding cifar-10-batches-py/, for the images (default: $CIFARLAB_DATA_DIR, else ./data)",
+        help="CIFAR runs: the folder holding the CIFAR batches, for the images "
+        "(default: $CIFARLAB_DATA_DIR, else ./data)",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="FOLDER",
+        help="runs on an image folder: where that folder is now, if it moved (default: the folder the run recorded; "
+        "its files must be the ones the run was trained on)",
     )
     p.add_argument("--no-images", action="store_true", help="numbers and plots only: no galleries or Grad-CAM")
     p.set_defaults(func=cmd_analyze)

@@ -7,6 +7,13 @@ the run's files, so nothing is retrained: cost, speed and the validation numbers
 top-1, top-3, ECE and per-class accuracy recomputed from ``test_predictions.npz`` (the same numbers as the
 run's analysis); learning curves from ``metrics.csv``. Text from the runs' files (folder and class names,
 config values) is escaped in the Markdown output, so it never becomes markup, a link or a table cell.
+
+Data: every run must classify the same classes. Runs of different datasets (another folder, image size or
+CIFAR-100 label set) are compared side by side as separate rows, never averaged: their configs differ, so they
+are in different groups, and a group whose runs have the same config but different dataset records (an image
+folder whose files changed between the seeds) is refused with a usage error naming the two runs and what
+differs. Splitting such a group silently would show two rows with the same label and settings, which is more
+surprising than being told. A run made before runs recorded their dataset counts as CIFAR-10 at 32 pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
 
 GROUP_IGNORES = ("seed", "name", "out")
+# Config fields a run made before datasets existed lacks, with the values such a run used.
+DATA_DEFAULTS = {"dataset": "cifar10", "labels": "fine", "image_size": None, "strict": False}
+# What makes two dataset records the same data (a fingerprint is compared only when both runs have one).
+DATASET_FIELDS = ("kind", "image_size", "labels", "classes", "fingerprint")
+MAX_BAR_CLASSES = 20  # more classes than this: the per-class figure shows the ones where runs differ most
 # What Markdown (CommonMark, GitHub tables, math, strikethrough) reads as syntax, escaped with a backslash.
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~$#])")
 HTML_IN_MARKDOWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
@@ -97,6 +109,7 @@ class RunRecord:
     index: np.ndarray
     classes: list[str]
     texts: dict[str, str] = field(default_factory=dict)  # run.json fields that hold text, not a number (NaN)
+    dataset: dict[str, Any] = field(default_factory=dict)  # the dataset record (CIFAR-10 at 32 px for old runs)
 
     @property
     def name(self) -> str:
@@ -147,7 +160,7 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
 
 def load_record(run: str | Path) -> RunRecord:
     """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
-    from cifarlab.analysis import compute_metrics, load_predictions, require_run
+    from cifarlab.analysis import compute_metrics, dataset_of, load_predictions, require_run
 
     path = require_run(run)
     for needed in ("run.json", "config.json"):
@@ -172,13 +185,58 @@ def load_record(run: str | Path) -> RunRecord:
     except (ValueError, TypeError) as exc:
         raise CifarlabError(f"{path / 'metrics.csv'}: not a table of numbers ({exc})") from None
     return RunRecord(
-        path, config, values, per_class, history, pred.y_pred, pred.y_true, pred.index, pred.classes, texts
+        path,
+        config,
+        values,
+        per_class,
+        history,
+        pred.y_pred,
+        pred.y_true,
+        pred.index,
+        pred.classes,
+        texts,
+        dataset_of(path),
     )
 
 
-def group_key(config: dict[str, Any]) -> str:
+def comparable_config(config: dict[str, Any], dataset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config as grouping sees it: the data fields an older run lacks filled in with what it used, and a
+    default image size (None) replaced by the size the run's dataset record says it got."""
+    full = {**DATA_DEFAULTS, **config}
+    if full["image_size"] is None and dataset and dataset.get("image_size") is not None:
+        full["image_size"] = dataset["image_size"]
+    return full
+
+
+def group_key(config: dict[str, Any], dataset: dict[str, Any] | None = None) -> str:
     """The config without the keys that may differ inside a group, as a canonical string."""
-    return json.dumps({k: v for k, v in config.items() if k not in GROUP_IGNORES}, sort_keys=True)
+    full = comparable_config(config, dataset)
+    return json.dumps({k: v for k, v in full.items() if k not in GROUP_IGNORES}, sort_keys=True)
+
+
+def dataset_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two dataset records ('image_size 32 vs 64'); empty when they are the same data."""
+    out = []
+    for key in DATASET_FIELDS:
+        va, vb = a.get(key), b.get(key)
+        if key == "fingerprint" and (va is None or vb is None):
+            continue  # a record without one (an old run) matches any
+        if va != vb:
+            out.append(f"{key} differs" if key == "classes" else f"{key} {va} vs {vb}")
+    return out
+
+
+def check_group_data(groups: Sequence[Group]) -> None:
+    """Refuse a group whose runs share a config but not their data: a mean ± std would mix datasets."""
+    for g in groups:
+        first = g.runs[0]
+        for other in g.runs[1:]:
+            diffs = dataset_differences(first.dataset, other.dataset)
+            if diffs:
+                raise UsageError(
+                    f"{first.path} and {other.path} have the same settings but were trained on different data "
+                    f"({'; '.join(diffs)}): a mean ± std over them would mix datasets; compare them in separate calls"
+                )
 
 
 def group_runs(records: Sequence[RunRecord]) -> list[Group]:
@@ -186,9 +244,9 @@ def group_runs(records: Sequence[RunRecord]) -> list[Group]:
     model and whatever else differs between the groups (for example ``mycnn epochs=3``)."""
     groups: dict[str, Group] = {}
     for record in records:
-        groups.setdefault(group_key(record.config), Group([])).runs.append(record)
+        groups.setdefault(group_key(record.config, record.dataset), Group([])).runs.append(record)
     result = list(groups.values())
-    configs = [g.runs[0].config for g in result]
+    configs = [comparable_config(g.runs[0].config, g.runs[0].dataset) for g in result]
     keys = sorted({k for c in configs for k in c} - set(GROUP_IGNORES) - {"model"})
     differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     for g, config in zip(result, configs, strict=True):
@@ -253,7 +311,10 @@ def disagreements(groups: Sequence[Group]) -> list[dict[str, Any]]:
     stack = np.stack(list(series.values()))
     occurs = ~np.isnan(stack).any(axis=0)  # a class without test images has no accuracy to compare
     spread = np.where(occurs, np.where(occurs, stack, 0).max(axis=0) - np.where(occurs, stack, 0).min(axis=0), np.nan)
-    same_images = all(np.array_equal(r.index, records[0].index) for r in records)
+    same_images = all(
+        np.array_equal(r.index, records[0].index) and not dataset_differences(r.dataset, records[0].dataset)
+        for r in records
+    )
     differ = None
     if same_images:
         preds = np.stack([r.y_pred for r in records])
@@ -296,6 +357,7 @@ def build_comparison(runs: Sequence[str | Path]) -> Comparison:
     if any(r.classes != records[0].classes for r in records):
         raise UsageError("these runs classify different sets of classes; they cannot be compared")
     groups = group_runs(records)
+    check_group_data(groups)
     return Comparison(groups, markdown_table(groups), disagreements(groups))
 
 
@@ -320,11 +382,26 @@ def disagreement_markdown(rows: Sequence[dict[str, Any]], top: int = 5) -> str:
     )
 
 
+def data_note(comp: Comparison) -> list[tuple[str, str]]:
+    """(group label, its data) for each group when the groups were trained on different data; empty otherwise."""
+    first = comp.groups[0].runs[0].dataset
+    if all(not dataset_differences(g.runs[0].dataset, first) for g in comp.groups):
+        return []
+    from cifarlab.analysis import describe_dataset
+
+    return [(g.label, describe_dataset(g.runs[0].dataset)) for g in comp.groups]
+
+
 def comparison_markdown(comp: Comparison) -> str:
-    """Table, the grouping note and the disagreement list: what ``compare`` prints."""
+    """Table, the grouping note, the data of each group (when it differs) and the disagreement list: what
+    ``compare`` prints."""
     text = comp.table + "\n\n"
     if any(g.n > 1 for g in comp.groups):
         text += "Runs with the same config except seed are grouped: mean ± sample std over the n seeds.\n\n"
+    notes = data_note(comp)
+    if notes:
+        text += "These rows were trained on different data (their test sets differ too):\n\n"
+        text += "\n".join(f"- **{markdown_text(label)}**: {markdown_text(data)}" for label, data in notes) + "\n\n"
     if comp.disagreements:
         text += "Classes where the runs disagree most (test accuracy):\n\n" + disagreement_markdown(comp.disagreements)
         text += "\n"
@@ -381,6 +458,7 @@ def write_comparison(comp: Comparison, out: Path) -> list[Path]:
                     "n": g.n,
                     "seeds": g.seeds,
                     "runs": [str(r.path) for r in g.runs],
+                    "dataset": {k: v for k, v in g.runs[0].dataset.items() if k != "test_files"},
                     "stats": {k: {"mean": finite(m), "std": finite(s)} for k, (m, s) in g.stats.items()},
                 }
                 for g in comp.groups
@@ -394,10 +472,30 @@ def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     if curves:
         files.append(plots.overlaid_learning_curves(curves, out / "learning_curves.png"))
     classes = comp.records[0].classes
-    means = {g.label: g.per_class()[0] for g in comp.groups}
-    stds = {g.label: g.per_class()[1] for g in comp.groups}
-    files.append(plots.per_class_bars(classes, means, stds, out / "per_class_accuracy.png"))
+    keep, title = bar_classes(comp)
+    means = {g.label: g.per_class()[0][keep] for g in comp.groups}
+    stds = {label: None if s is None else s[keep] for label, s in ((g.label, g.per_class()[1]) for g in comp.groups)}
+    names = [classes[k] for k in keep]
+    files.append(plots.per_class_bars(names, means, stds, out / "per_class_accuracy.png", title=title))
     return files
+
+
+def bar_classes(comp: Comparison, limit: int = MAX_BAR_CLASSES) -> tuple[np.ndarray, str]:
+    """Label indices for the per-class figure, in label order, and its title: every class up to ``limit``;
+    else the ``limit`` where the runs differ most (without a second run: the lowest mean accuracy)."""
+    classes = comp.records[0].classes
+    n = len(classes)
+    if n <= limit:
+        return np.arange(n), "per-class accuracy"
+    if comp.disagreements:
+        position = {name: k for k, name in enumerate(classes)}
+        picked = [position[row["class"]] for row in comp.disagreements[:limit]]
+        how = "where the runs differ most"
+    else:
+        mean = np.stack([g.per_class()[0] for g in comp.groups]).mean(axis=0)  # NaN: no test images, put last
+        picked = list(np.lexsort((np.arange(n), np.nan_to_num(mean, nan=np.inf)))[:limit])
+        how = "with the lowest accuracy"
+    return np.sort(np.asarray(picked, dtype=np.int64)), f"per-class accuracy: the {len(picked)} classes {how}, of {n}"
 
 
 def finite(value: float | None) -> float | None:

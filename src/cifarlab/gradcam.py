@@ -42,7 +42,12 @@ def find_target_layer(model: nn.Module, image_size: int = 32) -> TargetLayer:
     def hook(module: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         seen.append(TargetLayer(names[module], module, int(out.shape[-2]), int(out.shape[-1])))
 
-    probe_forward(model, {nn.Conv2d: hook}, image_size)
+    try:
+        probe_forward(model, {nn.Conv2d: hook}, image_size)
+    except RuntimeError as exc:  # a model whose layers only fit other image sizes (a fixed-size linear head)
+        raise CifarlabError(
+            f"{type(model).__name__} does not run on {image_size}x{image_size} images: {str(exc).splitlines()[0]}"
+        ) from None
     usable = [t for t in seen if t.height >= MIN_SPATIAL and t.width >= MIN_SPATIAL]
     if not usable:
         raise CifarlabError(

@@ -73,27 +73,45 @@ def save_png(fig: Figure, path: Path) -> Path:
     return Path(path)
 
 
+TICK_NAME = 20  # class names longer than this are shortened on heatmap axes
+NEAREST_UP_TO = 64  # images up to this size are enlarged pixel by pixel; larger ones are smoothed when shrunk
+
+
+def tick_name(name: str) -> str:
+    """A class name short enough for a heatmap axis (an ellipsis marks a cut)."""
+    return name if len(name) <= TICK_NAME else name[: TICK_NAME - 1] + "…"
+
+
+def interpolation_for(size: int) -> str:
+    """'nearest' for small images (crisp enlarged pixels), 'antialiased' for large ones (no aliasing when shrunk)."""
+    return "nearest" if size <= NEAREST_UP_TO else "antialiased"
+
+
 @literal_text
 def confusion_heatmap(matrix: np.ndarray, classes: Sequence[str], path: Path, normalized: bool, title: str) -> Path:
-    """A 10x10 heatmap with class names on both axes and the value written in every cell."""
-    fig = new_figure(8.2, 7.0)
+    """A heatmap with class names on both axes and the value written in every cell; up to about 20 classes
+    (the figure and its text grow and shrink with the count, so each cell stays readable)."""
+    n = len(classes)
+    extra = max(0, n - 10)
+    fig = new_figure(8.2 + 0.45 * extra, 7.0 + 0.42 * extra)
     ax = fig.add_subplot()
     shown = np.nan_to_num(matrix.astype(float))
     vmax = 1.0 if normalized else max(1.0, float(shown.max()))
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label="share of the true class" if normalized else "images")
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45, ha="right")
-    ax.set_yticks(range(n), classes)
+    names = [tick_name(c) for c in classes]
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
+    cell_font = max(6.0, 8.0 - 0.2 * extra)
     for i in range(n):
         for j in range(n):
             value = matrix[i, j]
             text = ("-" if np.isnan(value) else f"{value:.2f}") if normalized else f"{int(value)}"
             dark = shown[i, j] > 0.6 * vmax
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            ax.text(j, i, text, ha="center", va="center", fontsize=cell_font, color="white" if dark else "black")
     return save_png(fig, path)
 
 
@@ -201,7 +219,8 @@ def reliability_diagram(bins: list[dict], ece: float, path: Path, title: str) ->
 def image_grid(
     images: np.ndarray, captions: list[str], colors: list[str], path: Path, title: str, ncols: int = 6
 ) -> Path:
-    """Images (N, 3, 32, 32 uint8) enlarged in a grid, each with a caption under it."""
+    """Images (N, 3, S, S uint8, any S) in a grid, each with a caption under it; the figure's size does not depend
+    on S (small images are enlarged, large ones shrunk)."""
     n = len(images)
     nrows = max(1, -(-n // ncols))
     fig = new_figure(2.0 * ncols, 2.45 * nrows + 0.5)
@@ -209,7 +228,7 @@ def image_grid(
     for k, ax in enumerate(axes):
         ax.axis("off")
         if k < n:
-            ax.imshow(np.transpose(images[k], (1, 2, 0)), interpolation="nearest")
+            ax.imshow(np.transpose(images[k], (1, 2, 0)), interpolation=interpolation_for(images.shape[-1]))
             ax.set_title(captions[k], fontsize=8.5, color=colors[k])
     fig.suptitle(title)
     return save_png(fig, path)
@@ -219,16 +238,18 @@ def image_grid(
 def gradcam_grid(
     images: np.ndarray, maps_pred: np.ndarray, maps_true: np.ndarray, captions: list[str], path: Path, title: str
 ) -> Path:
-    """One row per image: the image, Grad-CAM for the (wrong) predicted class, Grad-CAM for the true class."""
+    """One row per image: the image, Grad-CAM for the (wrong) predicted class, Grad-CAM for the true class
+    (any image size S; the figure's size does not depend on it)."""
     n = len(images)
+    smooth = interpolation_for(images.shape[-1])
     fig = new_figure(7.5, 2.3 * n + 0.6)
     axes = fig.subplots(n, 3, squeeze=False)
     for k in range(n):
         rgb = np.transpose(images[k], (1, 2, 0))
-        axes[k, 0].imshow(rgb, interpolation="nearest")
+        axes[k, 0].imshow(rgb, interpolation=smooth)
         axes[k, 0].set_title(captions[k], fontsize=8.5)
         for col, (maps, label) in enumerate([(maps_pred, "evidence for predicted"), (maps_true, "for true")], 1):
-            axes[k, col].imshow(rgb, interpolation="nearest")
+            axes[k, col].imshow(rgb, interpolation=smooth)
             axes[k, col].imshow(maps[k], cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
             axes[k, col].set_title(label if maps[k].max() > 0 else f"{label}: none", fontsize=8.5)
         for ax in axes[k]:
@@ -268,6 +289,7 @@ def per_class_bars(
     errors: dict[str, np.ndarray | None],
     path: Path,
     ylabel: str = "test accuracy (%)",
+    title: str = "per-class accuracy",
 ) -> Path:
     """One group of bars per class, one bar per run (or seed group, with its std as an error bar)."""
     fig = new_figure(12, 4.5)
@@ -287,8 +309,8 @@ def per_class_bars(
                 capsize=2,
             )
         )
-    ax.set_xticks(x, classes, rotation=30, ha="right")
-    ax.set(ylabel=ylabel, ylim=(0, 100), title="per-class accuracy")
+    ax.set_xticks(x, [tick_name(c) for c in classes], rotation=30, ha="right")
+    ax.set(ylabel=ylabel, ylim=(0, 100), title=title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(bars, list(values), fontsize=8)  # explicit labels: a name starting with '_' is still listed
     return save_png(fig, path)

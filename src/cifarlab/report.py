@@ -42,7 +42,7 @@ SECTIONS = [
     ("results", "Results"),
     ("learning-curves", "Learning curves"),
     ("confusion", "Confusion matrices"),
-    ("per-class", "Per-class metrics"),
+    ("per-class", "Per-class metrics, worst class first"),
     ("confused-pairs", "Confused pairs"),
     ("galleries", "Galleries"),
     ("calibration", "Calibration"),
@@ -64,6 +64,8 @@ FIGURES = [
     ("reliability_diagram.png", "reliability diagram"),
     ("gradcam.png", "Grad-CAM"),
 ]
+MD_CLASS_ROWS = 20  # report.md lists at most this many classes per run (the worst); the HTML and CSV have all
+PER_CLASS_HEADER = ["class", "precision", "recall", "F1", "support", "accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -196,6 +198,13 @@ class RunView:
         from cifarlab.analysis import run_title
 
         return run_title(self.name, self.info.get("model"))
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        """The run's dataset record (CIFAR-10 at 32 px, marked assumed, for a run that predates records)."""
+        from cifarlab.analysis import dataset_or_cifar10
+
+        return dataset_or_cifar10(self.info.get("dataset"))
 
 
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
@@ -457,10 +466,12 @@ def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
         row("model", value_of("model", "info")),
         row("recipe", value_of("recipe")),
         row("seed (split, weights, shuffling)", value_of("seed")),
+        *dataset_rows(views),
         ["training images"] + [t for t, _ in sizes],
         ["validation images (held out, stratified)"] + [val for _, val in sizes],
-        row("test images (official test set)", lambda v: count(v.summary.get("n", 0))),
-        row("data folder", lambda v: shown(v.config.get("data_dir") or "default ($CIFARLAB_DATA_DIR or ./data)")),
+        row("test images", lambda v: count(v.summary.get("n", 0))),
+        row("test images from", lambda v: shown(v.dataset.get("test"))),
+        row("data folder", data_folder),
     ]
     hyper = [
         "epochs",
@@ -497,8 +508,52 @@ def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
     }
 
 
+DATASET_KINDS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
+
+
+def dataset_rows(views: Sequence[RunView]) -> list[list[str]]:
+    """Setup rows about each run's data: kind, image size, number of classes (and label set, skipped files)."""
+
+    def kind(v: RunView) -> str:
+        name = shown(v.dataset.get("kind"))
+        text = DATASET_KINDS.get(name, name)
+        if v.dataset.get("kind") == "cifar100" and v.dataset.get("labels") is not None:
+            text += f" ({shown(v.dataset.get('labels'))} labels)"
+        return text + (" (assumed: the run predates dataset records)" if v.dataset.get("assumed") else "")
+
+    def classes(v: RunView) -> str:
+        names = v.dataset.get("classes")
+        return count(len(names)) if isinstance(names, list) else shown(names)
+
+    rows = [
+        ["dataset"] + [kind(v) for v in views],
+        ["image size (pixels per side)"] + [shown(v.dataset.get("image_size")) for v in views],
+        ["classes"] + [classes(v) for v in views],
+    ]
+    if any(v.dataset.get("skipped") for v in views):
+        rows.append(["unreadable files skipped"] + [shown(v.dataset.get("skipped", "n/a")) for v in views])
+    return rows
+
+
+def data_folder(v: RunView) -> str:
+    """Where the images were read: the image folder for folder runs, the CIFAR folder from the config otherwise."""
+    if v.dataset.get("kind") == "folder":
+        return shown(v.dataset.get("path"))
+    return shown(v.config.get("data_dir") or "default ($CIFARLAB_DATA_DIR or ./data)")
+
+
+def accuracy_key(row: dict[str, str]) -> tuple[bool, float]:
+    """Sort key of a per_class.csv row: by accuracy, rows whose accuracy is undefined or not a number last."""
+    try:
+        value = float(row.get("accuracy") or "nan")
+    except ValueError:
+        value = math.nan
+    return (math.isnan(value), 0.0 if math.isnan(value) else value)
+
+
 def per_class_rows(v: RunView) -> list[list[str]]:
-    """class, precision, recall, F1, support, accuracy of each class, from per_class.csv."""
+    """class, precision, recall, F1, support, accuracy of each class from per_class.csv, worst accuracy first
+    (ties and undefined accuracies in label order, the undefined ones last)."""
     return [
         [
             shown(r.get("class")),
@@ -508,7 +563,7 @@ def per_class_rows(v: RunView) -> list[list[str]]:
             shown(r.get("support")),
             csv_number(r.get("accuracy"), True),
         ]
-        for r in v.per_class
+        for r in sorted(v.per_class, key=accuracy_key)
     ]
 
 
@@ -550,17 +605,29 @@ def skipped_note(summary: dict[str, Any]) -> str:
     return notes or "not computed"
 
 
+def heatmap_caption(summary: dict[str, Any]) -> str:
+    """What a confusion figure leaves out when it shows only the most confused classes ('' when it shows all)."""
+    shown_classes, every = summary.get("heatmap_classes"), summary.get("classes")
+    if not isinstance(shown_classes, list) or not isinstance(every, list):
+        return ""
+    return (
+        f" (the {len(shown_classes)} most confused of {len(every)} classes, by mistakes as true or predicted "
+        "class; the full matrix is in analysis/confusion_matrix.csv)"
+    )
+
+
 def run_context(v: RunView) -> dict[str, Any]:
     """Everything the HTML template shows of one run."""
     s, a, t = v.summary, v.analysis, v.title
+    part = heatmap_caption(s)
     return {
         "title": t,
         "learning": figure(a / "learning_curves.png", f"{t}: loss and top-1 per epoch; shaded: train - validation gap"),
         "confusion": [
-            figure(a / "confusion_matrix.png", f"{t}: counts"),
+            figure(a / "confusion_matrix.png", f"{t}: counts{part}"),
             figure(
                 a / "confusion_matrix_normalized.png",
-                f"{t}: each row divided by the number of test images of that class",
+                f"{t}: each row divided by the number of test images of that class{part}",
             ),
         ],
         "per_class": per_class_rows(v),
@@ -695,6 +762,9 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
         {
             "title": v.title,
             "links": figure_links([(v.analysis / name, f"{v.name}: {caption}") for name, caption in FIGURES], md_path),
+            "data": data_line(v),
+            "per_class": Verbatim(per_class_markdown(v)),
+            "per_class_note": per_class_note(v),
         }
         for v in views
     ]
@@ -708,6 +778,29 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
         "runs": runs,
     }
     return environment(True).get_template("report.md").render(context)
+
+
+def data_line(v: RunView) -> str:
+    """The run's data in one line for report.md: kind, image size, classes, and where its test images come from."""
+    from cifarlab.analysis import describe_dataset
+
+    return f"{describe_dataset(v.dataset)}; test images: {shown(v.dataset.get('test'))}"
+
+
+def per_class_markdown(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
+    """The per-class table of report.md, worst accuracy first, at most ``limit`` rows; every cell escaped."""
+    rows = per_class_rows(v)[:limit]
+    lines = ["| " + " | ".join(markdown_value(c) for c in PER_CLASS_HEADER) + " |", "|---|" + "---:|" * 5]
+    lines += ["| " + " | ".join(markdown_value(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def per_class_note(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
+    """Says the report.md table is cut ('' when it lists every class)."""
+    n = len(v.per_class)
+    if n <= limit:
+        return ""
+    return f"The {limit} worst of {n} classes; all of them in the HTML report and analysis/per_class_by_accuracy.csv."
 
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
