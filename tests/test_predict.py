@@ -236,5 +236,5 @@ def test_a_checkpoint_with_a_bad_image_size_is_refused(tiny_run, tmp_path, photo
     state = torch.load(tiny_run / "best.pt", weights_only=True)
     state["image_size"] = 10**6
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"'image_size' is not a whole number from 1 to 512"):
+    with pytest.raises(CheckpointError, match=r"'image_size' is not a whole number from 16 to 512"):
         predict_files(tmp_path / "bad.pt", [photos[0]])

@@ -146,11 +146,13 @@ def _check_fields(state: Any, path: Path) -> None:
         problems.append("'epoch' is missing or not a whole number >= 0")
     if "best_val_top1" in state and not _is_finite_number(state["best_val_top1"]):
         problems.append("'best_val_top1' is not a finite number")
-    problems += _classes_problems(state["classes"])
+    class_problems = _classes_problems(state["classes"])
+    problems += class_problems
     if "image_size" in state and not _is_int_in(state["image_size"], MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
         problems.append(f"'image_size' is not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
-    if "dataset" in state:
-        problems += _dataset_problems(state["dataset"], state["classes"], state.get("image_size"))
+    if "dataset" in state:  # compared with the checkpoint's classes only when those are valid (one fault, one line)
+        classes = None if class_problems else state["classes"]
+        problems += _dataset_problems(state["dataset"], classes, state.get("image_size"))
     for key in ("mean", "std"):
         values = state[key]
         if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
@@ -233,7 +235,9 @@ def _dataset_problems(record: Any, classes: Any, image_size: Any) -> list[str]:
     if record.get("kind") not in DATASET_KINDS:
         problems.append(f"'dataset' kind is not one of {', '.join(DATASET_KINDS)} (got {shorten(record.get('kind'))})")
     names = record.get("classes")
-    if not (isinstance(names, list) and all(isinstance(c, str) for c in names) and names == classes):
+    if classes is not None and not (
+        isinstance(names, list) and all(isinstance(c, str) for c in names) and names == classes
+    ):
         problems.append("'dataset' classes differ from the checkpoint's 'classes'")
     size = record.get("image_size")
     if not _is_int_in(size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE) or size != (image_size or DEFAULT_IMAGE_SIZE):
