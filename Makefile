@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 # The PyTorch wheels that lie on this project's machines (see README, "Installing"); elsewhere pip fetches them.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
@@ -24,12 +25,13 @@ study: install
 	$(BIN)/cifarlab study
 
 # Lint, format check and type check first (settings in pyproject.toml), then the tests.
-# PYTEST_ARGS passes options on, e.g. make test PYTEST_ARGS="-m 'not slow'" (markers: see docs/testing.md)
+# The tests run in 2 processes (pytest-xdist; one test file per process at a time, so a file's shared fixtures are
+# built once); PYTEST_WORKERS= runs them in this process. PYTEST_ARGS passes options on, e.g. make test PYTEST_ARGS="-m 'not slow'" (markers: see docs/testing.md)
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -295,10 +295,10 @@ def register_predict(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from cifarlab.export import export, sidecar
 
-    info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir)
-    check = info["check"]
+    info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir, dataset=args.dataset)
+    check, size = info["check"], info["image_size"]
     print(
-        f"wrote {args.out} ({info['format']}; input float32 N x 3 x 32 x 32 RGB in [0, 1], normalisation inside; "
+        f"wrote {args.out} ({info['format']}; input float32 N x 3 x {size} x {size} RGB in [0, 1], normalisation inside; "
         f"output logits) and {sidecar(Path(args.out))}"
     )
     print(
@@ -314,7 +314,10 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
     p.add_argument("--format", choices=["onnx", "torchscript"], help="default: from the --out suffix")
     p.add_argument("--out", required=True, metavar="FILE", help="where to write the model (FILE.json goes beside it)")
-    p.add_argument("--data-dir", help="CIFAR-10 folder for the check on 100 test images (else random images)")
+    p.add_argument(
+        "--data-dir", help="CIFAR folder for the check on held-out images (image-folder runs use their recorded folder)"
+    )
+    p.add_argument("--dataset", metavar="FOLDER", help="the run's image folder, if it has moved since training")
     p.set_defaults(func=cmd_export)
 
 
