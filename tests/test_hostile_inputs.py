@@ -550,6 +550,7 @@ def test_a_damaged_image_is_a_tensor_or_a_one_line_error(file, cuts, truncate, t
 def test_evaluate_refuses_a_checkpoint_trained_on_other_classes(tiny_run, fake_cifar, tmp_path, cli_error):
     state = torch.load(tiny_run / "best.pt", weights_only=True)
     state["classes"] = [f"kind {k}" for k in range(len(state["classes"]))]  # same head, other classes
+    state["dataset"]["classes"] = state["classes"]  # a consistent checkpoint, for other data
     torch.save(state, tmp_path / "other.pt")
     err = cli_error("evaluate", str(tmp_path / "other.pt"), "--data-dir", str(fake_cifar), "--device", "cpu", code=1)
     assert "was trained on classes kind 0, kind 1" in err and "not on the 10 classes of the data" in err
