@@ -298,8 +298,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir, dataset=args.dataset)
     check, size = info["check"], info["image_size"]
     print(
-        f"wrote {args.out} ({info['format']}; input float32 N x 3 x {size} x {size} RGB in [0, 1], normalisation inside; "
-        f"output logits) and {sidecar(Path(args.out))}"
+        f"wrote {args.out} ({info['format']}; input float32 N x 3 x {size} x {size} RGB in [0, 1], "
+        f"normalisation inside; output logits) and {sidecar(Path(args.out))}"
     )
     print(
         f"checked on {check['images']} with {check['runtime']}: max |logit difference| "
