@@ -101,7 +101,7 @@ def test_wrong_shape_is_reported(fake_cifar, tmp_path):
 def test_label_out_of_range_is_reported(fake_cifar, tmp_path):
     root = copy_fake(fake_cifar, tmp_path)
     rewrite_batch(root, "data_batch_4", labels=[12] + [0] * 199)
-    with pytest.raises(DataError, match="data_batch_4: label out of range"):
+    with pytest.raises(DataError, match="data_batch_4: labels out of range"):
         load_cifar10(root, allow_download=False)
 
 

@@ -192,7 +192,7 @@ def test_labels_must_be_one_per_image(labels, count, small_cifar):
 @pytest.mark.parametrize("bad, low, high", [(-1, -1, 8), (10, 0, 10)])
 def test_labels_outside_0_to_9_are_refused_with_the_range_found(bad, low, high, small_cifar):
     path = batch_with(small_cifar, labels=[bad] + list(range(9)))
-    assert refusal_of(small_cifar) == f"{path}: label out of range 0-9 (min {low}, max {high})"
+    assert refusal_of(small_cifar) == f"{path}: labels out of range 0-9 (min {low}, max {high})"
 
 
 def test_an_empty_batch_is_read_as_no_images(small_cifar):

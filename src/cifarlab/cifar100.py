@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.data import Archive, ImageData, download, files_fingerprint, missing_files, resolve_data_dir
+from cifarlab.data import (
+    Archive,
+    ImageData,
+    check_pixels,
+    download,
+    files_fingerprint,
+    missing_files,
+    read_labels,
+    resolve_data_dir,
+)
 from cifarlab.errors import DataError, UsageError
 from cifarlab.safe_pickle import load_restricted
 
@@ -37,26 +46,6 @@ def text_keys(value: Any) -> Any:
     return {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in value.items()}
 
 
-def read_labels(path: Path, values: Any, key: str, count: int, size: int) -> np.ndarray:
-    """The labels under ``key`` as int64, checked: integers in 0..count-1, one per image."""
-    if not (
-        isinstance(values, list)
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-        or isinstance(values, np.ndarray)
-        and values.dtype.kind in "iu"
-    ):
-        raise DataError(f"{path}: '{key}' must be a list of integers")
-    try:
-        labels = np.asarray(values, dtype=np.int64)
-    except OverflowError:
-        raise DataError(f"{path}: '{key}' must be a list of integers in 0-{count - 1}") from None
-    if labels.ndim != 1 or len(labels) != size:
-        raise DataError(f"{path}: {size} images but {labels.size} {key}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= count):
-        raise DataError(f"{path}: {key} out of range 0-{count - 1} (min {labels.min()}, max {labels.max()})")
-    return labels
-
-
 def read_split(path: Path, labels: str) -> tuple[np.ndarray, np.ndarray]:
     """Read the official ``train`` or ``test`` file and check everything about it; errors name the file."""
     if not path.is_file():
@@ -65,12 +54,8 @@ def read_split(path: Path, labels: str) -> tuple[np.ndarray, np.ndarray]:
     batch = text_keys(load_restricted(path))
     if not isinstance(batch, dict) or "data" not in batch or key not in batch:
         raise DataError(f"{path} is not a CIFAR-100 file (expected a dict with 'data' and '{key}')")
-    images = batch["data"]
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3072:
-        shape = getattr(images, "shape", None)
-        dtype = getattr(images, "dtype", type(images).__name__)
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
-    return images.reshape(-1, 3, 32, 32), read_labels(path, batch[key], key, LABELS[labels], len(images))
+    images = check_pixels(path, batch["data"])
+    return images, read_labels(path, batch[key], key, LABELS[labels], len(images))
 
 
 def read_names(path: Path, labels: str) -> list[str]:

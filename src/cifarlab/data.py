@@ -79,27 +79,38 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = load_restricted(path)
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
-    data, labels = batch["data"], batch["labels"]
+    return check_pixels(path, batch["data"]), read_labels(
+        path, batch["labels"], "labels", NUM_CLASSES, len(batch["data"])
+    )
+
+
+def check_pixels(path: Path, data: Any) -> np.ndarray:
+    """The ``data`` of an official CIFAR file as (N, 3, 32, 32) uint8, after checking it is (N, 3072) uint8."""
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         shape = getattr(data, "shape", None)
         dtype = getattr(data, "dtype", type(data).__name__)
         raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got {dtype} {shape}")
+    return data.reshape(-1, 3, 32, 32)
+
+
+def read_labels(path: Path, values: Any, key: str, count: int, size: int) -> np.ndarray:
+    """The labels under ``key`` of an official CIFAR file as int64, checked: integers in 0..count-1, one per image."""
     if not (
-        isinstance(labels, list)
-        and all(isinstance(v, int) for v in labels)
-        or isinstance(labels, np.ndarray)
-        and labels.dtype.kind in "iu"
+        isinstance(values, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        or isinstance(values, np.ndarray)
+        and values.dtype.kind in "iu"
     ):
-        raise DataError(f"{path}: 'labels' must be a list of integers")
+        raise DataError(f"{path}: '{key}' must be a list of integers")
     try:
-        labels = np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(values, dtype=np.int64)
     except OverflowError:
-        raise DataError(f"{path}: 'labels' must be a list of integers in 0-9") from None
-    if labels.ndim != 1 or len(labels) != len(data):
-        raise DataError(f"{path}: {len(data)} images but {labels.size} labels")
-    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise DataError(f"{path}: label out of range 0-9 (min {labels.min()}, max {labels.max()})")
-    return data.reshape(-1, 3, 32, 32), labels
+        raise DataError(f"{path}: '{key}' must be a list of integers in 0-{count - 1}") from None
+    if labels.ndim != 1 or len(labels) != size:
+        raise DataError(f"{path}: {size} images but {labels.size} {key}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= count):
+        raise DataError(f"{path}: {key} out of range 0-{count - 1} (min {labels.min()}, max {labels.max()})")
+    return labels
 
 
 def _read_classes(path: Path) -> list[str]:
