@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +131,16 @@ def test_evaluate_command_prints_metrics(tiny_run, fake_cifar, tmp_path, capsys)
     out = capsys.readouterr().out
     assert "test: top-1" in out and (tmp_path / "test_metrics.json").is_file()
     assert f"data {fake_cifar.resolve()}" in out  # says which data folder was read
+
+
+@pytest.mark.subprocess
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`cifarlab models | head -1`: a closed pipe stops the command with 141 (128 + SIGPIPE), no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifarlab", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader goes away before the table is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err and err == b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -355,13 +356,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # output still buffered for a closed pipe fails here, inside the handlers below
+        return code
     except CifarlabError as exc:
         print(f"cifarlab: error: {escape(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("cifarlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`cifarlab models | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so Python's final flush of stdout does not fail again
+        return 141  # 128 + SIGPIPE, the status a shell reports for a tool stopped by a closed pipe
 
 
 if __name__ == "__main__":
