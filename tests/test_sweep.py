@@ -29,6 +29,16 @@ from cifarlab.sweep import SweepSpec, expand, parse_seeds, parse_set, split_valu
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_home(tmp_path_factory):
+    """Sweeps, workers and the Ray cluster of this module run with a home folder of their own: state a user keeps
+    there (Ray's ~/.ray/auth_token, left by any earlier local Ray instance, makes clients ask a token-less cluster
+    for a token and fail) must not decide a test, and the tests must not write into the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 def tiny(fake_cifar: Path, out: Path, *extra: str) -> list[str]:
     """Flags of a sweep of tiny mycnn runs on the generated data, one torch thread per run."""
     return [
