@@ -311,7 +311,7 @@ def test_decoding_in_worker_processes_gives_the_same_images(image_folder, monkey
     paths = sorted((image_folder / "train").rglob("*.png")) + [image_folder / "missing.png"]
     alone, alone_failed = folders.decode_files(paths, 16, "decoding")
     monkeypatch.setattr(folders, "POOL_MIN", 1)
-    monkeypatch.setattr(folders, "cpu_count", lambda: 2)
+    monkeypatch.setattr(folders, "usable_cores", lambda: 2)
     pooled, pooled_failed = folders.decode_files(paths, 16, "decoding")
     assert np.array_equal(alone, pooled) and alone.shape == (24, 3, 16, 16)
     assert alone_failed == pooled_failed == [(24, "no such file")]

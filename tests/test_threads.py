@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cifarlab import device
+from cifarlab.cores import cgroup_cpu_limit
 
 
 def import_and_report(env: dict[str, str]) -> str:
@@ -43,5 +44,5 @@ def test_threads_are_cut_to_the_usable_cores_and_never_raised(monkeypatch):
 def test_a_container_cpu_quota_counts_as_its_whole_cores(tmp_path, text, cores):
     quota = tmp_path / "cpu.max"
     quota.write_text(text)
-    assert device.cgroup_cpu_limit(str(quota)) == cores
-    assert device.cgroup_cpu_limit(str(tmp_path / "absent")) is None
+    assert cgroup_cpu_limit(str(quota)) == cores
+    assert cgroup_cpu_limit(str(tmp_path / "absent")) is None

@@ -17,9 +17,8 @@ from cifarlab.data import (
     Archive,
     ImageData,
     check_pixels,
-    download,
     files_fingerprint,
-    missing_files,
+    installed_folder,
     read_labels,
     resolve_data_dir,
 )
@@ -80,20 +79,7 @@ def load_cifar100(
     if labels not in LABELS:
         raise UsageError(f"labels: must be 'fine' or 'coarse' (got {labels!r})")
     root = resolve_data_dir(data_dir)
-    folder = root / FOLDER
-    source = cifar100_archive()
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder} is not a folder (it should hold the CIFAR-100 files)")
-    if not folder.is_dir():
-        if not allow_download:
-            raise DataError(f"CIFAR-100 not found: no {FOLDER}/ folder in {root.resolve()}")
-        download(root, source)
-    elif allow_download and missing_files(folder, source.files):
-        from cifarlab.progress import log
-
-        missing = missing_files(folder, source.files)[0]
-        log(f"{folder} is incomplete (no {missing}; an interrupted download?): replacing it")
-        download(root, source)
+    folder = installed_folder(root, cifar100_archive(), "CIFAR-100 files", allow_download)
     train_images, train_labels = read_split(folder / TRAIN_FILE, labels)
     test_images, test_labels = read_split(folder / TEST_FILE, labels)
     classes = read_names(folder / META_FILE, labels)

@@ -245,6 +245,25 @@ def download(root: Path, source: Archive | None = None) -> None:
         ) from None
 
 
+def installed_folder(root: Path, source: Archive, holds: str, allow_download: bool) -> Path:
+    """``root/<source.folder>``, downloaded when absent and replaced when it lacks files (an interrupted download),
+    if downloads are allowed; otherwise a missing folder is a one-line error. ``holds`` names its files."""
+    folder = root / source.folder
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (it should hold the {holds})")
+    if not folder.is_dir():
+        if not allow_download:
+            raise DataError(f"{source.name} not found: no {source.folder}/ folder in {root.resolve()}")
+        download(root, source)
+    elif allow_download and missing_files(folder, source.files):
+        from cifarlab.progress import log
+
+        missing = missing_files(folder, source.files)[0]
+        log(f"{folder} is incomplete (no {missing}; an interrupted download?): replacing it")
+        download(root, source)
+    return folder
+
+
 def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool = True) -> ImageData:
     """Read the official python-version batches from ``data_dir/cifar-10-batches-py`` into uint8 tensors.
 
@@ -252,18 +271,7 @@ def load_cifar10(data_dir: str | os.PathLike | None = None, allow_download: bool
     when downloads are allowed; otherwise the missing file is named.
     """
     root = resolve_data_dir(data_dir)
-    folder = root / BATCH_DIR
-    if folder.exists() and not folder.is_dir():
-        raise DataError(f"{folder} is not a folder (it should hold the CIFAR-10 batch files)")
-    if not folder.is_dir():
-        if not allow_download:
-            raise DataError(f"CIFAR-10 not found: no {BATCH_DIR}/ folder in {root.resolve()}")
-        download(root)
-    elif allow_download and missing_files(folder):
-        from cifarlab.progress import log
-
-        log(f"{folder} is incomplete (no {missing_files(folder)[0]}; an interrupted download?): replacing it")
-        download(root)
+    folder = installed_folder(root, cifar10_archive(), "CIFAR-10 batch files", allow_download)
     train = [_read_batch(folder / name) for name in TRAIN_FILES]
     test_images, test_labels = _read_batch(folder / TEST_FILE)
     classes = _read_classes(folder / META_FILE)

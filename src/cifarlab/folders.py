@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarlab.cores import usable_cores
 from cifarlab.data import ImageData
 from cifarlab.errors import CifarlabError, DataError, escape
 from cifarlab.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
@@ -334,17 +335,9 @@ def write_cache(key: str, images: np.ndarray, skipped: list[tuple[int, str]], co
 # --- decoding --------------------------------------------------------------------------------------------------
 
 
-def cpu_count() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every system
-        return os.cpu_count() or 1
-
-
 def workers_for(count: int) -> int:
     """Processes that decode ``count`` images: every core, or just this process for a few images."""
-    return 1 if count < POOL_MIN else cpu_count()
+    return 1 if count < POOL_MIN else usable_cores()
 
 
 def ignore_interrupts() -> None:
