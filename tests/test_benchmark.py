@@ -82,7 +82,7 @@ def test_time_to_accuracy_runs_fast_budgets_and_the_seed_recipe(fake_cifar, tmp_
     probe = engine("Probe")
     engine_patch(
         "time_probe",
-        lambda config, width, *args: probe(
+        lambda config, width, *args, **kwargs: probe(
             width, step_seconds=0.5, eval_image_seconds=1e-4, save_seconds=0.01, probe_seconds=0.0
         ),
     )

@@ -11,6 +11,9 @@ import torch
 
 import cifarlab.budget as budget_module
 from cifarlab.budget import (
+    PROBE_MAX_STEPS,
+    PROBE_STEPS,
+    WIDTH_TOLERANCE,
     WIDTHS,
     BudgetPlan,
     Pacer,
@@ -21,6 +24,7 @@ from cifarlab.budget import (
     final_test_seconds,
     fit_steps,
     plan_budget,
+    time_probe,
 )
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
@@ -229,6 +233,105 @@ def test_planner_takes_the_widest_width_that_fits_the_epochs(monkeypatch):
     assert plan.predicted_seconds <= 60.0
     planned = apply_plan(config, plan)
     assert planned.model_width == plan.width and planned.epochs == plan.epochs
+
+
+def scripted_step(clock: FakeClock, seconds: list[float]):
+    """A training step that takes the next of ``seconds`` on ``clock`` (the warm-up step first)."""
+    durations = iter(seconds)
+
+    def step(*args) -> None:
+        clock.now += next(durations)
+
+    return step
+
+
+def tiny_batches(size: int = 32, n: int = 100) -> Batches:
+    images = torch.zeros(n, 3, size, size, dtype=torch.uint8)
+    return Batches(images, torch.zeros(n, dtype=torch.long), 1, torch.zeros(3), torch.ones(3))
+
+
+def probe_with_steps(seconds: list[float]) -> Probe:
+    clock = FakeClock()
+    config = make_config("fast", time_budget=60.0)
+    step = scripted_step(clock, seconds)
+    return time_probe(config, 16, tiny_batches(), 10, torch.device("cpu"), step, clock=clock)
+
+
+def test_a_probe_whose_steps_agree_times_three_steps():
+    probe = probe_with_steps([5.0, 0.20, 0.22, 0.21])  # warm-up, then three steps within PROBE_SPREAD
+    assert probe.timed_steps == PROBE_STEPS == 3
+    assert probe.step_seconds == pytest.approx(0.21)
+    assert probe.probe_seconds == pytest.approx(5.63)  # read on the injected clock, warm-up included
+
+
+def test_a_probe_whose_steps_disagree_times_more_steps():
+    """A step slowed 4x by another process: the probe times three more; all six still disagree, so three more."""
+    probe = probe_with_steps([5.0, 0.20, 0.80, 0.21] + [0.20, 0.22, 0.21] + [0.20, 0.20, 0.23] + [9.9] * 5)
+    assert probe.timed_steps == PROBE_MAX_STEPS == 9  # and no further: the last five durations are never taken
+    assert probe.step_seconds == pytest.approx(0.21)  # the median of the nine, untouched by the slow step
+
+
+def width_plan(monkeypatch, readings: list[float], budget: float = 40.0):
+    """Plan a width with probes that cost each width's MACs times the next of ``readings`` (the machine's speed
+    as each probe saw it, 1.0 = its true speed). Returns the plan and the widths probed."""
+    macs = {w: count_macs(build_model("fastcnn", width=w)) for w in WIDTHS}
+    speeds, probed = iter(readings), []
+
+    def fake_probe(config, width, *args, **kwargs):
+        probed.append(width)
+        seconds = 0.01 * macs[width] / macs[16] * next(speeds)
+        return Probe(width, step_seconds=seconds, eval_image_seconds=1e-5, save_seconds=0.01, probe_seconds=0.0)
+
+    monkeypatch.setattr(budget_module, "time_probe", fake_probe)
+    config = make_config("fast", time_budget=budget, budget_epochs=4.0)
+    plan = plan_budget(
+        config,
+        tiny_batches(),
+        1000,
+        10000,
+        10,
+        torch.device("cpu"),
+        started=0.0,
+        train_step=train_step,
+        clock=FakeClock(0.0),
+    )
+    return plan, probed
+
+
+def test_the_chosen_widths_own_probe_moves_the_width_back_when_the_first_reading_was_off(monkeypatch):
+    true_plan, true_probed = width_plan(monkeypatch, [1.0, 1.0])
+    true_width = true_plan.width
+    assert true_probed == [16, true_width] and 16 < true_width < WIDTHS[-1]
+    index = WIDTHS.index(true_width)
+
+    # the first reading ran 40% fast: it picks a wider width, whose own probe (at the true speed) takes it back
+    fast_plan, fast_probed = width_plan(monkeypatch, [0.6, 1.0, 1.0])
+    assert fast_probed[1] > true_width and fast_plan.width == WIDTHS[WIDTHS.index(fast_probed[1]) - 1]
+    assert len(fast_plan.probes) == 3 and fast_plan.probes[-1]["width"] == fast_plan.width
+
+    # the first reading ran 60% slow: it picks a narrower width, whose own probe moves it one step up
+    slow_plan, slow_probed = width_plan(monkeypatch, [1.6, 1.0, 1.0])
+    assert slow_probed[1] < true_width and slow_plan.width == WIDTHS[WIDTHS.index(slow_probed[1]) + 1]
+    assert abs(WIDTHS.index(slow_plan.width) - index) <= 1 and abs(WIDTHS.index(fast_plan.width) - index) <= 1
+
+
+def test_within_the_tolerance_the_first_choice_stands(monkeypatch):
+    """A second reading 10% off the first, either way, is noise: no third probe, the width stays."""
+    first, _ = width_plan(monkeypatch, [1.0, 1.0])
+    for second in (1 / (1 + 0.66 * WIDTH_TOLERANCE), 1 + 0.66 * WIDTH_TOLERANCE):
+        plan, probed = width_plan(monkeypatch, [1.0, second])
+        assert probed == [16, first.width] and plan.width == first.width
+
+
+def test_the_cheap_width_is_read_twice_before_it_is_kept(monkeypatch):
+    """At a budget where the cheap width is the choice, a second reading at normal speed after a slow first one
+    moves it up only when the next width fits the epochs with room to spare."""
+    plan, probed = width_plan(monkeypatch, [1.0, 1.0], budget=10.0)
+    assert plan.width == 16 and probed == [16, 16]  # width 24 fits 3.5 epochs: the second reading agrees
+    true, _ = width_plan(monkeypatch, [1.0, 1.0], budget=14.0)
+    assert true.width == 24  # 5.4 epochs at the machine's true speed
+    slow, probed = width_plan(monkeypatch, [2.0, 1.0, 1.0], budget=14.0)  # 2x slow: the cheap width looked best
+    assert probed == [16, 16, 24] and slow.width == 24
 
 
 def test_too_short_a_budget_is_a_usage_error(fake_cifar, tmp_path):

@@ -131,7 +131,7 @@ def test_the_budget_probe_goes_round_a_split_smaller_than_its_steps():
 
 def test_a_time_budget_on_a_tiny_split_plans_and_runs(fake_cifar, tmp_path, monkeypatch):
     fixed = Probe(8, step_seconds=0.5, eval_image_seconds=1e-4, save_seconds=0.01, probe_seconds=0.0)
-    monkeypatch.setattr(budget_module, "time_probe", lambda config, width, *args: fixed)
+    monkeypatch.setattr(budget_module, "time_probe", lambda config, width, *args, **kwargs: fixed)
 
     def ticking(tick: float = 0.5):  # a clock that moves 0.5 s at each reading: the plan is exact
         now = [0.0]

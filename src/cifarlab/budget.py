@@ -12,10 +12,11 @@ on time: the LR still warms up and decays to its final value. What is planned an
 
 The budget clock starts once the data is in memory (reading it from disk is reported, not counted); the probes
 count against it. For models with a width (fastcnn) and no width fixed in the config, the planner also picks the
-widest width that still fits ``budget_epochs`` epochs: at short budgets a narrower net trained for more epochs
-beats a wide one that sees each image once. While training, the :class:`Pacer` re-fits the remaining steps to
-the time left whenever the machine turns out slower or faster than the probes said. Every function that reads
-the budget clock takes it as ``clock`` (``time.perf_counter`` by default), so tests can run it on a fake one.
+widest width that still fits ``budget_epochs`` epochs (checked by that width's own probe): at short budgets a
+narrower net trained for more epochs beats a wide one that sees each image once. While training, the :class:`Pacer`
+re-fits the remaining steps to the time left whenever the machine turns out slower or faster than the probes said.
+Every function that reads the budget clock takes it as ``clock`` (``time.perf_counter`` by default), so tests can
+run it on a fake one.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from cifarlab.optim import RunLength, make_optimizer, steps_per_epoch
 WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (why from 16: docs/benchmarks.md)
 PROBE_WIDTH = 16  # cheap width timed first to gauge the machine when the planner chooses the width
 PROBE_STEPS = 3  # timed steps per probe (their median), after one untimed warm-up step
+PROBE_SPREAD = 1.5  # slowest/fastest timed step above which the probe looks off and times more steps
+PROBE_MAX_STEPS = 9  # the most timed steps a probe takes when its steps disagree
+WIDTH_TOLERANCE = 0.15  # how far the chosen width's own probe must disagree with the first before the width moves
 MARGIN = 0.05  # share of the budget kept free for timing noise
 TTA_SHARE = 0.1  # the most of the budget the final test may take; a lower TTA level is used beyond it
 TEST_FIXED_SECONDS = 1.0  # loading the checkpoint, writing predictions and metrics after the test pass
@@ -60,6 +64,7 @@ class Probe:
     eval_image_seconds: float
     save_seconds: float
     probe_seconds: float
+    timed_steps: int = PROBE_STEPS  # more than PROBE_STEPS when the first steps disagreed
 
 
 @dataclass
@@ -127,9 +132,13 @@ def time_probe(
     device: torch.device,
     train_step: StepFunction,
     steps: int = PROBE_STEPS,
+    clock: Clock = time.perf_counter,
 ) -> Probe:
-    """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded)."""
-    t_start = time.perf_counter()
+    """Train a scratch copy of the model for a few steps on real batches and time it (the copy is discarded).
+
+    When the timed steps disagree (the slowest over PROBE_SPREAD times the fastest: another process took the
+    cores for a moment), it times ``steps`` more, up to PROBE_MAX_STEPS, and keeps the median of them all."""
+    t_start = clock()
     model = place_model(
         build_model(config.model, num_classes=num_classes, **model_kwargs(config, width)), device, config.channels_last
     )
@@ -143,28 +152,29 @@ def time_probe(
 
     step()  # warm-up: memory allocation and kernel selection make the first step slow
     synchronize(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    step_seconds = statistics.median(times)  # the median shrugs off one step slowed by another process
+    times: list[float] = []
+    while not times or (len(times) < max(steps, PROBE_MAX_STEPS) and max(times) > PROBE_SPREAD * min(times)):
+        for _ in range(steps):
+            t0 = clock()
+            step()
+            synchronize(device)
+            times.append(clock() - t0)
+    step_seconds = statistics.median(times)  # the median shrugs off steps slowed by another process
 
     model.eval()
     x = next(stream)[0][: config.eval_batch_size]  # the batch size validation and the test will use
     with torch.no_grad():
         model(x)
         synchronize(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         model(x)
         synchronize(device)
-    eval_image_seconds = (time.perf_counter() - t0) / len(x)
+    eval_image_seconds = (clock() - t0) / len(x)
 
-    t0 = time.perf_counter()
+    t0 = clock()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
-    save_seconds = 2 * (time.perf_counter() - t0) + 0.02  # in memory; doubled for the file write and fsync
-    return Probe(width, step_seconds, eval_image_seconds, save_seconds, time.perf_counter() - t_start)
+    save_seconds = 2 * (clock() - t0) + 0.02  # in memory; doubled for the file write and fsync
+    return Probe(width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times))
 
 
 def scaled(probe: Probe, macs_from: int, macs_to: int) -> Probe:
@@ -205,7 +215,7 @@ def plan_budget(
     budget, spe = budget_seconds(config), steps_per_epoch(batches)
 
     def probe(width: int | None) -> Probe:
-        return time_probe(config, width, batches, num_classes, device, train_step)
+        return time_probe(config, width, batches, num_classes, device, train_step, clock=clock)
 
     def available(probe: Probe) -> float:
         """Seconds left for the steps and epoch overheads, once everything else is set aside."""
@@ -239,21 +249,30 @@ def choose_width(
 ) -> list[Probe]:
     """Probe the cheap width, price every width from it by multiply-accumulates (on images of ``image_size``
     pixels, as trained), take the widest that fits ``budget_epochs`` epochs, and probe that one for real.
-    Returns the probes, the chosen width's last."""
+
+    One probe decides only roughly: its reading drifts by about 20% from one few-second window to the next. So
+    the chosen width's own probe (a second reading when it is the cheap width) checks the choice: the width moves
+    one step when that reading disagrees by more than WIDTH_TOLERANCE (narrower when the width falls short of the
+    epochs, wider when the next width fits them with room to spare), and the new width is probed; within that band
+    the first choice stands. Returns the probes in the order taken, the chosen width's last."""
 
     def macs(width: int) -> int:
         return count_macs(build_model(config.model, num_classes, width=width), image_size)
 
+    def epochs_at(width: int, base: Probe) -> float:
+        """Epochs that fit at ``width``, its costs carried from the probe ``base`` by multiply-accumulates."""
+        estimate = scaled(base, macs(base.width or PROBE_WIDTH), macs(width))
+        return fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val), spe) / spe
+
     probes = [probe(PROBE_WIDTH)]
-    base_macs = macs(PROBE_WIDTH)
-    width = WIDTHS[0]
-    for candidate in WIDTHS:
-        estimate = scaled(probes[0], base_macs, macs(candidate))
-        epochs = fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val), spe) / spe
-        if epochs >= config.budget_epochs or candidate == WIDTHS[0]:
-            width = candidate
-    if width != PROBE_WIDTH:
-        probes.append(probe(width))
+    fitting = [w for w in WIDTHS if epochs_at(w, probes[0]) >= config.budget_epochs]
+    width = fitting[-1] if fitting else WIDTHS[0]
+    probes.append(probe(width))
+    index, target = WIDTHS.index(width), config.budget_epochs
+    if index > 0 and epochs_at(width, probes[-1]) < target / (1 + WIDTH_TOLERANCE):
+        probes.append(probe(WIDTHS[index - 1]))  # the first reading was fast: this width falls short
+    elif index + 1 < len(WIDTHS) and epochs_at(WIDTHS[index + 1], probes[-1]) >= target * (1 + WIDTH_TOLERANCE):
+        probes.append(probe(WIDTHS[index + 1]))  # the first reading was slow: the next width fits with room
     return probes
 
 
