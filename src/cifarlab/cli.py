@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from cifarlab.analysis import register_analyze
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
+from cifarlab.config import COMPILE_MODES
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.flags import add_data_flags, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
@@ -71,8 +72,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "labels",
         "image_size",
         "strict",
+        "timed",
     )
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "compile_mode", None) is not None:
+        values.update(compile=True, compile_mode=args.compile_mode)
+    return values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -231,6 +236,22 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         type=positive_int,
         metavar="N",
         help="channel width of models that take one (fastcnn; default 64, or the budget planner's)",
+    )
+    p.add_argument(
+        "--compile",
+        dest="compile_mode",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="torch.compile the model; MODE reduce-overhead or max-autotune also use CUDA graphs on a GPU "
+        "(compiling takes a minute or more, on the clock)",
+    )
+    p.add_argument(
+        "--timed",
+        action="store_true",
+        default=None,
+        help="time as airbench does: per-epoch validation and checkpoints off the clock (run.json's "
+        "seconds_used), no per-step GPU syncs (docs/fast.md)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -67,6 +67,8 @@ class TrainConfig:
     test_checkpoint: str = "best"  # checkpoint scored on the test set: "best" (val top-1) or "last" (schedule end)
     channels_last: bool = False  # NHWC memory layout for the model (always used on CPUs, where oneDNN prefers it)
     compile: bool = False  # torch.compile the model (the compile time counts against a --time-budget)
+    compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
+    timed: bool = False  # time as airbench does: per-epoch validation and checkpoints off the clock, no per-step syncs
     bf16: bool = False  # CUDA only: bf16 autocast of forward passes (ignored on CPU, where it measured slower)
 
     # --- reproducibility and placement ---
@@ -142,6 +144,7 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULERS = ("step", "onecycle", "cosine", "none")
 AUGMENTS = ("none", "crop-flip", "translate-altflip")
 LABELS = ("fine", "coarse")  # CIFAR-100's two label sets
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes (the last two: CUDA graphs)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512  # every registered model works in this range (global pooling)
 
 
@@ -226,6 +229,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optimizer": (lambda v: v in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
     "scheduler": (lambda v: v in SCHEDULERS, f"unknown scheduler; choose from {', '.join(SCHEDULERS)}"),
     "augment": (lambda v: v in AUGMENTS, f"unknown augmentation; choose from {', '.join(AUGMENTS)}"),
+    "compile_mode": (lambda v: v in COMPILE_MODES, f"must be one of {', '.join(COMPILE_MODES)}"),
     "model": (lambda v: v != "", "must name a model"),
     "device": (lambda v: v != "", "must name a device (auto, cpu, cuda, cuda:N or mps)"),
     "out": (lambda v: v != "", "must name a folder"),

@@ -40,6 +40,8 @@ def validate_fast(config: Any) -> None:
         raise UsageError(f"train_steps must be at least 1 (got {config.train_steps})")
     if config.time_budget is not None and not config.time_budget > 0:
         raise UsageError(f"--time-budget must be a positive number of seconds (got {config.time_budget})")
+    if config.timed and config.time_budget is not None:
+        raise UsageError("timed runs leave validation off the clock, a --time-budget counts all the time: use one")
     if not config.budget_epochs > 0:
         raise UsageError(f"budget_epochs must be positive (got {config.budget_epochs})")
     if config.tta not in (0, 1, 2):

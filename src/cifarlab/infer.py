@@ -89,9 +89,15 @@ def inference_model(state: dict[str, Any], device: torch.device) -> nn.Module:
 
 
 def evaluate_checkpoint(
-    state: dict[str, Any], data: ImageData, split: str, device: torch.device, batch_size: int = 1000
+    state: dict[str, Any],
+    data: ImageData,
+    split: str,
+    device: torch.device,
+    batch_size: int = 1000,
+    model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone."""
+    """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone (or from
+    ``model``, already placed, when the caller holds the checkpoint's model in memory)."""
     cfg = state["config"]
     if split == "test":
         images, labels, index = data.test_images, data.test_labels, torch.arange(len(data.test_labels))
@@ -101,5 +107,6 @@ def evaluate_checkpoint(
     batches = Batches(
         images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]), device=device
     )
-    logits, y = infer(inference_model(state, device), batches, tta=cfg.get("tta", 0))
+    model = inference_model(state, device) if model is None else model
+    logits, y = infer(model, batches, tta=cfg.get("tta", 0))
     return logits.softmax(1), y, index

@@ -13,7 +13,7 @@ import itertools
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from torch import nn
 
 from cifarlab import distributed
 from cifarlab.averaging import WeightAverager, make_averager
-from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
+from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget, synchronize
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
@@ -50,6 +50,29 @@ from cifarlab.runfiles import (
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 
 Clock = Callable[[], float]
+
+
+class Stopwatch:
+    """The clock of a timed run (``config.timed``): it waits for the GPU before each reading, and stops while
+    work that airbench's timer also leaves out runs (per-epoch validation, checkpoints, reading the tested
+    checkpoint back), so ``seconds_used`` is the training, the whitening and the final test."""
+
+    def __init__(self, clock: Clock, device: torch.device) -> None:
+        self.clock, self.device, self.paused = clock, device, 0.0
+
+    def __call__(self) -> float:
+        synchronize(self.device)
+        return self.clock() - self.paused
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        synchronize(self.device)
+        start = self.clock()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.paused += self.clock() - start
 
 
 class TrainingInterrupted(CifarlabError):
@@ -148,16 +171,17 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
                 lr = run.optimizer.param_groups[0]["lr"]  # the epoch's LR (per-step schedules: its first step's)
                 train_sums = train_one_epoch(run, epoch)
                 t_train = time.perf_counter() - t0
-                val = score(run.scored(), run.val_batches, run.dist, run.device)
-                if not math.isfinite(val["loss"]):
-                    raise stopped(run, f"the validation loss became {val['loss']} at epoch {epoch}")
-                improved = record_epoch(run, epoch, train_sums, val, lr, time.perf_counter() - t0, t_train)
-                run.tracker.epoch(run.history[-1])  # before the checkpoint: a resumed run logs each epoch once
-                with signals.deferred():  # a stop request waits until the epoch's files are whole
-                    save_epoch(run, epoch, improved)
-                log_epoch(run, improved)
-                if on_epoch is not None:
-                    on_epoch(epoch, run.scored())
+                with off_the_clock(run):  # a timed run's clock stops for validation and checkpoints
+                    val = score(run.scored(), run.val_batches, run.dist, run.device)
+                    if not math.isfinite(val["loss"]):
+                        raise stopped(run, f"the validation loss became {val['loss']} at epoch {epoch}")
+                    improved = record_epoch(run, epoch, train_sums, val, lr, time.perf_counter() - t0, t_train)
+                    run.tracker.epoch(run.history[-1])  # before the checkpoint: a resumed run logs each epoch once
+                    with signals.deferred():  # a stop request waits until the epoch's files are whole
+                        save_epoch(run, epoch, improved)
+                    log_epoch(run, improved)
+                    if on_epoch is not None:
+                        on_epoch(epoch, run.scored())
     except KeyboardInterrupt as exc:
         distributed.teardown(run.dist)
         raise TrainingInterrupted(
@@ -167,11 +191,21 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
         ) from None
 
 
+def off_the_clock(run: Run) -> contextlib.AbstractContextManager[Any]:
+    """Stops a timed run's clock for the work inside; every other run's clock keeps running."""
+    return run.clock.stopped() if isinstance(run.clock, Stopwatch) else contextlib.nullcontext()
+
+
 def train_one_epoch(run: Run, epoch: int) -> list[float]:
-    """One pass over the training split: the summed loss, correct count and images, over all processes."""
+    """One pass over the training split: the summed loss, correct count and images, over all processes.
+
+    A timed run sums on the device and checks the loss once, at the epoch's end: reading a number back from a GPU
+    each step would make the CPU wait for it instead of queueing the next step."""
     model, length, config = run.model, run.length, run.config
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum: Any = torch.zeros((), device=run.device) if config.timed else 0.0
+    correct: Any = torch.zeros((), dtype=torch.long, device=run.device) if config.timed else 0
+    seen = 0
     taken = (epoch - 1) * length.steps_per_epoch  # optimiser steps before this epoch
     batches = progress(
         run.train_batches, length.steps_per_epoch, f"epoch {epoch}/{length.epochs}", enabled=run.dist.is_main
@@ -180,7 +214,9 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
         if i == length.steps_per_epoch or taken + i >= length.total_steps:
             break  # a lone last image (see optim.steps_per_epoch), or a run's end part-way into an epoch
         try:
-            loss, logits = train_step(model, run.optimizer, x, y, config.label_smoothing, config.bf16)
+            loss, logits = train_step(
+                model, run.optimizer, x, y, config.label_smoothing, config.bf16, check_finite=not config.timed
+            )
         except NonFiniteLoss as exc:
             raise stopped(run, f"{exc} at epoch {epoch}, batch {i + 1}") from None
         if per_batch_schedule(config):
@@ -189,11 +225,19 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
             run.averager.step(unwrap(model))
         if run.pacer is not None:
             run.pacer.step()
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        if config.timed:
+            loss_sum += loss.float() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        else:
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     if not per_batch_schedule(config):
         run.scheduler.step()
+    if config.timed:
+        loss_sum, correct = loss_sum.item(), int(correct)
+        if not math.isfinite(loss_sum):
+            raise stopped(run, f"the loss became {loss_sum} in epoch {epoch}")
     return distributed.all_reduce_sum([loss_sum, correct, seen], run.device, run.dist)
 
 
@@ -204,14 +248,16 @@ def train_step(
     y: torch.Tensor,
     label_smoothing: float = 0.0,
     bf16: bool = False,
+    check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch: forward pass, loss, backward pass, update. Returns the loss and the logits.
 
-    A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched."""
+    A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched (unless ``check_finite``
+    is off: a timed run checks once per epoch)."""
     with autocast(bf16, x.device):  # bf16 on CUDA when asked for; plain fp32 elsewhere
         logits = model(x)  # the forward pass
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # the loss
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise NonFiniteLoss(f"the loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # the backward pass: the loss's gradient for every weight
@@ -361,6 +407,8 @@ def build_run(
         else load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
     )
     load_seconds = time.perf_counter() - t_load
+    if config.timed:
+        clock = Stopwatch(clock, device)
     budget_start = clock()  # a --time-budget covers everything from here to the test's end
     prep = prepare_data(data, config)
     plan = None
@@ -405,7 +453,8 @@ def build_run(
     if resume is not None:
         restore(run, load_checkpoint(folder, "last.pt"))
     elif dist.is_main:
-        save_checkpoint(checkpoint_state(run, 0), folder / "last.pt")  # so even an early Ctrl-C can be resumed
+        with off_the_clock(run):
+            save_checkpoint(checkpoint_state(run, 0), folder / "last.pt")  # so even an early Ctrl-C can be resumed
     log(
         f"run {folder}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
         f"{len(prep.train_idx)} train / {len(prep.val_idx)} val images, device {device}"
@@ -539,7 +588,7 @@ def wrap_model(model: nn.Module, config: TrainConfig, device: torch.device, dist
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         # for a module torch.compile returns an OptimizedModule (an nn.Module); its annotation only says Callable
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = torch.compile(model, mode=config.compile_mode)  # type: ignore[assignment]
     return model
 
 
@@ -595,9 +644,14 @@ def finish(run: Run) -> None:
     with the planner's accounting when the run had a time budget."""
     if run.dist.is_main:
         tested = f"{run.config.test_checkpoint}.pt"
-        state = load_checkpoint(run.folder, tested)
+        with off_the_clock(run):
+            state = load_checkpoint(run.folder, tested)
+        # a timed run tests the model in memory, which last.pt holds: rebuilding it would be on the clock
+        model = run.scored() if run.config.timed and tested == "last.pt" else None
         t0 = time.perf_counter()
-        probs, y, index = evaluate_checkpoint(state, run.data, "test", run.device, run.config.eval_batch_size)
+        probs, y, index = evaluate_checkpoint(
+            state, run.data, "test", run.device, run.config.eval_batch_size, model=model
+        )
         test_seconds = time.perf_counter() - t0
         seconds_used = run.clock() - run.budget_start
         metrics = write_test_results(
@@ -653,6 +707,7 @@ def run_summary(
         "train_steps": config.train_steps,
         "time_budget": config.time_budget,
         "seconds_used": seconds_used,
+        **({"timed": True, "untimed_seconds": run.clock.paused} if isinstance(run.clock, Stopwatch) else {}),
         "budget_plan": None if run.plan is None else run.plan.record(run.length),
     }
 
