@@ -29,9 +29,12 @@ class TrainConfig:
     # --- optimisation ---
     epochs: int = 20  # full passes over the training split
     batch_size: int = 128  # images per optimiser step
-    optimizer: str = "adam"  # "adam" (the course project) or "sgd" (Nesterov momentum, for fast recipes)
+    optimizer: str = "adam"  # "adam" (the course project), "sgd" (Nesterov momentum, for fast recipes), or "muon"
+    # (Muon for conv weights, Nesterov SGD for the rest: optim.MuonSGD)
     lr: float = 1e-3  # peak learning rate; Adam at 1e-3 is the course project's setting
     momentum: float = 0.9  # SGD momentum (ignored by Adam)
+    muon_lr: float = 0.2  # muon: peak step of the conv weights, about radians per filter (the schedule scales it)
+    muon_momentum: float = 0.6  # muon: Nesterov momentum of the conv weights' updates
     weight_decay: float = 0.0  # L2 penalty; 0 in the course project
     scheduler: str = "step"  # "step" (StepLR), "onecycle" (warm-up then linear decay), "cosine", or "none"
     step_size: int = 10  # StepLR: epochs between decays (20 epochs -> one decay, at half-way)
@@ -140,7 +143,7 @@ FIELD_KINDS = _field_kinds()
 KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
 MAX_CROP_PADDING = 16  # half an image: beyond it a crop or shift is mostly padding
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "muon")
 SCHEDULERS = ("step", "onecycle", "cosine", "none")
 AUGMENTS = ("none", "crop-flip", "translate-altflip")
 LABELS = ("fine", "coarse")  # CIFAR-100's two label sets
@@ -210,6 +213,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: v >= 1, "must be at least 1"),
     "lr": (lambda v: v > 0, "must be positive"),
     "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "muon_lr": (lambda v: v > 0, "must be positive"),
+    "muon_momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "must not be negative"),
     "step_size": (lambda v: v >= 1, "must be at least 1"),
     "gamma": (lambda v: v > 0, "must be positive"),

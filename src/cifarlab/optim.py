@@ -68,13 +68,80 @@ def param_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
 
 
 def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
-    """Adam, or Nesterov SGD, over :func:`param_groups`."""
+    """Adam, Nesterov SGD, or Muon for the conv weights and Nesterov SGD for the rest, over :func:`param_groups`."""
     groups = param_groups(model, config)
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "muon":
+        return MuonSGD(
+            muon_groups(groups, config), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.SGD(
         groups, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
     )
+
+
+# --- Muon ---------------------------------------------------------------------------------------------------------
+
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # quintic coefficients: small singular values grow fast, none past ~1.2
+NEWTON_SCHULZ_STEPS = 5
+
+
+def orthogonalize(g: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS) -> torch.Tensor:
+    """About the nearest semi-orthogonal matrix to the 2-D ``g`` (its singular values pulled to roughly 0.7-1.2,
+    its singular vectors kept), by Newton-Schulz iterations: matrix products only, in bf16 on a GPU."""
+    a, b, c = NEWTON_SCHULZ
+    x = g.bfloat16() if g.is_cuda else g.float()
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T  # iterate on the smaller Gram matrix
+    x = x / (x.norm() + 1e-7)  # every singular value at most 1, where the iteration converges
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x if wide else x.T).to(g.dtype)
+
+
+def muon_groups(groups: list[dict[str, Any]], config: Any) -> list[dict[str, Any]]:
+    """The conv weights (4-D) of ``groups`` in a Muon group of their own, at ``muon_lr`` and ``muon_momentum``."""
+    convs = [p for g in groups for p in g["params"] if p.ndim == 4]
+    conv_ids = {id(p) for p in convs}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in conv_ids]} for g in groups]
+    muon = {"params": convs, "muon": True, "lr": config.muon_lr, "momentum": config.muon_momentum, "weight_decay": 0.0}
+    return [muon, *(g for g in rest if g["params"])]
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Muon for the groups marked ``muon``, Nesterov SGD (as torch.optim.SGD computes it) for the others.
+
+    Muon steps each conv weight, seen as a matrix (out channels x the rest), along the orthogonalised Nesterov
+    momentum: every direction of the update moves by the same amount, whatever the gradient's scale. BatchNorm
+    follows each conv, so a conv weight's scale does not matter: it is held at sqrt(out channels) (about unit norm
+    per filter), so a full-rank step turns each filter by about ``lr`` radians; no weight decay is needed.
+    """
+
+    def __init__(self, params: Any, lr: float, momentum: float, weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "muon": False})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if group["muon"] or decay == 0 else p.grad.add(p, alpha=decay)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = grad.clone()
+                else:
+                    state["momentum_buffer"].mul_(momentum).add_(grad)
+                step = grad.add(state["momentum_buffer"], alpha=momentum)  # Nesterov's look-ahead
+                if group["muon"]:
+                    step = orthogonalize(step.reshape(len(step), -1)).view_as(p)
+                    p.add_(step, alpha=-lr)
+                    p.mul_(len(p) ** 0.5 / (p.norm() + 1e-12))
+                else:
+                    p.add_(step, alpha=-lr)
 
 
 def per_batch_schedule(config: Any) -> bool:
