@@ -375,12 +375,20 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
+def send(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Random numbers drawn on the CPU, sent to ``device``. To a GPU through pinned memory without waiting: a plain
+    copy would make the CPU wait for every queued step, twice per batch."""
+    if device.type == "cuda":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
+
+
 def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
     """Pad every image by ``padding`` zeros and cut a random 32x32 window from each, in one gather."""
     n, _, h, w = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen).to(images.device)
+    dy = send(torch.randint(0, 2 * padding + 1, (n,), generator=gen), images.device)
+    dx = send(torch.randint(0, 2 * padding + 1, (n,), generator=gen), images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (n, h, 1)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (n, 1, w)
     batch = torch.arange(n, device=images.device)[:, None, None]
@@ -389,7 +397,7 @@ def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> tor
 
 def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = (torch.rand(len(images), generator=gen) < 0.5).to(images.device)
+    flip = send(torch.rand(len(images), generator=gen) < 0.5, images.device)
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -406,8 +414,8 @@ def random_translate(images: torch.Tensor, max_shift: int, gen: torch.Generator)
     """
     n, _, h, w = images.shape
     dev = images.device
-    dy = torch.randint(-max_shift, max_shift + 1, (n,), generator=gen).to(dev)
-    dx = torch.randint(-max_shift, max_shift + 1, (n,), generator=gen).to(dev)
+    dy = send(torch.randint(-max_shift, max_shift + 1, (n,), generator=gen), dev)
+    dx = send(torch.randint(-max_shift, max_shift + 1, (n,), generator=gen), dev)
     rows = reflect_index(dy[:, None] + torch.arange(h, device=dev), h)[:, :, None]  # (n, h, 1)
     cols = reflect_index(dx[:, None] + torch.arange(w, device=dev), w)[:, None, :]  # (n, 1, w)
     batch = torch.arange(n, device=dev)[:, None, None]
@@ -465,7 +473,7 @@ class Batches:
         if self.world_size > 1:
             order = order[: n - n % self.world_size][self.rank :: self.world_size]
             n = len(order)
-        order = order.to(self.images.device)
+        order = send(order, self.images.device)
         odd_epoch = self.epoch % 2 == 1
         self.epoch += 1
         for start in range(0, n, self.batch_size):
