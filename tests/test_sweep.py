@@ -81,14 +81,19 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_sweep_cli(*args: str, log: Path) -> subprocess.Popen:
+def ignored_sigint() -> None:
+    """As a shell starts a job in the background (``cifarlab sweep ... &`` in a script): SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_sweep_cli(*args: str, log: Path, background: bool = False) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "cifarlab", "sweep", *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=cli_env(),
-            preexec_fn=default_sigint,
+            preexec_fn=ignored_sigint if background else default_sigint,
         )
 
 
@@ -351,6 +356,25 @@ def test_a_grid_that_changes_a_finished_runs_config_is_refused(pool_sweep):
 
 
 @pytest.mark.slow
+def test_a_sweep_planned_before_a_config_field_existed_is_still_finished(pool_sweep, tmp_path):
+    """A sweep started by an older cifarlab, whose plans lack fields added since, resumes after an upgrade: a
+    missing field is taken at its default, which is what the older version ran."""
+    folder, args, _ = pool_sweep
+    copy = tmp_path / "pool"
+    shutil.copytree(folder.parent, copy)
+    data = sweep_json(copy / "grid")
+    for run in data["runs"]:
+        for added in ("timed", "compile_mode", "muon_lr"):
+            del run["config"][added]
+    (copy / "grid" / "sweep.json").write_text(json.dumps(data))
+    result = run_sweep_cli(*(a.replace(str(folder.parent), str(copy)) for a in args))
+    assert result.returncode == 0, result.stderr
+    assert "4 runs (4 already done" in result.stdout
+    changed = [a if a != "2" else "3" for a in args]  # a real change is still refused
+    assert run_sweep_cli(*(a.replace(str(folder.parent), str(copy)) for a in changed)).returncode == 2
+
+
+@pytest.mark.slow
 def test_failed_runs_are_marked_with_their_message_and_the_others_finish(fake_cifar, tmp_path):
     result = run_sweep_cli(
         "--name",
@@ -460,6 +484,23 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_resume_finishes_it(fake_cifar, tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "1 to resume" in result.stdout and "resumed after epoch" in result.stdout
     assert_same_run(reference_run, run)
+
+
+@pytest.mark.slow
+def test_a_sweep_started_in_the_background_stops_its_runs_cleanly_on_sigterm(fake_cifar, tmp_path):
+    """Started with SIGINT ignored, as a shell starts a background job (its training processes inherit that):
+    SIGTERM still stops each run at its last whole epoch, by the run itself, not by killing it."""
+    log = tmp_path / "sweep.log"
+    args = ("--name", "background", *SIX_EPOCHS, *tiny(fake_cifar, tmp_path, "--no-report"))
+    proc = start_sweep_cli(*args, log=log, background=True)
+    folder, run = tmp_path / "background", tmp_path / "background" / ONE_RUN
+    wait_for_epoch(run, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) != 0, log.read_text()[-3000:]
+    entry = run_entry(folder, ONE_RUN)
+    assert entry["state"] == "interrupted" and "killed" not in (entry.get("message") or ""), entry
+    run_log = (folder / "logs" / f"{ONE_RUN}.log").read_text()
+    assert "interrupted in epoch" in run_log and f"Continue with: cifarlab sweep --resume {folder}" in log.read_text()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -265,9 +265,11 @@ def check_types(values: dict[str, Any]) -> None:
 
 
 def same_plan(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The config keys (other than where it runs) on which two plans of one run differ."""
+    """The config keys (other than where it runs) on which two plans of one run differ. A key one plan lacks (a
+    field added to the config since it was planned) counts as its default, which is what that version ran."""
+    defaults = TrainConfig().to_dict()
     keys = sorted((set(old) | set(new)) - set(SPEC_IGNORES))
-    return [k for k in keys if old.get(k) != new.get(k)]
+    return [k for k in keys if old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -401,14 +403,17 @@ class RunLock:
 
 
 def interrupt_process(proc: subprocess.Popen) -> int:
-    """Ctrl-C for one training process: it keeps its last whole epoch in last.pt and exits; killed if it hangs."""
+    """Stop one training process as Ctrl-C would: it keeps its last whole epoch in last.pt and exits (130); killed
+    if it hangs. SIGTERM, which training treats as Ctrl-C: a sweep started in the background by a shell runs with
+    SIGINT ignored, and its training processes inherit that."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
     try:
-        return proc.wait(timeout=INTERRUPT_WAIT)
+        code = proc.wait(timeout=INTERRUPT_WAIT)
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+    return 130 if code == 128 + signal.SIGTERM else code  # stopped at the sweep's request, not killed
 
 
 def run_process(
