@@ -154,6 +154,7 @@ def images_per_second(
     threads together) does not, so it shows what the pipeline costs."""
     import torch
 
+    from cifarlab.device import synchronize
     from cifarlab.train import train_step
 
     stream = endless(batches)
@@ -167,13 +168,11 @@ def images_per_second(
         return len(y)
 
     step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     t0, c0, seen = time.perf_counter(), time.process_time(), 0
     for _ in range(steps):
         seen += step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return seen / (time.perf_counter() - t0), seen / max(1e-9, time.process_time() - c0)
 
 

@@ -33,7 +33,7 @@ import torch
 
 from cifarlab.config import TrainConfig
 from cifarlab.data import Batches
-from cifarlab.device import place_model
+from cifarlab.device import place_model, synchronize
 from cifarlab.errors import UsageError
 from cifarlab.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.infer import tta_views
@@ -181,11 +181,6 @@ def scaled(probe: Probe, macs_from: int, macs_to: int) -> Probe:
     """A probe's costs carried to another width in proportion to its multiply-accumulates (an estimate)."""
     ratio = macs_to / macs_from
     return Probe(None, probe.step_seconds * ratio, probe.eval_image_seconds * ratio, probe.save_seconds, 0.0)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def budget_seconds(config: TrainConfig) -> float:

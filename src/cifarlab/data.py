@@ -255,11 +255,10 @@ def installed_folder(root: Path, source: Archive, holds: str, allow_download: bo
         if not allow_download:
             raise DataError(f"{source.name} not found: no {source.folder}/ folder in {root.resolve()}")
         download(root, source)
-    elif allow_download and missing_files(folder, source.files):
+    elif allow_download and (missing := missing_files(folder, source.files)):
         from cifarlab.progress import log
 
-        missing = missing_files(folder, source.files)[0]
-        log(f"{folder} is incomplete (no {missing}; an interrupted download?): replacing it")
+        log(f"{folder} is incomplete (no {missing[0]}; an interrupted download?): replacing it")
         download(root, source)
     return folder
 

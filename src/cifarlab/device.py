@@ -58,6 +58,12 @@ def place_model(model: nn.Module, device: torch.device, channels_last: bool = Fa
     return model
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (a clock read without it times the queueing, not the work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster:
     docs/benchmarks.md, "Memory layout and precision on the CPU")."""

@@ -25,12 +25,12 @@ from torch import nn
 
 from cifarlab import distributed
 from cifarlab.averaging import WeightAverager, make_averager
-from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget, synchronize
+from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
 from cifarlab.datasets import load_dataset, run_record
-from cifarlab.device import autocast, pick_device, place_model
+from cifarlab.device import autocast, pick_device, place_model, synchronize
 from cifarlab.errors import CifarlabError, DataError, UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
