@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,63 @@ def test_the_time_and_accuracy_are_read_from_airbenchs_own_table(anchor):
     assert anchor.final_row(printed.getvalue()) == (0.9412, 3.8312)
     with pytest.raises(ValueError, match="no 'eval' row"):
         anchor.final_row(printed.getvalue().replace("eval", "3"))
+
+
+CPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def airbench_cpu():
+    spec = importlib.util.spec_from_file_location("airbench_cpu", CPU_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_airbench_builds_its_network_in_fp32_on_the_cpu_at_the_widths_asked(airbench_cpu):
+    net = airbench_cpu.cpu_net_factory(airbench, (8, 16, 24))()
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [24, 8, 8, 16, 16, 24, 24]  # whitening 2x3x2x2, then two per block
+    assert {(p.dtype, p.device.type) for p in net.parameters()} == {(torch.float32, "cpu")}
+    assert net.half()[0].weight.dtype == torch.float16  # the no-op shims are gone after the build
+
+
+def test_airbench_trains_on_the_cpu_with_its_own_code_and_clock(airbench_cpu, make_fake_cifar, tmp_path, monkeypatch):
+    data = load_cifar10(make_fake_cifar(tmp_path / "fake", per_batch=500))  # 2,500 images: 2 batches of 1,024
+    airbench_cpu.write_airbench_data(data, tmp_path / "work" / "cifar10")
+    monkeypatch.chdir(tmp_path / "work")
+    event = torch.cuda.Event
+    accuracy, seconds = airbench_cpu.train_variant(airbench, (8, 16, 16), 2.0, run=0)
+    assert 0.0 <= accuracy <= 1.0
+    assert 0.0 < seconds < 600.0  # the host clock, not CUDA events (which would have failed without a GPU)
+    assert torch.cuda.Event is event and airbench.utils.CifarLoader is airbench.CifarLoader  # shims undone
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError):  # outside the shims airbench's loader reads onto GPU 0 again
+            airbench.utils.CifarLoader("cifar10", train=False, batch_size=100)
+
+
+def test_the_cpu_runner_prints_a_result_per_run_and_a_summary_per_variant(make_fake_cifar, tmp_path):
+    root = make_fake_cifar(tmp_path / "fake", per_batch=500)
+    command = [sys.executable, str(CPU_SCRIPT), "--data-dir", str(root), "--work", str(tmp_path / "work")]
+    done = subprocess.run(
+        [*command, "--variant", "8,16,16:1", "--variant", "8,8,8:0.5", "--runs", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" run ")[0] for line in lines if line.startswith("RESULT")] == [
+        "RESULT airbench94 8,16,16:1",
+        "RESULT airbench94 8,16,16:1",
+        "RESULT airbench94 8,8,8:0.5",
+        "RESULT airbench94 8,8,8:0.5",
+    ]
+    assert [line.split(":")[0] for line in lines if line.startswith("SUMMARY")] == [
+        "SUMMARY airbench94 8,16,16",
+        "SUMMARY airbench94 8,8,8",
+    ]
+    assert "1 threads" in lines[-1]
+    bad = subprocess.run([*command, "--variant", "8,16:4"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected WIDTHS:EPOCHS" in bad.stderr
