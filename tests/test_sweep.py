@@ -240,6 +240,27 @@ def test_without_ray_installed_ray_says_how_to_install_it(tmp_path, monkeypatch,
     assert not (tmp_path / "x").exists()
 
 
+def test_time_left_counts_part_done_runs_by_their_epochs_and_scales_a_resumed_attempt(tmp_path):
+    spec = SweepSpec(name="eta", models=["mycnn"], grid={"epochs": [20]}, seeds=[0, 1, 2, 3], out=str(tmp_path))
+    sweep = sweep_module.Sweep(spec, sweep_module.SweepOptions(workers=2), expand(spec))
+    names = list(sweep.runs)
+    run0 = sweep.runs[names[0]]
+    # a run resumed after epoch 19 of 20 that took 150 s costs 3,000 s whole; a fresh one is taken as it is
+    assert sweep_module.whole_run_seconds(run0, {"seconds": 150.0, "resumed_from": 19}) == pytest.approx(3000.0)
+    assert sweep_module.whole_run_seconds(run0, {"seconds": 2800.0, "resumed_from": None}) == 2800.0
+    assert sweep_module.whole_run_seconds(run0, {"seconds": 5.0, "resumed_from": 20}) is None  # only tested
+    assert sweep_module.eta(sweep, 2, []) is None
+    sweep.runs[names[0]]["state"] = "done"
+    sweep.runs[names[1]]["state"] = "running"  # 15 of 20 epochs in its metrics.csv: a quarter left
+    (sweep.folder / names[1]).mkdir(parents=True)
+    rows = "".join(f"{e},0.1\n" for e in range(1, 16))
+    (sweep.folder / names[1] / "metrics.csv").write_text("epoch,train_loss\n" + rows)
+    sweep.runs[names[2]]["state"] = "interrupted"  # no epoch finished: all of it left
+    # 0.25 + 1 + 1 (the pending one) = 2.25 runs of 3,000 s, two at a time
+    assert sweep_module.eta(sweep, 2, [3000.0]) == pytest.approx(2.25 * 3000.0 / 2)
+    assert sweep_module.eta(sweep, 1, [2000.0, 4000.0]) == pytest.approx(2.25 * 3000.0)
+
+
 def test_a_run_folder_left_by_a_worker_is_classified_for_resuming(tmp_path):
     run = tmp_path / "run"
     assert sweep_module.folder_state(run) == "missing"

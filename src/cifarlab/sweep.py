@@ -25,6 +25,7 @@ import dataclasses
 import io
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -982,18 +983,36 @@ def make_job(sweep: Sweep, name: str, env: dict[str, str]) -> dict[str, Any]:
     return job
 
 
+def epochs_done(sweep: Sweep, name: str) -> int:
+    """Epochs a run has in its metrics.csv so far (0 before its first epoch ends)."""
+    csv = sweep.folder / name / "metrics.csv"
+    return max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
+
+
+def share_left(sweep: Sweep, name: str) -> float:
+    """The part of a run still to train, 0 to 1, by the epochs in its metrics.csv."""
+    epochs = max(1, int(sweep.runs[name]["config"].get("epochs") or 1))
+    return min(1.0, max(0.0, 1.0 - epochs_done(sweep, name) / epochs))
+
+
+def whole_run_seconds(run: dict[str, Any], result: dict[str, Any]) -> float | None:
+    """What a whole run costs, from one finished attempt: a run resumed after epoch k of n trained only
+    (n - k) / n of it, so its seconds are scaled up (None when the attempt trained nothing)."""
+    seconds = result.get("seconds")
+    if not seconds:
+        return None
+    epochs = max(1, int(run["config"].get("epochs") or 1))
+    share = 1.0 - min(epochs, result.get("resumed_from") or 0) / epochs
+    return seconds / share if share > 0 else None
+
+
 def eta(sweep: Sweep, slots: int, durations: list[float]) -> float | None:
-    """Seconds left: the runs still to do, each part-done run counted by the epochs in its metrics.csv, at the
-    mean duration of the runs finished so far in this invocation, ``slots`` at a time."""
+    """Seconds left: the share of every unfinished run still to train (by the epochs in its metrics.csv), at the
+    mean cost of a whole run measured in this invocation, ``slots`` runs at a time."""
     if not durations:
         return None
-    left = float(sweep.count("pending", "interrupted"))
-    for name, run in sweep.runs.items():
-        if run["state"] == "running":
-            csv = sweep.folder / name / "metrics.csv"
-            done = max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
-            left += max(0.0, 1.0 - done / max(1, int(run["config"].get("epochs") or 1)))
-    return left * (sum(durations) / len(durations)) / max(1, min(slots, left or 1))
+    left = sum(share_left(sweep, name) for name, run in sweep.runs.items() if run["state"] not in ("done", "failed"))
+    return left * (sum(durations) / len(durations)) / max(1, min(slots, math.ceil(left)))
 
 
 def status_text(sweep: Sweep, slots: int, durations: list[float]) -> str:
@@ -1068,8 +1087,9 @@ def handle_result(
     run["seconds"] = result.get("seconds")
     if state == "done":
         run["headline"] = result.get("headline")
-        if result.get("seconds"):
-            durations.append(result["seconds"])
+        whole = whole_run_seconds(run, result)
+        if whole is not None:
+            durations.append(whole)
     note = f", attempt {run['attempts']}" if run["attempts"] > 1 else ""
     if result.get("resumed_from") is not None:
         note += f", resumed after epoch {result['resumed_from']}"
