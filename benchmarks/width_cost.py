@@ -1,13 +1,14 @@
 """What one training image costs fastcnn at each width, in CPU time (so a busy machine does not skew it).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/width_cost.py [--threads 1] [--batch-size 256]
-        [--layout nhwc|nchw] [--bf16]
+        [--layout nhwc|nchw] [--bf16] [--compile] [--optimizer sgd|muon]
 
 Times three training steps (after a warm-up step) and one forward pass per width with time.process_time(): images
 per CPU-second is what one core would do alone. The time-budget planner prices widths by their multiply-accumulates;
 this shows where that estimate is off (small widths cost more than their MACs suggest). ``--layout nchw`` and
 ``--bf16`` measure what cifarlab does not do on a CPU (device.py): the default memory layout instead of
-channels-last, and bf16 autocast.
+channels-last, and bf16 autocast. ``--compile`` times the model under torch.compile (the ``--compile`` option of
+``cifarlab train``; three untimed steps compile it first), ``--optimizer muon`` the Muon step instead of SGD.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def main() -> None:
     parser.add_argument("--widths", default="12,16,24,32,48,64")
     parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc", help="nhwc: as cifarlab places it")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cifarlab uses it on CUDA only)")
+    parser.add_argument("--compile", action="store_true", help="the model under torch.compile (default mode)")
+    parser.add_argument("--optimizer", choices=["sgd", "muon"], default="sgd", help="the fast recipe's, or Muon")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = make_config("fast")
+    config = make_config("fast", optimizer=args.optimizer)
     layout = torch.channels_last if args.layout == "nhwc" else torch.contiguous_format
     x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (args.batch_size,))
@@ -50,17 +53,20 @@ def main() -> None:
         model = build_model("fastcnn", **model_kwargs(config, width))
         model = place_model(model, torch.device("cpu")) if args.layout == "nhwc" else model
         optimizer = make_optimizer(model, config)
+        stepped = torch.compile(model) if args.compile else model
         with precision(args.bf16):
-            train_step(model, optimizer, x, y, config.label_smoothing)  # warm-up
+            for _ in range(3 if args.compile else 1):  # warm-up (and compilation)
+                train_step(stepped, optimizer, x, y, config.label_smoothing)
             c0 = time.process_time()
             for _ in range(3):
-                train_step(model, optimizer, x, y, config.label_smoothing)
+                train_step(stepped, optimizer, x, y, config.label_smoothing)
         train_rate = 3 * args.batch_size / (time.process_time() - c0)
         model.eval()
         with torch.no_grad(), precision(args.bf16):
-            model(x)
+            stepped(x)
+            stepped(x)
             c0 = time.process_time()
-            model(x)
+            stepped(x)
             eval_rate = args.batch_size / (time.process_time() - c0)
         print(f"| {width} | {count_macs(model) / 1e6:.1f} M | {train_rate:,.0f} | {eval_rate:,.0f} |", flush=True)
 
