@@ -18,16 +18,27 @@ from cifarlab.data import load_cifar10
 airbench = pytest.importorskip("airbench")  # the test extra installs it (pyproject.toml)
 pytestmark = pytest.mark.required_in_ci
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench_anchor.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+CPU_SCRIPT = BENCHMARKS / "airbench_cpu.py"
 
 
-@pytest.fixture(scope="module")
-def anchor():
-    spec = importlib.util.spec_from_file_location("airbench_anchor", SCRIPT)
+def load_script(name: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def anchor():
+    return load_script("airbench_anchor")
+
+
+@pytest.fixture(scope="module")
+def airbench_cpu():
+    return load_script("airbench_cpu")
 
 
 def test_airbench_reads_the_data_written_from_cifarlabs_reader(anchor, fake_cifar, tmp_path):
@@ -56,18 +67,6 @@ def test_the_time_and_accuracy_are_read_from_airbenchs_own_table(anchor):
     assert anchor.final_row(printed.getvalue()) == (0.9412, 3.8312)
     with pytest.raises(ValueError, match="no 'eval' row"):
         anchor.final_row(printed.getvalue().replace("eval", "3"))
-
-
-CPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench_cpu.py"
-
-
-@pytest.fixture(scope="module")
-def airbench_cpu():
-    spec = importlib.util.spec_from_file_location("airbench_cpu", CPU_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_airbench_builds_its_network_in_fp32_on_the_cpu_at_the_widths_asked(airbench_cpu):
