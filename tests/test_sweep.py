@@ -261,6 +261,40 @@ def test_time_left_counts_part_done_runs_by_their_epochs_and_scales_a_resumed_at
     assert sweep_module.eta(sweep, 1, [2000.0, 4000.0]) == pytest.approx(2.25 * 3000.0)
 
 
+class InstantPool:
+    """A pool of two slots whose runs end, in order, one per poll: enough to watch the driver hand out work."""
+
+    slots = 2
+
+    def __init__(self) -> None:
+        self.running: list[str] = []
+
+    def has_room(self) -> bool:
+        return len(self.running) < self.slots
+
+    def submit(self, job: dict) -> None:
+        self.running.append(job["name"])
+
+    def pids(self) -> list:
+        return []
+
+    def results(self, timeout: float) -> list[dict]:
+        name = self.running.pop(0)
+        return [{"name": name, "state": "done", "seconds": 60.0, "headline": {"test_top1": 0.5}, "resumed_from": None}]
+
+
+def test_a_freed_worker_starts_the_next_run_before_the_status_line_is_printed(tmp_path, capsys):
+    spec = SweepSpec(name="order", models=["mycnn"], seeds=[0, 1, 2, 3], out=str(tmp_path))
+    sweep = sweep_module.Sweep(spec, sweep_module.SweepOptions(workers=2), expand(spec))
+    sweep.folder.mkdir(parents=True)
+    sweep_module.drive(sweep, InstantPool(), {}, sweep_module.Progress(4, 0, "order"))
+    status = [line.strip() for line in capsys.readouterr().out.splitlines() if "finished," in line]
+    assert status[0].startswith("1/4 finished, 2 running")  # the third run already took the freed worker
+    assert status[1].startswith("2/4 finished, 2 running")
+    assert status[-1].startswith("4/4 finished, 0 running")
+    assert all(run["state"] == "done" for run in sweep.runs.values())
+
+
 def test_a_run_folder_left_by_a_worker_is_classified_for_resuming(tmp_path):
     run = tmp_path / "run"
     assert sweep_module.folder_state(run) == "missing"

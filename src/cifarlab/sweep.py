@@ -1040,13 +1040,17 @@ def drive(sweep: Sweep, pool: Any, env: dict[str, str], progress: Progress) -> N
     queue = deque(name for name, run in sweep.runs.items() if run["state"] in ("pending", "interrupted"))
     slots: int = getattr(pool, "slots", options.workers or 1)
     durations: list[float] = []
-    while queue or any(r["state"] == "running" for r in sweep.runs.values()):
+
+    def start_runs() -> None:
         while queue and pool.has_room():
             name = queue.popleft()
             run = sweep.runs[name]
             run.update(state="running", attempts=run["attempts"] + 1, message=None, pid=None, host=None)
             pool.submit(make_job(sweep, name, env))
             sweep.save()
+
+    start_runs()
+    while queue or any(r["state"] == "running" for r in sweep.runs.values()):
         changed = False
         for name, pid in pool.pids():
             sweep.runs[name].update(pid=pid, host=socket.gethostname())
@@ -1054,6 +1058,7 @@ def drive(sweep: Sweep, pool: Any, env: dict[str, str], progress: Progress) -> N
         for result in pool.results(POLL_SECONDS):
             changed = True
             handle_result(sweep, result, queue, progress, durations)
+        start_runs()  # a freed worker takes the next run before the status line counts the running ones
         if changed:
             sweep.save()
         progress.show(sweep.count("done", "failed"), status_text(sweep, slots, durations))
