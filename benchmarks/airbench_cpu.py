@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airbench_anchor import final_row, write_airbench_data  # noqa: E402  (the GPU anchor's data and parser)
 from cifarlab.data import load_cifar10  # noqa: E402
 
+Widths = tuple[int, int, int]  # channels of airbench's three blocks
+
 
 class HostEvent:
     """The part of torch.cuda.Event that airbench's timer uses, read from the host clock."""
@@ -64,7 +66,7 @@ def on_cpu(airbench: ModuleType) -> Iterator[None]:
         yield
 
 
-def cpu_net_factory(airbench: ModuleType, widths: tuple[int, int, int]) -> Callable[[], torch.nn.Module]:
+def cpu_net_factory(airbench: ModuleType, widths: Widths) -> Callable[[], torch.nn.Module]:
     """airbench94's network at these widths, built in fp32 on the CPU (its .half().cuda() made no-ops)."""
 
     def make_net() -> torch.nn.Module:
@@ -74,9 +76,6 @@ def cpu_net_factory(airbench: ModuleType, widths: tuple[int, int, int]) -> Calla
             return airbench.lib_airbench94.make_net94(widths=blocks)
 
     return make_net
-
-
-Widths = tuple[int, int, int]
 
 
 def train_variant(airbench: ModuleType, widths: Widths, epochs: float, run: int | str) -> tuple[float, float]:
@@ -94,7 +93,7 @@ def train_variant(airbench: ModuleType, widths: Widths, epochs: float, run: int 
     return final_row(printed.getvalue())
 
 
-def parse_variant(text: str) -> tuple[tuple[int, int, int], float]:
+def parse_variant(text: str) -> tuple[Widths, float]:
     widths, _, epochs = text.partition(":")
     parts = tuple(int(w) for w in widths.split(","))
     if len(parts) != 3 or not epochs:

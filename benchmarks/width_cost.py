@@ -63,8 +63,8 @@ def main() -> None:
         train_rate = 3 * args.batch_size / (time.process_time() - c0)
         model.eval()
         with torch.no_grad(), precision(args.bf16):
-            stepped(x)
-            stepped(x)
+            for _ in range(2 if args.compile else 1):  # warm-up (a compiled model recompiles for eval mode)
+                stepped(x)
             c0 = time.process_time()
             stepped(x)
             eval_rate = args.batch_size / (time.process_time() - c0)

@@ -989,10 +989,14 @@ def epochs_done(sweep: Sweep, name: str) -> int:
     return max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
 
 
+def planned_epochs(run: dict[str, Any]) -> int:
+    """The epochs a run's config plans (at least 1)."""
+    return max(1, int(run["config"].get("epochs") or 1))
+
+
 def share_left(sweep: Sweep, name: str) -> float:
     """The part of a run still to train, 0 to 1, by the epochs in its metrics.csv."""
-    epochs = max(1, int(sweep.runs[name]["config"].get("epochs") or 1))
-    return min(1.0, max(0.0, 1.0 - epochs_done(sweep, name) / epochs))
+    return min(1.0, max(0.0, 1.0 - epochs_done(sweep, name) / planned_epochs(sweep.runs[name])))
 
 
 def whole_run_seconds(run: dict[str, Any], result: dict[str, Any]) -> float | None:
@@ -1001,7 +1005,7 @@ def whole_run_seconds(run: dict[str, Any], result: dict[str, Any]) -> float | No
     seconds = result.get("seconds")
     if not seconds:
         return None
-    epochs = max(1, int(run["config"].get("epochs") or 1))
+    epochs = planned_epochs(run)
     share = 1.0 - min(epochs, result.get("resumed_from") or 0) / epochs
     return seconds / share if share > 0 else None
 
