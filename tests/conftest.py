@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import ipaddress
 import json
 import os
@@ -283,6 +284,24 @@ def fake_cifar(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def make_fake_cifar() -> Callable[..., Path]:
     """``make_fake_cifar(root, per_batch=200, test_size=200, seed=0)``: a generated CIFAR-10 folder of one's own."""
     return write_fake_cifar
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark_script(name: str) -> Any:
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Callable[[str], Any]:
+    """``benchmark_script("airbench_cpu")``: a script of benchmarks/ loaded as a module."""
+    return load_benchmark_script
 
 
 @pytest.fixture(scope="session")

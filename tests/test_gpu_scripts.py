@@ -4,7 +4,6 @@ and the time and accuracy read back from the table airbench prints."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import subprocess
 import sys
@@ -18,27 +17,17 @@ from cifarlab.data import load_cifar10
 airbench = pytest.importorskip("airbench")  # the test extra installs it (pyproject.toml)
 pytestmark = pytest.mark.required_in_ci
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-CPU_SCRIPT = BENCHMARKS / "airbench_cpu.py"
-
-
-def load_script(name: str):
-    """A benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+CPU_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "airbench_cpu.py"
 
 
 @pytest.fixture(scope="module")
-def anchor():
-    return load_script("airbench_anchor")
+def anchor(benchmark_script):
+    return benchmark_script("airbench_anchor")
 
 
 @pytest.fixture(scope="module")
-def airbench_cpu():
-    return load_script("airbench_cpu")
+def airbench_cpu(benchmark_script):
+    return benchmark_script("airbench_cpu")
 
 
 def test_airbench_reads_the_data_written_from_cifarlabs_reader(anchor, fake_cifar, tmp_path):
@@ -91,7 +80,7 @@ def test_airbench_trains_on_the_cpu_with_its_own_code_and_clock(airbench_cpu, ma
             airbench.utils.CifarLoader("cifar10", train=False, batch_size=100)
 
 
-def test_the_cpu_runner_prints_a_result_per_run_and_a_summary_per_variant(make_fake_cifar, tmp_path):
+def test_the_cpu_runner_prints_a_result_per_run_and_a_summary_per_variant(make_fake_cifar, benchmark_script, tmp_path):
     root = make_fake_cifar(tmp_path / "fake", per_batch=500)
     command = [sys.executable, str(CPU_SCRIPT), "--data-dir", str(root), "--work", str(tmp_path / "work")]
     done = subprocess.run(
@@ -113,5 +102,8 @@ def test_the_cpu_runner_prints_a_result_per_run_and_a_summary_per_variant(make_f
         "SUMMARY airbench94 8,8,8",
     ]
     assert "1 threads" in lines[-1]
+    frontier = benchmark_script("cpu_frontier").RESULT.findall(done.stdout)  # the frontier reads these very lines
+    assert [variant for variant, _, _ in frontier] == ["8,16,16:1", "8,16,16:1", "8,8,8:0.5", "8,8,8:0.5"]
+    assert all(0.0 <= float(top1) <= 100.0 and float(seconds) > 0.0 for _, top1, seconds in frontier)
     bad = subprocess.run([*command, "--variant", "8,16:4"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "expected WIDTHS:EPOCHS" in bad.stderr
