@@ -66,6 +66,8 @@ def main() -> int:
         while pending and len(active) < args.jobs:
             name, seed, path, run = pending.pop(0)
             cmd = [sys.executable, "-m", "cifarlab", "train", "--config", str(path), "--name", run]
+            if args.data_dir:  # a replayed config reads this machine's data folder, not the one saved in it
+                cmd += ["--data-dir", args.data_dir]
             with open(out / f"{run}.log", "w") as log:  # the child keeps its own copy of the handle
                 active.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(1)
