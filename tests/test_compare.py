@@ -12,6 +12,7 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.compare import build_comparison, group_key
+from cifarlab.config import TrainConfig
 
 
 def accuracy(run: Path) -> float:
@@ -49,6 +50,13 @@ def test_group_key_ignores_only_seed_name_and_out():
     base = {"model": "mycnn", "seed": 0, "name": "a", "out": "runs", "lr": 0.001}
     assert group_key(base) == group_key({**base, "seed": 3, "name": "b", "out": "elsewhere"})
     assert group_key(base) != group_key({**base, "lr": 0.01})
+
+
+def test_a_run_made_before_a_config_field_existed_groups_with_runs_that_have_it_at_its_default():
+    now = {**TrainConfig(model="mycnn", seed=1).to_dict(), "name": "s1"}
+    before = {k: v for k, v in {**now, "seed": 0}.items() if k not in ("muon_lr", "timed", "compile_mode")}
+    assert group_key(before) == group_key(now)  # a 5-seed sweep resumed across a release stays one group
+    assert group_key(before) != group_key({**now, "timed": True})  # not at its default: a different setup
 
 
 def test_seeds_are_grouped_as_mean_and_std(runs):

@@ -19,6 +19,7 @@ surprising than being told. A run made before runs recorded their dataset counts
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -29,12 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
 
 GROUP_IGNORES = ("seed", "name", "out")
-# Config fields a run made before datasets existed lacks, with the values such a run used.
-DATA_DEFAULTS = {"dataset": "cifar10", "labels": "fine", "image_size": None, "strict": False}
+# Config fields a run made before they existed lacks, with the values such a run used: every field added to
+# TrainConfig defaults to the behaviour from before it (so a run from then matches a run from now).
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 # What makes two dataset records the same data (a fingerprint is compared only when both runs have one).
 DATASET_FIELDS = ("kind", "image_size", "labels", "classes", "fingerprint")
 MAX_BAR_CLASSES = 20  # more classes than this: the per-class figure shows the ones where runs differ most
@@ -200,9 +203,9 @@ def load_record(run: str | Path) -> RunRecord:
 
 
 def comparable_config(config: dict[str, Any], dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config as grouping sees it: the data fields an older run lacks filled in with what it used, and a
-    default image size (None) replaced by the size the run's dataset record says it got."""
-    full = {**DATA_DEFAULTS, **config}
+    """The config as grouping sees it: the fields an older run lacks filled in with what it used (their
+    defaults), and a default image size (None) replaced by the size the run's dataset record says it got."""
+    full = {**FIELD_DEFAULTS, **config}
     if full["image_size"] is None and dataset and dataset.get("image_size") is not None:
         full["image_size"] = dataset["image_size"]
     return full
