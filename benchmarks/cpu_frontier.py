@@ -82,19 +82,16 @@ def table(results: dict[str, Any], budgets: list[int]) -> list[str]:
         if not runs:
             continue
         top1 = [row["top1"] for row in runs]
-        spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        mean, spread = statistics.mean(top1), statistics.stdev(top1) if len(top1) > 1 else 0.0
         seconds = f"{min(r['seconds'] for r in runs):.0f}-{max(r['seconds'] for r in runs):.0f} s"
+        line = f"| {budget} s | {mean:.2f} +- {spread:.2f} ({len(top1)}) | {seconds} |"
         best = best_fitting(results["airbench"], budget)
-        if best is None:
-            lines.append(f"| {budget} s | {statistics.mean(top1):.2f} +- {spread:.2f} ({len(top1)}) | {seconds} |")
-            continue
-        variant, row = best
-        margin = statistics.mean(top1) - row["top1"]
-        verdict = "met" if margin >= GOAL_MARGIN else "missed"
-        lines.append(
-            f"| {budget} s | {statistics.mean(top1):.2f} +- {spread:.2f} ({len(top1)}) | {seconds} | "
-            f"{variant}: {row['top1']:.2f}% in {row['seconds']:.0f} s | {margin:+.2f} | {verdict} |"
-        )
+        if best is not None:
+            variant, row = best
+            margin = mean - row["top1"]
+            verdict = "met" if margin >= GOAL_MARGIN else "missed"
+            line += f" {variant}: {row['top1']:.2f}% in {row['seconds']:.0f} s | {margin:+.2f} | {verdict} |"
+        lines.append(line)
     return lines
 
 
