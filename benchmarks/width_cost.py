@@ -1,7 +1,7 @@
 """What one training image costs fastcnn at each width, in CPU time (so a busy machine does not skew it).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/width_cost.py [--threads 1] [--batch-size 256]
-        [--layout nhwc|nchw] [--bf16] [--compile] [--optimizer sgd|muon]
+        [--layout nhwc|nchw] [--bf16] [--compile] [--optimizer sgd|muon] [--wall] [--steps 3]
 
 Times three training steps (after a warm-up step) and one forward pass per width with time.process_time(): images
 per CPU-second is what one core would do alone. The time-budget planner prices widths by their multiply-accumulates;
@@ -9,6 +9,8 @@ this shows where that estimate is off (small widths cost more than their MACs su
 ``--bf16`` measure what cifarlab does not do on a CPU (device.py): the default memory layout instead of
 channels-last, and bf16 autocast. ``--compile`` times the model under torch.compile (the ``--compile`` option of
 ``cifarlab train``; three untimed steps compile it first), ``--optimizer muon`` the Muon step instead of SGD.
+``--wall`` reads the wall clock instead (images per second, as a run on an idle machine sees it: how well the
+threads share the work, which CPU time hides), over ``--steps`` steps.
 """
 
 from __future__ import annotations
@@ -41,13 +43,16 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (cifarlab uses it on CUDA only)")
     parser.add_argument("--compile", action="store_true", help="the model under torch.compile (default mode)")
     parser.add_argument("--optimizer", choices=["sgd", "muon"], default="sgd", help="the fast recipe's, or Muon")
+    parser.add_argument("--wall", action="store_true", help="wall-clock images per second instead of per CPU-s")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per width")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = make_config("fast", optimizer=args.optimizer)
     layout = torch.channels_last if args.layout == "nhwc" else torch.contiguous_format
     x = torch.randn(args.batch_size, 3, 32, 32).contiguous(memory_format=layout)
     y = torch.randint(0, 10, (args.batch_size,))
-    print("| width | MACs/image | train images per CPU-s | eval images per CPU-s |")
+    clock, unit = (time.perf_counter, "s") if args.wall else (time.process_time, "CPU-s")
+    print(f"| width | MACs/image | train images per {unit} | eval images per {unit} |")
     print("| ---: | ---: | ---: | ---: |")
     for width in (int(w) for w in args.widths.split(",")):
         model = build_model("fastcnn", **model_kwargs(config, width))
@@ -57,17 +62,17 @@ def main() -> None:
         with precision(args.bf16):
             for _ in range(3 if args.compile else 1):  # warm-up (and compilation)
                 train_step(stepped, optimizer, x, y, config.label_smoothing)
-            c0 = time.process_time()
-            for _ in range(3):
+            c0 = clock()
+            for _ in range(args.steps):
                 train_step(stepped, optimizer, x, y, config.label_smoothing)
-        train_rate = 3 * args.batch_size / (time.process_time() - c0)
+        train_rate = args.steps * args.batch_size / (clock() - c0)
         model.eval()
         with torch.no_grad(), precision(args.bf16):
             for _ in range(2 if args.compile else 1):  # warm-up (a compiled model recompiles for eval mode)
                 stepped(x)
-            c0 = time.process_time()
+            c0 = clock()
             stepped(x)
-            eval_rate = args.batch_size / (time.process_time() - c0)
+            eval_rate = args.batch_size / (clock() - c0)
         print(f"| {width} | {count_macs(model) / 1e6:.1f} M | {train_rate:,.0f} | {eval_rate:,.0f} |", flush=True)
 
 
