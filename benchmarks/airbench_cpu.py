@@ -78,8 +78,11 @@ def cpu_net_factory(airbench: ModuleType, widths: Widths) -> Callable[[], torch.
     return make_net
 
 
-def train_variant(airbench: ModuleType, widths: Widths, epochs: float, run: int | str) -> tuple[float, float]:
-    """One airbench94 run on the CPU (from the working folder holding cifar10/): (TTA accuracy, its seconds)."""
+def train_variant(
+    airbench: ModuleType, widths: Widths, epochs: float, run: int | str, echo: bool = False
+) -> tuple[float, float]:
+    """One airbench94 run on the CPU (from the working folder holding cifar10/): (TTA accuracy, its seconds).
+    ``echo`` prints airbench's own per-epoch table (its time column is cumulative, on its clock)."""
     hyp = airbench.lib_airbench94.hyp
     with on_cpu(airbench):
         loader = airbench.utils.CifarLoader(
@@ -88,6 +91,8 @@ def train_variant(airbench: ModuleType, widths: Widths, epochs: float, run: int 
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             airbench.train94(loader, epochs=epochs, make_net=cpu_net_factory(airbench, widths), run=run)
+    if echo:
+        print(printed.getvalue(), end="", flush=True)
     if run == "warmup":
         return 0.0, 0.0
     return final_row(printed.getvalue())
@@ -108,6 +113,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=1, help="runs per variant (airbench seeds nothing: each run differs)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     p.add_argument("--work", default="/tmp/airbench-cpu", help="airbench's working folder (WORK/cifar10/*.pt)")
+    p.add_argument("--epochs-table", action="store_true", help="print airbench's per-epoch table for each run")
     args = p.parse_args()
     import airbench  # deferred: an optional benchmark dependency (the test and gpu-bench extras)
 
@@ -123,7 +129,7 @@ def main() -> int:
         accuracies, seconds = [], []
         for run in range(args.runs):
             start = time.perf_counter()
-            accuracy, clock = train_variant(airbench, widths, epochs, run)
+            accuracy, clock = train_variant(airbench, widths, epochs, run, echo=args.epochs_table)
             wall = time.perf_counter() - start
             accuracies.append(accuracy)
             seconds.append(clock)
