@@ -91,11 +91,12 @@ def train_variant(
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             airbench.train94(loader, epochs=epochs, make_net=cpu_net_factory(airbench, widths), run=run)
+    table = printed.getvalue()
     if echo:
-        print(printed.getvalue(), end="", flush=True)
+        print(table, end="", flush=True)
     if run == "warmup":
         return 0.0, 0.0
-    return final_row(printed.getvalue())
+    return final_row(table)
 
 
 def parse_variant(text: str) -> tuple[Widths, float]:

@@ -3,13 +3,13 @@
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/width_cost.py [--threads 1] [--batch-size 256]
         [--layout nhwc|nchw] [--bf16] [--compile] [--optimizer sgd|muon] [--wall] [--steps 3]
 
-Times three training steps (after a warm-up step) and one forward pass per width with time.process_time(): images
-per CPU-second is what one core would do alone. The time-budget planner prices widths by their multiply-accumulates;
-this shows where that estimate is off (small widths cost more than their MACs suggest). ``--layout nchw`` and
-``--bf16`` measure what cifarlab does not do on a CPU (device.py): the default memory layout instead of
-channels-last, and bf16 autocast. ``--compile`` times the model under torch.compile (the ``--compile`` option of
-``cifarlab train``; three untimed steps compile it first), ``--optimizer muon`` the Muon step instead of SGD.
-``--wall`` reads the wall clock instead (images per second, as a run on an idle machine sees it: how well the
+Times ``--steps`` (3) training steps (after a warm-up step) and one forward pass per width with time.process_time():
+images per CPU-second is what one core would do alone. The time-budget planner prices widths by their
+multiply-accumulates; this shows where that estimate is off (small widths cost more than their MACs suggest).
+``--layout nchw`` and ``--bf16`` measure what cifarlab does not do on a CPU (device.py): the default memory layout
+instead of channels-last, and bf16 autocast. ``--compile`` times the model under torch.compile (the ``--compile``
+option of ``cifarlab train``; three untimed steps compile it first), ``--optimizer muon`` the Muon step instead of
+SGD. ``--wall`` reads the wall clock instead (images per second, as a run on an idle machine sees it: how well the
 threads share the work, which CPU time hides), over ``--steps`` steps.
 """
 
@@ -24,6 +24,7 @@ import torch
 from cifarlab.config import make_config
 from cifarlab.device import place_model
 from cifarlab.fast import model_kwargs
+from cifarlab.flags import positive_int
 from cifarlab.models import build_model, count_macs
 from cifarlab.optim import make_optimizer
 from cifarlab.train import train_step
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="the model under torch.compile (default mode)")
     parser.add_argument("--optimizer", choices=["sgd", "muon"], default="sgd", help="the fast recipe's, or Muon")
     parser.add_argument("--wall", action="store_true", help="wall-clock images per second instead of per CPU-s")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per width")
+    parser.add_argument("--steps", type=positive_int, default=3, help="timed training steps per width")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = make_config("fast", optimizer=args.optimizer)

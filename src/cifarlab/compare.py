@@ -1,13 +1,13 @@
 """``cifarlab compare RUN... [--out DIR]``: finished runs side by side, seeds of one setup as mean +- std.
 
 Runs whose ``config.json`` is identical except for ``seed``, ``name`` and ``out`` are one *group*: the same
-experiment repeated with other seeds (a field an older run's config lacks reads as its default). Each group is
-one row of the table; with n > 1 runs a number reads ``mean ± std`` (sample standard deviation, n - 1 in the
-denominator) and n is shown. Every number comes from
-the run's files, so nothing is retrained: cost, speed and the validation numbers from ``run.json``; test
-top-1, top-3, ECE and per-class accuracy recomputed from ``test_predictions.npz`` (the same numbers as the
-run's analysis); learning curves from ``metrics.csv``. Text from the runs' files (folder and class names,
-config values) is escaped in the Markdown output, so it never becomes markup, a link or a table cell.
+experiment repeated with other seeds (a field an older run's config lacks reads as its default). Each group is one
+row of the table; with n > 1 runs a number reads ``mean ± std`` (sample standard deviation, n - 1 in the
+denominator) and n is shown. Every number comes from the run's files, so nothing is retrained: cost, speed and the
+validation numbers from ``run.json``; test top-1, top-3, ECE and per-class accuracy recomputed from
+``test_predictions.npz`` (the same numbers as the run's analysis); learning curves from ``metrics.csv``. Text from
+the runs' files (folder and class names, config values) is escaped in the Markdown output, so it never becomes
+markup, a link or a table cell.
 
 Data: every run must classify the same classes. Runs of different datasets (another folder, image size or
 CIFAR-100 label set) are compared side by side as separate rows, never averaged: their configs differ, so they
