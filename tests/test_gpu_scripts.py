@@ -3,6 +3,7 @@ and the time and accuracy read back from the table airbench prints."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import subprocess
@@ -107,3 +108,20 @@ def test_the_cpu_runner_prints_a_result_per_run_and_a_summary_per_variant(make_f
     assert all(0.0 <= float(top1) <= 100.0 and float(seconds) > 0.0 for _, top1, seconds in frontier)
     bad = subprocess.run([*command, "--variant", "8,16:4"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "expected WIDTHS:EPOCHS" in bad.stderr
+
+
+@pytest.mark.parametrize("shape", [(24, 96, 96), (32, 64, 128)])
+def test_shape_cost_times_two_networks_with_the_same_convolutions(benchmark_script, shape):
+    """benchmarks/shape_cost.py compares like with like: at each shape, fastcnn and airbench94's network hold the
+    same convolutions (the same weight shapes, in order), so a speed gap is the layers around them or the loop."""
+    shape_cost = benchmark_script("shape_cost")
+    convs = [
+        [tuple(m.weight.shape) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        for net in (shape_cost.fastcnn_at(shape), shape_cost.airbench_at(shape))
+    ]
+    assert convs[0] == convs[1] and len(convs[0]) == 7  # the 2x2 stem and two convs per group
+    assert convs[0][2][0] == shape[0] and convs[0][4][0] == shape[1] and convs[0][6][0] == shape[2]
+    assert shape_cost.parse_shape("32,64,128") == (32, 64, 128)
+    for bad in ("32,64", "32,0,128"):
+        with pytest.raises(argparse.ArgumentTypeError, match="three positive widths"):
+            shape_cost.parse_shape(bad)

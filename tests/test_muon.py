@@ -102,3 +102,15 @@ def test_muon_settings_are_checked():
         make_config("fast", optimizer="muon", muon_lr=0.0)
     with pytest.raises(UsageError, match="optimizer: must be one of adam, sgd, muon"):
         make_config("fast", optimizer="lion")
+
+
+def test_the_command_line_chooses_the_optimizer(small_config, fake_cifar, tmp_path, cli_error):
+    """``--optimizer muon`` replaces the recipe's optimizer (the saved config and the optimizer state say so)."""
+    from cifarlab.cli import main
+
+    config = small_config.write(tmp_path / "config.json", limit_train=100, epochs=1, model="fastcnn", model_width=8)
+    args = ["train", "--config", str(config), "--data-dir", str(fake_cifar), "--out", str(tmp_path), "--no-analysis"]
+    assert main([*args, "--name", "m", "--optimizer", "muon"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["optimizer"] == "muon"
+    assert load_checkpoint(tmp_path / "m", "last.pt")["optimizer"]["param_groups"][0]["muon"] is True
+    assert "invalid choice" in cli_error("train", "--optimizer", "lion", one_line=False)

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from cifarlab.analysis import register_analyze
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
-from cifarlab.config import COMPILE_MODES
+from cifarlab.config import COMPILE_MODES, OPTIMIZERS
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.flags import add_data_flags, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
@@ -47,6 +47,11 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, help="number of epochs (recipe default)")
     p.add_argument("--batch-size", type=positive_int, help="training batch size (recipe default)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (recipe default)")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adam, sgd (Nesterov) or muon (orthogonalised steps for conv weights; docs/fast.md); recipe default",
+    )
     p.add_argument("--seed", type=seed_int, help="seed for split, initial weights, shuffling, augmentation (default 0)")
     add_data_flags(p)
     p.add_argument("--out", help="parent folder for runs (default: runs)")
@@ -60,6 +65,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "epochs",
         "batch_size",
         "lr",
+        "optimizer",
         "seed",
         "data_dir",
         "out",

@@ -64,9 +64,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16 convolutions train
+    1.5-1.9x faster than fp32 (docs/benchmarks.md, "bf16 on the CPU"); elsewhere bf16 is emulated and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPUID checks
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def uses_bf16(bf16: bool, device: torch.device) -> bool:
+    """Whether a forward pass asked to run in bf16 does: on CUDA, and on CPUs with bf16 in hardware."""
+    return bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16()))
+
+
 def autocast(bf16: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when ``bf16`` is asked for; plain fp32 elsewhere (on CPUs bf16 is not faster:
-    docs/benchmarks.md, "Memory layout and precision on the CPU")."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast where ``bf16`` is asked for and :func:`uses_bf16` says it pays; plain fp32 elsewhere."""
+    if uses_bf16(bf16, device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -30,7 +30,7 @@ from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
 from cifarlab.datasets import load_dataset, run_record
-from cifarlab.device import autocast, pick_device, place_model, synchronize
+from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
 from cifarlab.errors import CifarlabError, DataError, UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
@@ -254,7 +254,7 @@ def train_step(
 
     A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched (unless ``check_finite``
     is off: a timed run checks once per epoch)."""
-    with autocast(bf16, x.device):  # bf16 on CUDA when asked for; plain fp32 elsewhere
+    with autocast(bf16, x.device):  # bf16 when asked for, on CUDA and bf16-capable CPUs; else fp32
         logits = model(x)  # the forward pass
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # the loss
     if check_finite and not torch.isfinite(loss):
@@ -701,6 +701,7 @@ def run_summary(
         "test_top3": metrics["top3"],
         "test_loss": metrics["loss"],
         "device": str(run.device),
+        "precision": "bf16" if uses_bf16(config.bf16, run.device) else "fp32",  # of the training forward passes
         **environment(),
         "test_checkpoint": tested,
         "tta": config.tta,

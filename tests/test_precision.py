@@ -1,0 +1,72 @@
+"""bf16 autocast: used on CUDA and on CPUs that compute bf16 in hardware, plain fp32 everywhere else, and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cifarlab import device as device_module
+from cifarlab.device import autocast, cpu_has_fast_bf16, uses_bf16
+from cifarlab.train import train_step
+
+CPU = torch.device("cpu")
+
+
+def pretend_cpu(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool) -> None:
+    """Make torch.cpu's CPUID checks answer as a CPU with (or without) bf16 instructions would."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, fast", [(False, False, False), (True, False, True), (False, True, True)])
+def test_a_cpu_counts_as_bf16_capable_only_with_bf16_instructions(monkeypatch, avx512_bf16, amx, fast):
+    pretend_cpu(monkeypatch, avx512_bf16, amx)
+    assert cpu_has_fast_bf16() is fast
+    assert uses_bf16(True, CPU) is fast
+    assert uses_bf16(False, CPU) is False  # never unless the config asks
+    assert uses_bf16(True, torch.device("mps")) is False
+
+
+def test_a_torch_without_the_checks_means_fp32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert cpu_has_fast_bf16() is False
+
+
+@pytest.mark.parametrize("capable", [True, False])
+def test_a_training_step_runs_its_forward_pass_in_bf16_only_on_a_capable_cpu(monkeypatch, capable):
+    """The logits come out of the autocast region: bf16 when it was on, fp32 when it was not; the weights stay
+    fp32 either way and the step moves them."""
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: capable)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+    loss, logits = train_step(model, optimizer, x, y, bf16=True)
+    assert logits.dtype == (torch.bfloat16 if capable else torch.float32)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    _, plain = train_step(model, optimizer, x, y, bf16=False)
+    assert plain.dtype == torch.float32
+    with autocast(True, CPU):
+        assert torch.is_autocast_enabled("cpu") is capable
+
+
+@pytest.mark.parametrize("capable", [True, False])
+def test_run_json_says_which_precision_trained(monkeypatch, small_config, fake_cifar, tmp_path, capable):
+    from cifarlab.cli import main
+
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: capable)
+    config = small_config.write(
+        tmp_path / "config.json", limit_train=100, epochs=1, model="fastcnn", model_width=8, bf16=True
+    )
+    name = f"bf16-{capable}"
+    args = ["train", "--config", str(config), "--data-dir", str(fake_cifar), "--out", str(tmp_path)]
+    assert main([*args, "--name", name, "--no-analysis"]) == 0
+    info = json.loads((tmp_path / name / "run.json").read_text())
+    assert info["precision"] == ("bf16" if capable else "fp32")
