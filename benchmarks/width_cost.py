@@ -8,10 +8,11 @@ images per CPU-second is what one core would do alone. The time-budget planner p
 multiply-accumulates; this shows where that estimate is off (small widths cost more than their MACs suggest).
 ``--layout nchw`` measures what cifarlab does not do on a CPU (device.py): the default memory layout instead of
 channels-last. ``--bf16`` measures bf16 autocast, which the fast recipe trains with on CPUs that have bf16
-instructions (AVX512-BF16 or AMX; device.py), without it fp32 as on other CPUs. ``--compile`` times the model under torch.compile (the ``--compile``
-option of ``cifarlab train``; three untimed steps compile it first), ``--optimizer muon`` the Muon step instead of
-SGD. ``--wall`` reads the wall clock instead (images per second, as a run on an idle machine sees it: how well the
-threads share the work, which CPU time hides), over ``--steps`` steps.
+instructions (AVX512-BF16 or AMX; device.py), without it fp32 as on other CPUs. ``--compile`` times the model
+under torch.compile (the ``--compile`` option of ``cifarlab train``; three untimed steps compile it first),
+``--optimizer muon`` the Muon step instead of SGD. ``--wall`` reads the wall clock instead (images per second, as
+a run on an idle machine sees it: how well the threads share the work, which CPU time hides), over ``--steps``
+steps.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--widths", default="12,16,24,32,48,64")
     parser.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc", help="nhwc: as cifarlab places it")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the fast recipe on CUDA and bf16-capable CPUs)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the fast recipe, where bf16 pays)")
     parser.add_argument("--compile", action="store_true", help="the model under torch.compile (default mode)")
     parser.add_argument("--optimizer", choices=["sgd", "muon"], default="sgd", help="the fast recipe's, or Muon")
     parser.add_argument("--wall", action="store_true", help="wall-clock images per second instead of per CPU-s")
