@@ -66,7 +66,7 @@ def synchronize(device: torch.device) -> None:
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16 convolutions train
-    1.5-1.9x faster than fp32 (docs/benchmarks.md, "bf16 on the CPU"); elsewhere bf16 is emulated and slower."""
+    1.6-1.9x faster than fp32 at widths 24-64 (docs/benchmarks.md, "bf16 on the CPU"); elsewhere bf16 is emulated."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own CPUID checks
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
