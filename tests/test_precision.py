@@ -15,6 +15,14 @@ from cifarlab.train import train_step
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def fresh_answer():
+    """cpu_has_fast_bf16 caches its answer; each test asks afresh and leaves the real answer behind."""
+    cpu_has_fast_bf16.cache_clear()
+    yield
+    cpu_has_fast_bf16.cache_clear()
+
+
 def pretend_cpu(monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool) -> None:
     """Make torch.cpu's CPUID checks answer as a CPU with (or without) bf16 instructions would."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)

@@ -7,6 +7,7 @@ time-budget probe, validation, the test, ``evaluate`` and ``predict`` all comput
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -64,6 +65,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@functools.cache  # a property of the hardware: asked once, not at every training step
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16 convolutions train
     1.6-1.9x faster than fp32 at widths 24-64 (docs/benchmarks.md, "bf16 on the CPU"); elsewhere bf16 is emulated."""
