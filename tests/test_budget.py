@@ -11,6 +11,7 @@ import torch
 
 import cifarlab.budget as budget_module
 from cifarlab.budget import (
+    MARGIN,
     PROBE_MAX_STEPS,
     PROBE_STEPS,
     WIDTH_TOLERANCE,
@@ -220,7 +221,7 @@ def test_planner_takes_the_widest_width_that_fits_the_epochs(monkeypatch):
     )  # 2 s have passed
 
     def epochs_that_fit(width: int) -> float:
-        left = 60.0 - 2.0 - 3.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # elapsed, margin, setup, test with TTA 2
+        left = 60.0 - 2.0 - MARGIN * 60.0 - 1.0 - (10000 * 6 * 1e-5 + 1.0)  # elapsed, margin, setup, test with TTA 2
         probe = fake_probe(config, width)
         return fit_steps(left, probe.step_seconds, epoch_overhead(probe, 1000), 100) / 100
 

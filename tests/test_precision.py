@@ -78,3 +78,59 @@ def test_run_json_says_which_precision_trained(monkeypatch, small_config, fake_c
     assert main([*args, "--name", name, "--no-analysis"]) == 0
     info = json.loads((tmp_path / name / "run.json").read_text())
     assert info["precision"] == ("bf16" if capable else "fp32")
+
+
+class DtypeSpy(nn.Module):
+    """A tiny classifier that records the dtype of the logits each forward pass made."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        self.seen.append(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("capable", [True, False])
+@pytest.mark.parametrize("tta", [0, 2])
+def test_scoring_runs_in_bf16_only_when_asked_and_on_a_capable_cpu_and_returns_fp32(monkeypatch, capable, tta):
+    from cifarlab.infer import infer
+
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: capable)
+    torch.manual_seed(0)
+    model = DtypeSpy()
+    batches = [(torch.randn(5, 3, 8, 8), torch.randint(0, 10, (5,))) for _ in range(2)]
+    logits, labels = infer(model, batches, tta=tta, bf16=True)
+    assert logits.dtype == torch.float32 and logits.shape == (10, 10) and labels.shape == (10,)
+    assert set(model.seen) == {torch.bfloat16 if capable else torch.float32}
+    assert len(model.seen) == 2 * (6 if tta == 2 else 1)  # every TTA view went through the autocast region
+    model.seen.clear()
+    plain, _ = infer(model, batches, tta=tta)
+    assert set(model.seen) == {torch.float32}
+    if capable:  # bf16 rounds: close to the fp32 logits, not equal to them
+        assert not torch.equal(plain, logits)
+        torch.testing.assert_close(plain, logits, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypatch, bf16):
+    """A checkpoint of a bf16 run is scored in bf16 (on a capable CPU) by evaluate and predict, as its test was."""
+    from cifarlab.data import ImageData
+    from cifarlab.infer import evaluate_checkpoint
+    from cifarlab.predict import classify
+
+    monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: True)
+    torch.manual_seed(0)
+    model = DtypeSpy()
+    images, labels = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8), torch.arange(6) % 2
+    data = ImageData(images, labels, images, labels, ["a", "b"])
+    state = {"config": {"val_size": 2, "seed": 0, "tta": 0, "bf16": bf16}, "mean": [0.5] * 3, "std": [0.25] * 3}
+    probs, y, _ = evaluate_checkpoint(state, data, "test", CPU, batch_size=4, model=model)
+    assert probs.dtype == torch.float32 and torch.equal(y, labels)
+    assert set(model.seen) == {torch.bfloat16 if bf16 else torch.float32}
+    model.seen.clear()
+    classify(model, images, torch.zeros(3), torch.ones(3), CPU, tta=0, bf16=bf16)
+    assert set(model.seen) == {torch.bfloat16 if bf16 else torch.float32}

@@ -33,7 +33,7 @@ import torch
 
 from cifarlab.config import TrainConfig
 from cifarlab.data import Batches
-from cifarlab.device import place_model, synchronize
+from cifarlab.device import autocast, place_model, synchronize
 from cifarlab.errors import UsageError
 from cifarlab.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.infer import tta_views
@@ -46,7 +46,7 @@ PROBE_STEPS = 3  # timed steps per probe (their median), after one untimed warm-
 PROBE_SPREAD = 1.5  # slowest/fastest timed step above which the probe looks off and times more steps
 PROBE_MAX_STEPS = 9  # the most timed steps a probe takes when its steps disagree
 WIDTH_TOLERANCE = 0.15  # how far the chosen width's own probe must disagree with the first before the width moves
-MARGIN = 0.05  # share of the budget kept free for timing noise
+MARGIN = 0.03  # share of the budget kept free for timing noise (why 3%: docs/fast.md, "Steps")
 TTA_SHARE = 0.1  # the most of the budget the final test may take; a lower TTA level is used beyond it
 TEST_FIXED_SECONDS = 1.0  # loading the checkpoint, writing predictions and metrics after the test pass
 SETUP_SECONDS = 1.0  # building the real model and its whitening after planning
@@ -162,8 +162,8 @@ def time_probe(
     step_seconds = statistics.median(times)  # the median shrugs off steps slowed by another process
 
     model.eval()
-    x = next(stream)[0][: config.eval_batch_size]  # the batch size validation and the test will use
-    with torch.no_grad():
+    x = next(stream)[0][: config.eval_batch_size]  # the batch size and precision validation and the test will use
+    with torch.no_grad(), autocast(config.bf16, device):
         model(x)
         synchronize(device)
         t0 = clock()

@@ -72,7 +72,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (the compile time counts against a --time-budget)
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     timed: bool = False  # time as airbench does: per-epoch validation and checkpoints off the clock, no per-step syncs
-    bf16: bool = False  # bf16 autocast of training forward passes, on CUDA and CPUs with bf16 in hardware
+    bf16: bool = False  # bf16 autocast of forward passes (training and scoring), on CUDA and CPUs with bf16 in hardware
 
     # --- reproducibility and placement ---
     seed: int = 0  # seeds the split, the model's initial weights, shuffling and augmentation

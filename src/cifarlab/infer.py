@@ -17,7 +17,7 @@ from torch import nn
 from cifarlab import distributed
 from cifarlab.checkpoint import model_from_checkpoint
 from cifarlab.data import Batches, ImageData, stratified_split
-from cifarlab.device import place_model
+from cifarlab.device import autocast, place_model
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level
 
@@ -51,27 +51,33 @@ def tta_logits(model: nn.Module, x: torch.Tensor, level: int = 0) -> torch.Tenso
 
 @torch.no_grad()
 def infer(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: int = 0
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tta: int = 0, bf16: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 logits and the labels of every image of ``batches``, in order, on the CPU (eval mode, no gradients).
 
-    ``tta`` averages the logits over mirrored (1) and also 1-pixel-shifted (2) views of each image."""
+    ``tta`` averages the logits over mirrored (1) and also 1-pixel-shifted (2) views of each image; ``bf16``
+    computes the forward passes in bf16 where :func:`cifarlab.device.uses_bf16` says it pays, as training did."""
     model.eval()
     all_logits, all_labels = [], []
     for x, y in batches:
-        all_logits.append(tta_logits(model, x, tta).float().cpu())
+        with autocast(bf16, x.device):
+            logits = tta_logits(model, x, tta)
+        all_logits.append(logits.float().cpu())
         all_labels.append(y.cpu())
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def score(model: nn.Module, batches: Batches, dist: distributed.DistInfo, device: torch.device) -> dict[str, float]:
-    """Loss, top-1 and top-3 over a split; each process scores its shard and the sums are reduced.
+def score(
+    model: nn.Module, batches: Batches, dist: distributed.DistInfo, device: torch.device, bf16: bool = False
+) -> dict[str, float]:
+    """Loss, top-1 and top-3 over a split (forward passes in bf16 as :func:`infer` says); each process scores its
+    shard and the sums are reduced.
 
     Under DDP every process first takes rank 0's BatchNorm statistics (the ones its checkpoint saves), then
     scores with the plain model, so no collective runs per batch and shards may differ in size.
     """
     distributed.broadcast_buffers(model, dist)
-    logits, y = infer(model, batches)
+    logits, y = infer(model, batches, bf16=bf16)
     top3 = logits.topk(3, dim=1).indices
     sums = [
         F.cross_entropy(logits, y, reduction="sum").item(),
@@ -97,7 +103,8 @@ def evaluate_checkpoint(
     model: nn.Module | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilities, labels and official indices of ``split`` for a checkpoint, from the checkpoint alone (or from
-    ``model``, already placed, when the caller holds the checkpoint's model in memory)."""
+    ``model``, already placed, when the caller holds the checkpoint's model in memory). Scores with the run's own
+    TTA level and precision (bf16 where the run trained in it and this machine computes bf16), as its test did."""
     cfg = state["config"]
     if split == "test":
         images, labels, index = data.test_images, data.test_labels, torch.arange(len(data.test_labels))
@@ -108,5 +115,5 @@ def evaluate_checkpoint(
         images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]), device=device
     )
     model = inference_model(state, device) if model is None else model
-    logits, y = infer(model, batches, tta=cfg.get("tta", 0))
+    logits, y = infer(model, batches, tta=cfg.get("tta", 0), bf16=cfg.get("bf16", False) is True)
     return logits.softmax(1), y, index

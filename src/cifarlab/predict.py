@@ -74,15 +74,17 @@ def classify(
     std: torch.Tensor,
     device: torch.device,
     tta: int = 0,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Softmax probabilities for uint8 (N, 3, S, S) images, normalised as in training, in batches.
 
-    ``tta`` is the run's own test-time augmentation level, so predict scores an image as evaluate would."""
+    ``tta`` and ``bf16`` are the run's own test-time augmentation level and precision, so predict scores an image
+    as evaluate would."""
     from cifarlab.data import Batches
     from cifarlab.infer import infer
 
     logits, _ = infer(
-        model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std, device=device), tta
+        model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std, device=device), tta, bf16
     )
     return logits.softmax(1)
 
@@ -129,6 +131,7 @@ def predict_files(
             torch.tensor(state["std"]),
             dev,
             tta=state["config"].get("tta", 0),
+            bf16=state["config"].get("bf16", False) is True,
         )
         values, indices = probs.topk(top_k, dim=1)
         for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):

@@ -493,7 +493,7 @@ def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
         row("parameters", lambda v: count(v.info.get("params", 0))),
         row("MACs per image", lambda v: count(v.info.get("macs", 0))),
         row("device", value_of("device", "info")),
-        row("precision (training)", value_of("precision", "info")),
+        row("precision (training, scoring)", value_of("precision", "info")),
         row("CPU", value_of("cpu", "info")),
         row("threads", value_of("threads", "info")),
         row("platform", value_of("platform", "info")),

@@ -172,7 +172,7 @@ def run_epochs(run: Run, on_epoch: Callable[[int, nn.Module], None] | None = Non
                 train_sums = train_one_epoch(run, epoch)
                 t_train = time.perf_counter() - t0
                 with off_the_clock(run):  # a timed run's clock stops for validation and checkpoints
-                    val = score(run.scored(), run.val_batches, run.dist, run.device)
+                    val = score(run.scored(), run.val_batches, run.dist, run.device, run.config.bf16)
                     if not math.isfinite(val["loss"]):
                         raise stopped(run, f"the validation loss became {val['loss']} at epoch {epoch}")
                     improved = record_epoch(run, epoch, train_sums, val, lr, time.perf_counter() - t0, t_train)
@@ -701,7 +701,7 @@ def run_summary(
         "test_top3": metrics["top3"],
         "test_loss": metrics["loss"],
         "device": str(run.device),
-        "precision": "bf16" if uses_bf16(config.bf16, run.device) else "fp32",  # of the training forward passes
+        "precision": "bf16" if uses_bf16(config.bf16, run.device) else "fp32",  # training and scoring
         **environment(),
         "test_checkpoint": tested,
         "tta": config.tta,
