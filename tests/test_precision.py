@@ -134,3 +134,11 @@ def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypa
     model.seen.clear()
     classify(model, images, torch.zeros(3), torch.ones(3), CPU, tta=0, bf16=bf16)
     assert set(model.seen) == {torch.bfloat16 if bf16 else torch.float32}
+
+
+def test_scoring_options_follow_the_saved_config_and_take_bf16_only_from_a_literal_true():
+    from cifarlab.infer import scoring_options
+
+    assert scoring_options({"tta": 2, "bf16": True}) == {"tta": 2, "bf16": True}
+    assert scoring_options({"tta": 1, "bf16": "yes"}) == {"tta": 1, "bf16": False}  # a crafted config stays fp32
+    assert scoring_options({}) == {"tta": 0, "bf16": False}  # checkpoints from before bf16 and TTA

@@ -94,6 +94,12 @@ def inference_model(state: dict[str, Any], device: torch.device) -> nn.Module:
     return place_model(model_from_checkpoint(state), device, state["config"].get("channels_last", False))
 
 
+def scoring_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``tta`` and ``bf16`` arguments of :func:`infer` that score as a run's own test did, from its saved config
+    (a checkpoint's, already validated: tta 0-2; bf16 only when the config holds a literal true)."""
+    return {"tta": config.get("tta", 0), "bf16": config.get("bf16", False) is True}
+
+
 def evaluate_checkpoint(
     state: dict[str, Any],
     data: ImageData,
@@ -115,5 +121,5 @@ def evaluate_checkpoint(
         images, labels, batch_size, torch.tensor(state["mean"]), torch.tensor(state["std"]), device=device
     )
     model = inference_model(state, device) if model is None else model
-    logits, y = infer(model, batches, tta=cfg.get("tta", 0), bf16=cfg.get("bf16", False) is True)
+    logits, y = infer(model, batches, **scoring_options(cfg))
     return logits.softmax(1), y, index

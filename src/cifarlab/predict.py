@@ -103,7 +103,7 @@ def predict_files(
     """Top-k classes for every image among ``inputs`` (files or folders), in order; unreadable ones get errors."""
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.device import pick_device
-    from cifarlab.infer import inference_model
+    from cifarlab.infer import inference_model, scoring_options
 
     state = load_checkpoint(checkpoint)
     classes = list(state["classes"])
@@ -130,8 +130,7 @@ def predict_files(
             torch.tensor(state["mean"]),
             torch.tensor(state["std"]),
             dev,
-            tta=state["config"].get("tta", 0),
-            bf16=state["config"].get("bf16", False) is True,
+            **scoring_options(state["config"]),
         )
         values, indices = probs.topk(top_k, dim=1)
         for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
