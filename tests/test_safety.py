@@ -73,6 +73,8 @@ def test_every_command_that_loads_a_checkpoint_refuses_it(malicious, tiny_run, f
         ["export", str(path), "--out", str(tmp_path / "m.pt"), *data],
         ["evaluate", str(run), "--out", str(tmp_path / "eval"), *data],
         ["train", "--resume", str(run), "--no-analysis", *data],
+        ["train", "--init-from", str(path), "--no-analysis", *data],
+        ["train", "--init-from", str(run), "--recipe", "finetune", "--no-analysis", *data],
     ):
         assert "refused to load" in cli_error(*args, code=1), args
     assert not marker.exists()

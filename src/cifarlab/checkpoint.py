@@ -30,7 +30,7 @@ from torch import nn
 
 from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cifarlab.errors import CheckpointError
-from cifarlab.models import MAX_CLASSES, MODELS, build_model, kwargs_problems, shorten
+from cifarlab.models import MAX_CLASSES, MODELS, build_model, head_name, kwargs_problems, shorten
 from cifarlab.runfiles import atomic_write, resolve_checkpoint
 
 REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")
@@ -296,8 +296,10 @@ def _check_weights(state: dict[str, Any], path: Path) -> None:
 
 def _head_size(skeleton: nn.Module, weights: dict[str, torch.Tensor]) -> int | None:
     """Outputs of the file's head: the weight of the model's last linear layer (None if the file lacks it)."""
-    linears = [n for n, m in skeleton.named_modules() if isinstance(m, nn.Linear)]
-    weight = weights.get(f"{linears[-1]}.weight") if linears else None
+    try:
+        weight = weights.get(f"{head_name(skeleton)}.weight")
+    except ValueError:  # a model without a linear layer
+        weight = None
     return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
 

@@ -15,7 +15,7 @@ from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
 from cifarlab.config import COMPILE_MODES, OPTIMIZERS
 from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
-from cifarlab.flags import add_data_flags, positive_float, positive_int, seed_int
+from cifarlab.flags import add_data_flags, non_negative_int, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
 from cifarlab.sweep import register_sweep
 
@@ -79,6 +79,10 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "image_size",
         "strict",
         "timed",
+        "init_from",
+        "freeze_epochs",
+        "body_lr_scale",
+        "scale_to_data",
     )
     values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "compile_mode", None) is not None:
@@ -92,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.datasets import load_dataset
     from cifarlab.distributed import is_main_process
     from cifarlab.train import train
+    from cifarlab.transfer import with_init_model
 
     resume = None
     if args.resume:
@@ -106,7 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             base["model"] = args.model
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
     else:
-        config = make_config(args.recipe or "seed", model=args.model, **overrides_from(args))
+        overrides = with_init_model({"model": args.model, **overrides_from(args)})
+        config = make_config(args.recipe or "seed", **overrides)
     run = train(config, resume=resume)
     if not args.no_analysis and is_main_process():  # the analysis follows training, once (rank 0 under torchrun)
         data = load_dataset(
@@ -229,6 +235,32 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
         "resnet18-cifar; docs/fast.md)",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from a trained run's weights (its tested checkpoint, or a best.pt/last.pt): same model and "
+        "width, a new head when the classes differ (recipe finetune; docs/datasets.md)",
+    )
+    p.add_argument(
+        "--freeze-epochs",
+        type=non_negative_int,
+        metavar="N",
+        help="with --init-from: train only the head for the first N epochs (recipe default; finetune: 2)",
+    )
+    p.add_argument(
+        "--body-lr-scale",
+        type=positive_float,
+        metavar="F",
+        help="with --init-from: the LR of everything but the head is F x the LR (recipe default; finetune: 0.1)",
+    )
+    p.add_argument(
+        "--no-scale",
+        dest="scale_to_data",
+        action="store_false",
+        default=None,
+        help="keep the recipe's validation size, batch size, LR and schedule as written, even on a small dataset "
+        "(by default they adapt to it, and run.json's scaling says how)",
     )
     p.add_argument(
         "--no-analysis",

@@ -114,6 +114,7 @@ class RunRecord:
     classes: list[str]
     texts: dict[str, str] = field(default_factory=dict)  # run.json fields that hold text, not a number (NaN)
     dataset: dict[str, Any] = field(default_factory=dict)  # the dataset record (CIFAR-10 at 32 px for old runs)
+    init: Any = None  # run.json's record of the checkpoint the run started from (None: random weights)
 
     @property
     def name(self) -> str:
@@ -200,6 +201,7 @@ def load_record(run: str | Path) -> RunRecord:
         pred.classes,
         texts,
         dataset_of(path),
+        info.get("init"),
     )
 
 
@@ -396,6 +398,37 @@ def data_note(comp: Comparison) -> list[tuple[str, str]]:
     return [(g.label, describe_dataset(g.runs[0].dataset)) for g in comp.groups]
 
 
+def describe_init(init: Any) -> str:
+    """run.json's ``init`` in words: where the weights came from (any field may be missing or odd in a file)."""
+    if init is None:
+        return "random initialisation"
+    if not isinstance(init, dict):
+        return f"unreadable record ({str(init)[:40]})"
+    sha = str(init.get("sha256", "?"))[:12]
+    head = {"kept": "head kept", "new": "new head"}.get(str(init.get("head")), f"head {init.get('head')}")
+    where = f"{init.get('model', '?')}, epoch {init.get('epoch', '?')}"
+    return f"{init.get('path', '?')} ({where}, weights sha256 {sha}, {head})"
+
+
+def describe_scaling(scaling: Any) -> str:
+    """run.json's ``scaling`` in words: what the recipe changed for the dataset ('none' when nothing)."""
+    changes = scaling.get("changes") if isinstance(scaling, dict) else None
+    if not isinstance(changes, list) or not changes:
+        return "none"
+    parts = []
+    for c in changes:
+        if isinstance(c, dict):
+            parts.append(f"{c.get('field', '?')} {c.get('before', '?')} -> {c.get('after', '?')}")
+    return "; ".join(parts) or "none"
+
+
+def init_note(comp: Comparison) -> list[tuple[str, str]]:
+    """(group label, where its weights came from) when some group started from a trained model; else empty."""
+    if all(g.runs[0].init is None for g in comp.groups):
+        return []
+    return [(g.label, describe_init(g.runs[0].init)) for g in comp.groups]
+
+
 def comparison_markdown(comp: Comparison) -> str:
     """Table, the grouping note, the data of each group (when it differs) and the disagreement list: what
     ``compare`` prints."""
@@ -406,6 +439,10 @@ def comparison_markdown(comp: Comparison) -> str:
     if notes:
         text += "These rows were trained on different data (their test sets differ too):\n\n"
         text += "\n".join(f"- **{markdown_text(label)}**: {markdown_text(data)}" for label, data in notes) + "\n\n"
+    started = init_note(comp)
+    if started:
+        text += "Where the weights started:\n\n"
+        text += "\n".join(f"- **{markdown_text(label)}**: {markdown_text(init)}" for label, init in started) + "\n\n"
     if comp.disagreements:
         text += "Classes where the runs disagree most (test accuracy):\n\n" + disagreement_markdown(comp.disagreements)
         text += "\n"

@@ -41,6 +41,15 @@ class TrainConfig:
     gamma: float = 0.1  # StepLR: factor applied to the LR at each decay (1e-3 -> 1e-4 for the last 10 epochs)
     warmup_epochs: float = 0.0  # onecycle/cosine: epochs of linear warm-up from 0 to `lr`
     label_smoothing: float = 0.0  # cross-entropy label smoothing; 0 = plain cross-entropy as in the course
+    lr_scaling: str = "none"  # how the LR follows a batch size scaled down for a small dataset: "linear" (SGD
+    # recipes), "sqrt", or "none" (Adam: its step barely depends on the batch); see scaling.py
+    scale_to_data: bool = True  # adapt the recipe's validation size, batch size (with the LR) and schedule to a
+    # small dataset (scaling.py; run.json says what changed); False: the recipe exactly. Never changes CIFAR runs
+
+    # --- starting from a trained model (fine-tuning; docs/datasets.md, "Your own photos") ---
+    init_from: str | None = None  # a run folder or checkpoint whose weights the model starts from (else random)
+    freeze_epochs: int = 0  # with init_from: epochs that train only the classification head, the body frozen
+    body_lr_scale: float = 1.0  # with init_from: LR multiplier for everything but the head
 
     # --- data ---
     dataset: str = "cifar10"  # "cifar10", "cifar100", or the path of a folder of images (docs/datasets.md)
@@ -146,6 +155,7 @@ MAX_CROP_PADDING = 16  # half an image: beyond it a crop or shift is mostly padd
 OPTIMIZERS = ("adam", "sgd", "muon")
 SCHEDULERS = ("step", "onecycle", "cosine", "none")
 AUGMENTS = ("none", "crop-flip", "translate-altflip")
+LR_SCALINGS = ("linear", "sqrt", "none")  # how the LR follows a scaled batch size (scaling.py)
 LABELS = ("fine", "coarse")  # CIFAR-100's two label sets
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes (the last two: CUDA graphs)
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 512  # every registered model works in this range (global pooling)
@@ -220,6 +230,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "gamma": (lambda v: v > 0, "must be positive"),
     "warmup_epochs": (lambda v: v >= 0, "must not be negative"),
     "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "lr_scaling": (lambda v: v in LR_SCALINGS, f"must be one of {', '.join(LR_SCALINGS)}"),
+    "init_from": (lambda v: v is None or v != "", "must name a run folder or checkpoint"),
+    "freeze_epochs": (lambda v: v >= 0, "must not be negative"),
+    "body_lr_scale": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
     "crop_padding": (lambda v: 0 <= v <= MAX_CROP_PADDING, f"must be between 0 and {MAX_CROP_PADDING} pixels"),
     "val_size": (lambda v: v is None or v >= 1, "must be at least 1"),
     "dataset": (lambda v: v != "", "must be cifar10, cifar100 or the path of an image folder"),
@@ -300,6 +314,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         channels_last=True,
         bf16=True,
         budget_epochs=8.0,  # the planner's widest width must fit 8 epochs (docs/benchmarks.md, "Width at 10 minutes")
+        lr_scaling="linear",
     ),
     # ResNet-18 with the CIFAR stem, the standard strong baseline: SGD + Nesterov, one-cycle, crop and flip.
     "resnet18-cifar": dict(
@@ -319,15 +334,31 @@ RECIPES: dict[str, dict[str, Any]] = {
         test_checkpoint="last",
         channels_last=True,
         bf16=True,
+        lr_scaling="linear",
     ),
 }
+# Fine-tuning a trained model (--init-from) on a few hundred to a few thousand images: the fast recipe's
+# optimisation at a tenth of its LR for the body, the head trained alone for the first 2 epochs; the model and its
+# arguments come from the init checkpoint (docs/datasets.md, "Your own photos").
+RECIPES["finetune"] = {
+    key: value
+    for key, value in RECIPES["fast"].items()
+    if key not in ("model", "whiten", "dirac_init", "frozen_bn_scale", "budget_epochs")
+} | dict(epochs=16, warmup_epochs=2.0, freeze_epochs=2, body_lr_scale=0.1)
 
 RECIPE_HELP: dict[str, str] = {
     "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, no augmentation",
     "augment": "the course project plus random crop and horizontal flip",
     "fast": "fastcnn, airbench-style: whitening, lookahead, Nesterov SGD, TTA; 10 epochs, or --time-budget",
     "resnet18-cifar": "ResNet-18 (CIFAR stem), Nesterov SGD one-cycle, crop+flip, label smoothing; 30 epochs",
+    "finetune": "start from --init-from RUN: the fast recipe's optimiser, head alone for 2 epochs, body at 0.1x LR",
 }
+
+
+def recipe_value(recipe: str, name: str) -> Any:
+    """Field ``name``'s value in ``recipe`` (its default where the recipe does not set it)."""
+    values = RECIPES.get(recipe, {})
+    return values[name] if name in values else TrainConfig.__dataclass_fields__[name].default
 
 
 def make_config(recipe: str, **overrides: Any) -> TrainConfig:
@@ -370,3 +401,7 @@ def validate(config: TrainConfig) -> None:
     if config.recipe not in RECIPES:
         raise UsageError(f"recipe: unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
     validate_fast(config)
+    if config.init_from is None and (config.freeze_epochs > 0 or config.body_lr_scale != 1.0):
+        raise UsageError(
+            "freeze_epochs and body_lr_scale apply to a model that starts from a trained one: give --init-from RUN"
+        )

@@ -302,13 +302,18 @@ def files_fingerprint(root: Path, names: list[str]) -> str:
 
 def class_quotas(counts: list[int], total: int) -> list[int]:
     """Split ``total`` over classes in proportion to their sizes (largest remainders first; ties to lower
-    classes): ``total // C`` each when the classes are equally large, as in CIFAR."""
+    classes): ``total // C`` each when the classes are equally large, as in CIFAR. A class of two or more images
+    whose share rounds to none gets one, taken from the largest quota."""
     n = sum(counts)
     exact = [total * c / n for c in counts]
     quotas = [int(e) for e in exact]
     order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - quotas[c]), c))
     for c in order[: total - sum(quotas)]:
         quotas[c] += 1
+    for c in range(len(counts)):  # a class too small for its share still gets one image, from the largest quota
+        if quotas[c] == 0 and counts[c] >= 2 and max(quotas) > 1:
+            quotas[quotas.index(max(quotas))] -= 1
+            quotas[c] = 1
     return quotas
 
 

@@ -65,3 +65,19 @@ def model_kwargs(config: Any, width: int | None = None) -> dict[str, Any]:
     if width is not None:
         kwargs["width"] = width
     return kwargs
+
+
+# model_kwargs' arguments and the config fields they come from
+KWARG_FIELDS = {
+    "width": "model_width",
+    "dirac": "dirac_init",
+    "frozen_bn_scale": "frozen_bn_scale",
+    "frozen_stem": "whiten",
+}
+
+
+def config_fields(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that give ``model_kwargs`` ``kwargs`` (the inverse of :func:`model_kwargs`)."""
+    if model not in WIDTH_MODELS:
+        return {"model_width": None, "whiten": False, "dirac_init": False, "frozen_bn_scale": False}
+    return {field: kwargs.get(arg, None if arg == "width" else False) for arg, field in KWARG_FIELDS.items()}

@@ -182,6 +182,14 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return model
 
 
+def head_name(model: nn.Module) -> str:
+    """The name of the classification head: the model's last linear layer (what fine-tuning replaces)."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no linear layer for a head")
+    return linears[-1]
+
+
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cifarlab.data import Batches
+from cifarlab.models import head_name
 
 
 @dataclass
@@ -54,17 +55,39 @@ def param_groups(model: nn.Module, config: Any) -> list[dict[str, Any]]:
     }
     trainable = [p for p in model.parameters() if p.requires_grad]
     if config.bias_lr_scale == 1.0:
-        return [{"params": trainable}]
-    others = [p for p in trainable if id(p) not in norm_ids]
-    norms = [p for p in trainable if id(p) in norm_ids]
-    return [
-        {"params": others},
-        {
-            "params": norms,
-            "lr": config.lr * config.bias_lr_scale,
-            "weight_decay": config.weight_decay / config.bias_lr_scale,
-        },
-    ]
+        groups = [{"params": trainable}]
+    else:
+        others = [p for p in trainable if id(p) not in norm_ids]
+        norms = [p for p in trainable if id(p) in norm_ids]
+        groups = [
+            {"params": others},
+            {
+                "params": norms,
+                "lr": config.lr * config.bias_lr_scale,
+                "weight_decay": config.weight_decay / config.bias_lr_scale,
+            },
+        ]
+    return groups if config.body_lr_scale == 1.0 else split_head(groups, model, config)
+
+
+def split_head(groups: list[dict[str, Any]], model: nn.Module, config: Any) -> list[dict[str, Any]]:
+    """Each group in two: the classification head's parameters as they were, the body's at ``body_lr_scale`` x
+    the LR (fine-tuning: the body already learned its features)."""
+    head = {id(p) for p in model.get_submodule(head_name(model)).parameters()}
+    split = []
+    for group in groups:
+        lr = group.get("lr", config.lr)
+        split.append({**group, "params": [p for p in group["params"] if id(p) in head]})
+        split.append(
+            {**group, "params": [p for p in group["params"] if id(p) not in head], "lr": lr * config.body_lr_scale}
+        )
+    return [g for g in split if g["params"]]
+
+
+def body_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters outside the classification head: what ``freeze_epochs`` holds still."""
+    head = {id(p) for p in model.get_submodule(head_name(model)).parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in head]
 
 
 def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
@@ -106,7 +129,8 @@ def muon_groups(groups: list[dict[str, Any]], config: Any) -> list[dict[str, Any
     convs = [p for g in groups for p in g["params"] if p.ndim == 4]
     conv_ids = {id(p) for p in convs}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in conv_ids]} for g in groups]
-    muon = {"params": convs, "muon": True, "lr": config.muon_lr, "momentum": config.muon_momentum, "weight_decay": 0.0}
+    lr = config.muon_lr * config.body_lr_scale  # conv weights are the body's (fine-tuning scales them)
+    muon = {"params": convs, "muon": True, "lr": lr, "momentum": config.muon_momentum, "weight_decay": 0.0}
     return [muon, *(g for g in rest if g["params"])]
 
 

@@ -454,6 +454,7 @@ def split_sizes(run: Path) -> tuple[str, str]:
 
 def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
     """Data, split, recipe, hardware and versions of every run, in one table (a column per run)."""
+    from cifarlab.compare import describe_init, describe_scaling
 
     def row(label: str, get: Callable[[RunView], str]) -> list[str]:
         return [label] + [get(v) for v in views]
@@ -472,6 +473,8 @@ def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
         row("test images", lambda v: count(v.summary.get("n", 0))),
         row("test images from", lambda v: shown(v.dataset.get("test"))),
         row("data folder", data_folder),
+        row("started from", lambda v: describe_init(v.info.get("init"))),
+        row("recipe scaled for the dataset", lambda v: describe_scaling(v.info.get("scaling"))),
     ]
     hyper = [
         "epochs",
@@ -487,6 +490,8 @@ def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
         "label_smoothing",
         "augment",
         "limit_train",
+        "freeze_epochs",
+        "body_lr_scale",
     ]
     rows += [row(k, value_of(k)) for k in hyper if any(k in v.config for v in views)]
     rows += [

@@ -37,7 +37,14 @@ from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
 from cifarlab.metrics import write_test_results
 from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
-from cifarlab.optim import RunLength, make_optimizer, make_scheduler, per_batch_schedule, steps_per_epoch
+from cifarlab.optim import (
+    RunLength,
+    body_parameters,
+    make_optimizer,
+    make_scheduler,
+    per_batch_schedule,
+    steps_per_epoch,
+)
 from cifarlab.progress import log, progress
 from cifarlab.runfiles import (
     RunLock,
@@ -47,7 +54,9 @@ from cifarlab.runfiles import (
     write_json,
     write_metrics_csv,
 )
+from cifarlab.scaling import scale_to_data
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
+from cifarlab.transfer import apply_init, check_fits, init_record, load_init
 
 Clock = Callable[[], float]
 
@@ -126,6 +135,9 @@ class Run:
     train_seconds: float = 0.0
     saved_epoch: int = 0  # the epoch last.pt holds
     tracker: Tracker | NullTracker = field(default_factory=NullTracker)  # TensorBoard events (and MLflow)
+    scaling: dict[str, Any] = field(default_factory=dict)  # what the recipe changed for this dataset (scaling.py)
+    init: dict[str, Any] | None = None  # the checkpoint the weights started from (transfer.py), or None
+    body: list[nn.Parameter] = field(default_factory=list)  # held still for the first ``freeze_epochs`` epochs
 
     def scored(self) -> nn.Module:
         """The plain model that is validated, checkpointed and tested: the EMA copy when there is one."""
@@ -207,6 +219,8 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
     correct: Any = torch.zeros((), dtype=torch.long, device=run.device) if config.timed else 0
     seen = 0
     taken = (epoch - 1) * length.steps_per_epoch  # optimiser steps before this epoch
+    for p in run.body:  # fine-tuning: only the head trains in the first freeze_epochs epochs
+        p.requires_grad_(epoch > config.freeze_epochs)
     batches = progress(
         run.train_batches, length.steps_per_epoch, f"epoch {epoch}/{length.epochs}", enabled=run.dist.is_main
     )
@@ -358,6 +372,8 @@ def checkpoint_state(run: Run, epoch: int) -> dict[str, Any]:
         "best_val_top1": run.best_top1,
         "history": run.history,
         "train_seconds": run.train_seconds,
+        "scaling": run.scaling,
+        "init": run.init,
     }
 
 
@@ -391,6 +407,10 @@ def build_run(
     device, the data and its split, the time-budget plan, model, batches, optimiser, schedule, weight averaging,
     then the run folder (a new one, or the resumed one with every state restored from last.pt)."""
     validate(config)
+    init = None
+    if config.init_from is not None and resume is None:  # read and checked before anything else is done
+        init = load_init(config.init_from)
+        check_fits(config, init)
     device, dist = start_processes(config)
     if resume is not None and dist.is_main:
         claim_folder(Path(resume), cleanup)
@@ -407,6 +427,12 @@ def build_run(
         else load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
     )
     load_seconds = time.perf_counter() - t_load
+    scaling: dict[str, Any] = {}
+    if resume is None:  # a resumed run's config.json holds the scaled values already
+        config, scaled = scale_to_data(config, len(data.train_labels), len(data.classes))
+        scaling = scaled.record()
+        if scaled.message():
+            log(scaled.message(), dist.is_main)
     if config.timed:
         clock = Stopwatch(clock, device)
     budget_start = clock()  # a --time-budget covers everything from here to the test's end
@@ -414,7 +440,7 @@ def build_run(
     plan = None
     if config.time_budget is not None and resume is None:
         plan, config = plan_run(config, data, prep, device, dist, budget_start, clock)
-    model, params, macs = make_model(config, data, prep, device)
+    model, params, macs, head_kept = make_model(config, data, prep, device, init)
     train_batches, val_batches = make_batches(config, data, prep, device, dist)
     length = RunLength.of(config, steps_per_epoch(train_batches))
     if config.train_steps is not None:  # whole epochs to run; the last one stops at train_steps
@@ -449,7 +475,16 @@ def build_run(
         load_seconds,
         budget_start,
         clock,
+        scaling=scaling,
+        init=None if init is None else init_record(init, head_kept),
+        body=body_parameters(unwrap(model)) if config.freeze_epochs else [],
     )
+    if run.init is not None:
+        log(
+            f"starting from {run.init['path']} ({run.init['model']}, epoch {run.init['epoch']}; "
+            f"{'head kept' if head_kept else 'new head for ' + str(len(data.classes)) + ' classes'})",
+            dist.is_main,
+        )
     if resume is not None:
         restore(run, load_checkpoint(folder, "last.pt"))
     elif dist.is_main:
@@ -469,6 +504,10 @@ def start_processes(config: TrainConfig) -> tuple[torch.device, distributed.Dist
     device = pick_device(config.device)
     dist = distributed.setup(device)
     device = distributed.process_device(device, dist)
+    if dist.enabled and config.freeze_epochs:
+        raise UsageError(
+            "--freeze-epochs trains one process (DDP cannot freeze parameters part-way); run it without torchrun"
+        )
     if config.batch_size % dist.world_size:
         raise UsageError(f"--batch-size {config.batch_size} must divide by the {dist.world_size} processes")
     return device, dist
@@ -545,15 +584,18 @@ def plan_run(
 
 
 def make_model(
-    config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device
-) -> tuple[nn.Module, int, int]:
-    """The freshly initialised model, placed on the device, with its parameter and multiply-accumulate counts."""
-    model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config)).to(device)
-    if config.whiten:  # frozen first conv that whitens 2x2 patches of (normalised) training images
+    config: TrainConfig, data: ImageData, prep: Prepared, device: torch.device, init: dict[str, Any] | None = None
+) -> tuple[nn.Module, int, int, bool]:
+    """The freshly initialised model (or the init checkpoint's weights in it), placed on the device, with its
+    parameter and multiply-accumulate counts, and whether the init's head was kept."""
+    model = build_model(config.model, num_classes=len(data.classes), **model_kwargs(config))
+    head_kept = apply_init(model, init, list(data.classes)) if init is not None else False
+    model = model.to(device)
+    if config.whiten and init is None:  # frozen first conv that whitens 2x2 patches of (normalised) training images
         images = data.train_images[prep.train_idx[:WHITEN_IMAGES]]
         init_whitening(model, normalize(images, torch.tensor(prep.mean), torch.tensor(prep.std)).to(device))
     params, macs = count_params(model), count_macs(model, data.image_size)
-    return place_model(model, device, config.channels_last), params, macs
+    return place_model(model, device, config.channels_last), params, macs, head_kept
 
 
 def make_batches(
@@ -630,6 +672,8 @@ def restore(run: Run, state: dict[str, Any]) -> None:
     if run.config.train_steps is not None:  # a time-budget run goes on with the length its pacer last set
         run.length.total_steps = state["config"].get("train_steps") or run.length.total_steps
     run.history, run.best_top1 = state["history"], state["best_val_top1"]
+    run.scaling = state["scaling"] if isinstance(state.get("scaling"), dict) else {}
+    run.init = state["init"] if isinstance(state.get("init"), dict) else None
     run.saved_epoch, run.train_seconds = state["epoch"], state["train_seconds"]
     log(f"resuming {run.folder} after epoch {state['epoch']}", run.dist.is_main)
 
@@ -710,6 +754,8 @@ def run_summary(
         "seconds_used": seconds_used,
         **({"timed": True, "untimed_seconds": run.clock.paused} if isinstance(run.clock, Stopwatch) else {}),
         "budget_plan": None if run.plan is None else run.plan.record(run.length),
+        "scaling": run.scaling,
+        "init": run.init,
     }
 
 
