@@ -221,8 +221,11 @@ def test_the_seed_recipe_has_the_course_projects_values():
 
 def test_a_seed_run_steps_adam_in_batches_of_64_and_logs_each_epochs_starting_lr(small_config, fake_cifar, tmp_path):
     """Eleven epochs of the seed recipe on 128 images: StepLR decays once, after epoch 10, and ``lr`` in
-    metrics.csv is the rate each epoch started with; 2 Adam steps per epoch means batches of 64."""
-    config = small_config.write(tmp_path / "config.json", epochs=11, limit_train=128, val_size=10, batch_size=None)
+    metrics.csv is the rate each epoch started with; 2 Adam steps per epoch means batches of 64. The recipe as
+    written: the generated set is 1,000 images, which scaling to the dataset would adapt (test_small_data.py)."""
+    config = small_config.write(
+        tmp_path / "config.json", epochs=11, limit_train=128, val_size=10, batch_size=None, scale_to_data=False
+    )
     run = cli_train(config, tmp_path, "seed", fake_cifar)
     assert read(run, "config.json")["batch_size"] == 64
     lrs = [r["lr"] for r in read_metrics_csv(run / "metrics.csv")]
