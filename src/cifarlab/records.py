@@ -35,6 +35,7 @@ def check_depth(value: Any, source: str, error: type[CifarlabError], max_depth: 
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Any
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list | tuple):
