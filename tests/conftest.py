@@ -14,7 +14,10 @@ Helpers: ``child`` (every subprocess: one thread, unbuffered, Ctrl-C restored), 
 line, ``cifarlab: error: ...``, with the right exit code), ``engine`` (the one place tests reach engine internals).
 
 Markers: ``slow`` (over ~10 s), ``subprocess`` (set automatically on tests that start processes), and
-``required_in_ci``: such a test may skip on a developer's machine, but with ``CI=true`` a skip is a failure.
+``required_in_ci`` (documents a test whose needs, a browser or an extra, may be missing on a developer's machine).
+
+CI (``CI=true``): no test may skip, by any route. Every skip, of a test or of a whole file at collection, is
+turned into a failure with its reason, marked ``required_in_ci`` or not (docs/testing.md, "CI").
 """
 
 from __future__ import annotations
@@ -80,15 +83,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.subprocess)
 
 
+def ci_skip_message(what: str, longrepr: Any) -> str:
+    """The failure that replaces a skip in CI: what skipped, and the skip's own reason."""
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return (
+        f"{what} must run in CI (CI=true: no test may skip; install the test extra and the data, "
+        f"see docs/testing.md), but it skipped: {reason}"
+    )
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
-    """In CI, a skipped ``required_in_ci`` test (no browser, no onnxruntime) is a failure, not a quiet skip."""
+    """In CI, any skip of a test (a skipif marker, ``pytest.skip`` in a fixture or the test) is a failure."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and in_ci() and item.get_closest_marker("required_in_ci") is not None:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):  # an expected failure is not a skip
         report.outcome = "failed"
-        report.longrepr = f"this test must run in CI (CI=true), but it skipped: {reason}"
+        report.longrepr = ci_skip_message(f"test {item.nodeid}", report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """In CI, a file skipped while collected (a module-level ``importorskip``) is a failure: otherwise its tests
+    vanish before the test-level hook above ever sees them."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci():
+        report.outcome = "failed"
+        report.longrepr = ci_skip_message(f"collecting {collector.nodeid}", report.longrepr)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -306,9 +328,9 @@ def benchmark_script() -> Callable[[str], Any]:
 
 @pytest.fixture(scope="session")
 def real_cifar(offline_and_clean_environment: str | None) -> Path:
-    """The real CIFAR-10 folder, or skip: $CIFARLAB_DATA_DIR as the session found it, else ../shared/data/cifar10.
-
-    The only fixture that knows where real data lies; every test runs without $CIFARLAB_DATA_DIR."""
+    """The real CIFAR-10 folder, or skip (a failure in CI): $CIFARLAB_DATA_DIR as the session found it, else
+    ../shared/data/cifar10. The only fixture that knows where real data lies; every test runs without
+    $CIFARLAB_DATA_DIR."""
     for root in (offline_and_clean_environment, SHARED_DATA):
         if root and (Path(root) / "cifar-10-batches-py" / "data_batch_1").is_file():
             return Path(root)
@@ -601,7 +623,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def imagenette_slice(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small copy of the real Imagenette (96x96 JPEG): 5 train/ and 2 val/ images of each of its first 3
-    classes, or skip when ../shared/data/imagenette2-96 is absent."""
+    classes, or skip (a failure in CI) when ../shared/data/imagenette2-96 is absent."""
     if not (IMAGENETTE / "train").is_dir():
         pytest.skip(f"Imagenette not found at {IMAGENETTE}")
     root = tmp_path_factory.mktemp("imagenette")

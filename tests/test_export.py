@@ -21,7 +21,7 @@ from cifarlab.data import ImageData, load_cifar10, normalize
 from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model
 
-pytestmark = pytest.mark.required_in_ci
+pytestmark = pytest.mark.required_in_ci  # the test extra installs the export extra: with CI=true a skip fails
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
 

@@ -2,7 +2,9 @@
 
 Each test states a promise of these modules: exact split and subset sizes, the pixel geometry of the augmentations,
 the batch order, metrics against counts by hand, every checkpoint field's accepted range and its refusal message,
-and what a download leaves behind. All fast: small generated data, a width-8 fastcnn, no training.
+and what a download leaves behind. All fast: small generated data, a width-8 fastcnn, no training. The last section
+pins engine promises one-line mutations broke silently: the TensorBoard grid of misclassified images, bf16 off unless
+a recipe asks, and the final test inside a --time-budget (tiny runs of 1 epoch, a fake clock where time matters).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import tarfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -905,3 +908,126 @@ def test_save_checkpoint_replaces_the_file_whole(tmp_path):
     save_checkpoint({"b": torch.zeros(2)}, path)
     assert torch.load(path, weights_only=True).keys() == {"b"}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# engine promises that one-line mutations broke without a failing test: the misclassified grid, bf16 off by default,
+# the final test on the time-budget clock (small runs on generated data, a fake clock where time matters)
+# ---------------------------------------------------------------------------------------------------------------
+
+RED, GREEN = (255, 0, 0), (0, 255, 0)
+
+
+def test_the_misclassified_grid_shows_the_misclassified_test_images_and_no_others(tmp_path):
+    """Correctly classified test images are pure green, misclassified ones pure red: the drawn grid holds red
+    pixels and not one green one."""
+    from cifarlab.tracking import Tracker
+
+    y_true = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    y_pred = np.array([0, 1, 2, 3, 4, 9, 9, 1])  # the last 3 are wrong
+    probs = np.full((8, 10), 0.01, dtype=np.float32)
+    probs[np.arange(8), y_pred] = 0.91
+    index = np.arange(8) + 2  # official test-set positions: 2..9
+    np.savez(tmp_path / "test_predictions.npz", y_true=y_true, probs=probs, index=index)
+    per_class = {c: 1.0 for c in CLASSES}
+    (tmp_path / "test_metrics.json").write_text(
+        json.dumps({"top1": 5 / 8, "epoch": 1, "per_class_accuracy": per_class})
+    )
+    images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    for position, wrong in zip(index, y_pred != y_true, strict=True):
+        images[position] = torch.tensor(RED if wrong else GREEN, dtype=torch.uint8).view(3, 1, 1)
+    labels = torch.tensor([9, 9, *y_true.tolist()])
+    data = cifarlab.data.ImageData(images, labels, images, labels, list(CLASSES))
+
+    tracker = Tracker(tmp_path, {"model": "mycnn", "seed": 0}, tensorboard=False, mlflow_uri=None)
+    grid = tracker.figures(tmp_path, data)["misclassified"].astype(int)
+    tracker.close()
+
+    def pixels(colour: tuple[int, int, int]) -> int:
+        return int((np.abs(grid - np.array(colour)).max(axis=-1) < 30).sum())
+
+    assert pixels(RED) > 3 * 20 * 20  # the 3 misclassified images, drawn at least 20x20 each
+    assert pixels(GREEN) == 0  # and no correctly classified one
+
+
+def test_the_seed_recipe_trains_and_tests_in_fp32_even_on_a_bf16_cpu(small_config, engine_patch, tmp_path):
+    """bf16 is opt-in (the fast recipes ask for it): the seed recipe, and a config written before bf16 existed,
+    train in fp32 on a CPU that computes bf16 in hardware."""
+    from cifarlab.config import TrainConfig
+    from cifarlab.train import train
+
+    engine_patch("cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs, whatever runs the test
+    config = small_config(out=tmp_path, epochs=1, limit_train=100)
+    assert config.bf16 is False
+    old = {k: v for k, v in config.to_dict().items() if k != "bf16"}  # a config.json without the key
+    assert TrainConfig.from_dict(old).bf16 is False
+    info = json.loads((train(config) / "run.json").read_text())
+    assert info["precision"] == "fp32"
+
+
+class FakeClock:
+    """A clock that moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def slow_final_test(monkeypatch: pytest.MonkeyPatch, clock: Any, seconds: float) -> list[float]:
+    """The final test takes ``seconds`` on ``clock``; returns the list of clock readings at its start."""
+    import cifarlab.train as train_module
+
+    real, started = train_module.evaluate_checkpoint, []
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        started.append(clock.now)
+        clock.now += seconds
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_checkpoint", evaluate)
+    return started
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_the_final_test_counts_in_the_seconds_used(small_config, tmp_path, monkeypatch, timed):
+    """Only the final test takes time on the fake clock: seconds_used is exactly its time, for an untimed run and
+    for a timed one (whose clock stops for validation and checkpoints, never for the test)."""
+    from cifarlab.train import train
+
+    clock = FakeClock()
+    started = slow_final_test(monkeypatch, clock, 7.0)
+    config = small_config(out=tmp_path, epochs=1, limit_train=100, test_checkpoint="last", timed=timed)
+    info = json.loads((train(config, clock=clock) / "run.json").read_text())
+    assert started == [0.0] and info["seconds_used"] == pytest.approx(7.0)
+
+
+def test_a_time_budget_run_ends_inside_its_budget_with_a_final_test_that_takes_its_planned_time(
+    fake_cifar, tmp_path, monkeypatch
+):
+    """Probes replaced by fixed costs; the clock moves 0.5 s per reading and the final test takes the time the
+    planner reserved for its pass: the run uses the budget and ends inside it, the test included."""
+    import cifarlab.budget as budget_module
+    from cifarlab.budget import Probe
+    from cifarlab.config import make_config
+    from cifarlab.infer import tta_views
+    from cifarlab.train import train
+
+    probe = Probe(8, step_seconds=0.5, eval_image_seconds=0.005, save_seconds=0.01, probe_seconds=0.0)
+    monkeypatch.setattr(budget_module, "time_probe", lambda *args, **kwargs: probe)
+
+    class TickingClock(FakeClock):
+        def __call__(self) -> float:
+            self.now += 0.5
+            return self.now
+
+    clock, budget, n_test = TickingClock(), 40.0, 200
+    test_pass = n_test * tta_views(1) * probe.eval_image_seconds  # 2 s of a 40 s budget (TTA 1 fits in it)
+    started = slow_final_test(monkeypatch, clock, test_pass)
+    values = dict(batch_size=100, val_size=100, data_dir=str(fake_cifar), out=str(tmp_path), device="cpu", tta=1)
+    config = make_config("fast", **values, name="budget", time_budget=budget, model_width=8)
+    info = json.loads((train(config, clock=clock) / "run.json").read_text())
+    assert info["budget_plan"]["reserved_seconds"]["test"] >= test_pass
+    assert info["seconds_used"] >= started[0] + test_pass  # the test's time is counted...
+    assert 0.8 * budget <= info["seconds_used"] <= budget  # ...inside the budget, which was used

@@ -4,6 +4,8 @@ run's events, tracking switched off or refused without its package, and MLflow l
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,16 +17,40 @@ from cifarlab.errors import UsageError
 from cifarlab.runfiles import read_metrics_csv
 from cifarlab.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 
-needs_tensorboard = pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard not installed")
-needs_mlflow = pytest.mark.skipif(not tracking.mlflow_available(), reason="mlflow not installed")
+
+# The test extra installs both: these skip only on a developer's machine without them (with CI=true, a failure).
+def needs_tensorboard(test):
+    skip = pytest.mark.skipif(not tracking.tensorboard_available(), reason="tensorboard not installed")
+    return pytest.mark.required_in_ci(skip(test))
+
+
+def needs_mlflow(test):
+    return pytest.mark.required_in_ci(
+        pytest.mark.skipif(not tracking.mlflow_available(), reason="mlflow not installed")(test)
+    )
+
+
+def write_order(path: Path) -> tuple[int, int, int]:
+    """An event file's place in write order, from its name ``events.out.tfevents.TIME.HOST.PID.COUNTER``: the
+    second, then the process and its file counter, as numbers (TensorBoard does not pad the counter)."""
+    seconds = path.name.split(".")[3]
+    pid, counter = path.name.rsplit(".", 2)[1:]
+    return int(seconds), int(pid), int(counter)
 
 
 def events(folder: Path):
-    """TensorBoard's own reader over a run's event files (every scalar and image kept)."""
+    """TensorBoard's own reader over a run's event files (every scalar and image kept), read in the order they were
+    written: TensorBoard reads them in name order, where a counter of 10 sorts before 9 (same second, same process,
+    as two trackers in one test are; across real runs the second differs)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    acc.Reload()
+    files = sorted(folder.glob("events.out.tfevents.*"), key=write_order)
+    assert files, f"no event files in {folder}"
+    with tempfile.TemporaryDirectory() as ordered:  # the same files, named so that name order is write order
+        for k, path in enumerate(files):
+            shutil.copyfile(path, Path(ordered, f"events.out.tfevents.{k:06d}"))
+        acc = EventAccumulator(ordered, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+        acc.Reload()  # reads everything into memory: the copies may go
     return acc
 
 
@@ -83,9 +109,25 @@ def test_the_end_of_a_run_logs_its_confusion_matrix_and_misclassified_images(tmp
     assert acc.Images("misclassified")[-1].step == 3
 
 
+def roll_event_file_counter_over(scratch: Path) -> None:
+    """Open throwaway event files until the next two this process opens end in 9 and 10 (or 99 and 100...):
+    TensorBoard numbers files by an unpadded per-process counter, so after enough earlier writers (other tests in
+    the same process) a later file's name sorts before an earlier one of the same second."""
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    scratch.mkdir()
+    while True:
+        EventFileWriter(str(scratch)).close()
+        counter = max(int(p.name.rsplit(".", 1)[1]) for p in scratch.iterdir())  # the last file's number
+        if len(str(counter + 1)) < len(str(counter + 2)):
+            return
+
+
 @needs_tensorboard
 def test_a_resumed_run_shows_each_epoch_once_with_the_redone_values(tmp_path):
     config = {"model": "mycnn", "seed": 0}
+    roll_event_file_counter_over(tmp_path / "scratch")  # the two trackers' files: counters 9 and 10 (say)
+    run = tmp_path / "run"
 
     def row(epoch: int, loss: float) -> dict:
         return {
@@ -100,16 +142,16 @@ def test_a_resumed_run_shows_each_epoch_once_with_the_redone_values(tmp_path):
             "images_per_second": 100.0,
         }
 
-    first = Tracker(tmp_path, config, tensorboard=True, mlflow_uri=None)
+    first = Tracker(run, config, tensorboard=True, mlflow_uri=None)
     for epoch in (1, 2, 3):
         first.epoch(row(epoch, 10.0 + epoch))
     first.writer.flush()  # then the process is killed: last.pt holds epoch 2, so epoch 3 is trained again
-    second = Tracker(tmp_path, config, tensorboard=True, mlflow_uri=None)
+    second = Tracker(run, config, tensorboard=True, mlflow_uri=None)
     for epoch in (3, 4):
         second.epoch(row(epoch, 20.0 + epoch))
     second.close()
     first.close()
-    logged = [(e.step, e.value) for e in events(tmp_path / TB_DIR).Scalars("loss/train")]
+    logged = [(e.step, e.value) for e in events(run / TB_DIR).Scalars("loss/train")]
     assert logged == [(1, 11.0), (2, 12.0), (3, 23.0), (4, 24.0)]
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from cifarlab.data import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
 from cifarlab.errors import CheckpointError
 from cifarlab.models import MAX_CLASSES, MODELS, build_model, head_name, kwargs_problems, shorten
 from cifarlab.runfiles import atomic_write, resolve_checkpoint
@@ -37,7 +38,6 @@ REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")
 WEIGHT_KEYS = ("model", "train_model")  # state dicts of the model's architecture (train_model: optional)
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 PICKLE_MAGIC = b"\x80"  # the legacy format, and plain pickles: refused (their sizes cannot be checked first)
-MAX_CLASS_NAME = 100  # characters in one class name
 EXAMPLES = 3  # mismatched weight names shown per kind of difference
 DEFAULT_IMAGE_SIZE = 32  # checkpoints without an image size are CIFAR-10's
 DATASET_KINDS = ("cifar10", "cifar100", "folder")
@@ -148,22 +148,46 @@ def _check_fields(state: Any, path: Path) -> None:
         problems.append("'best_val_top1' is not a finite number")
     class_problems = _classes_problems(state["classes"])
     problems += class_problems
-    if "image_size" in state and not _is_int_in(state["image_size"], MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
-        problems.append(f"'image_size' is not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    if "image_size" in state:
+        problems += _image_size_problems(state["image_size"])
     if "dataset" in state:  # compared with the checkpoint's classes only when those are valid (one fault, one line)
         classes = None if class_problems else state["classes"]
         problems += _dataset_problems(state["dataset"], classes, state.get("image_size"))
-    for key in ("mean", "std"):
-        values = state[key]
-        if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
-            problems.append(f"'{key}' is not a list of 3 finite numbers")
-    if isinstance(state["std"], list) and any(_is_finite_number(v) and v <= 0 for v in state["std"]):
-        problems.append("'std' has a value that is not positive")
+    problems += normalisation_problems(state["mean"], state["std"])
     kwargs = state.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
         problems.append("'model_kwargs' is not a dict of named arguments")
     if problems:
         raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: {'; '.join(problems)}")
+
+
+def data_problems(classes: Any, image_size: Any, record: Any) -> list[str]:
+    """What loading would refuse in a run's class names, image size and dataset record, as a checkpoint holds them:
+    training checks its data with this before the first epoch, so no run trains and then refuses its own file."""
+    class_problems = _classes_problems(classes)
+    return [
+        *class_problems,
+        *_image_size_problems(image_size),
+        *_dataset_problems(record, None if class_problems else classes, image_size),
+    ]
+
+
+def normalisation_problems(mean: Any, std: Any) -> list[str]:
+    """``mean`` and ``std`` must be 3 finite numbers each, every std positive (images are divided by it)."""
+    problems = []
+    for key, values in (("mean", mean), ("std", std)):
+        if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
+            problems.append(f"'{key}' is not a list of 3 finite numbers")
+    if isinstance(std, list) and any(_is_finite_number(v) and v <= 0 for v in std):
+        problems.append("'std' has a value that is not positive")
+    return problems
+
+
+def _image_size_problems(image_size: Any) -> list[str]:
+    """The model's image size: a whole number of pixels in the range every model supports."""
+    if _is_int_in(image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
+        return []
+    return [f"'image_size' is not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"]
 
 
 def _is_state_dict(value: Any) -> bool:

@@ -16,6 +16,7 @@ import torch
 from cifarlab.data import (
     Archive,
     ImageData,
+    check_class_names,
     check_pixels,
     files_fingerprint,
     installed_folder,
@@ -58,7 +59,7 @@ def read_split(path: Path, labels: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_names(path: Path, labels: str) -> list[str]:
-    """The fine or coarse class names from ``meta``."""
+    """The fine or coarse class names from ``meta``, refused (naming the file) when one is not printable."""
     if not path.is_file():
         raise DataError(f"missing CIFAR-100 file: {path}")
     key = f"{labels}_label_names"
@@ -68,7 +69,7 @@ def read_names(path: Path, labels: str) -> list[str]:
         raise DataError(f"{path} is not a CIFAR-100 meta file (expected a dict with a list '{key}')")
     if len(names) != LABELS[labels]:
         raise DataError(f"{path}: expected {LABELS[labels]} {labels} label names, found {len(names)}")
-    return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
+    return check_class_names(path, [n.decode("latin-1") if isinstance(n, bytes) else n for n in names])
 
 
 def load_cifar100(

@@ -18,6 +18,7 @@ from typing import Any
 
 from cifarlab.errors import UsageError
 from cifarlab.fast import validate_fast
+from cifarlab.records import loads_json, read_json_object
 
 
 @dataclass(frozen=True)
@@ -110,21 +111,14 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
+        """The config saved in ``path`` (a config.json, or a run folder holding one), read through the bounded
+        reader: a list, a 400-digit integer or deep nesting is one UsageError."""
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        try:
-            values = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"config file not found: {path}") from None
-        except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
-            raise UsageError(f"config file {path} is not valid JSON: {exc}") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-        except RecursionError:
-            raise UsageError(f"config file {path} is nested too deeply to be a config") from None
-        if not isinstance(values, dict):
-            raise UsageError(f"config file {path} must hold a JSON object")
+        if not path.exists():
+            raise UsageError(f"config file not found: {path}")
+        values = read_json_object(path, UsageError)
         try:
             return cls.from_dict(values)
         except UsageError as exc:
@@ -383,10 +377,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise UsageError(f"expected KEY=VALUE, got {item!r}")
         if key not in known:
             raise UsageError(f"unknown config key {key!r} in {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+        # JSON where it is JSON, else the text itself; nesting, size and integer length bounded either way
+        overrides[key] = loads_json(value, f"{key}={value[:40]}{'...' * (len(value) > 40)}", UsageError, not_json=value)
     return overrides
 
 

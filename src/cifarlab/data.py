@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.errors import DataError
+from cifarlab.errors import DataError, escape
 from cifarlab.safe_pickle import load_restricted, one_line
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -34,6 +34,10 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 NUM_CLASSES = 10
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MAX_CLASS_NAME = 100  # characters in a class name, as image folders and checkpoints allow
+CHANNELS = ("red", "green", "blue")
+MIN_STD = 1 / 255  # a channel that varies less than one grey level over the training split is centred, not scaled
+FLAT_STD = 1.0  # the std such a channel is divided by (no real std of [0, 1] values reaches it)
 
 
 @dataclass
@@ -123,7 +127,22 @@ def _read_classes(path: Path) -> list[str]:
         raise DataError(f"{path} is not a CIFAR-10 batches.meta (expected a dict with a list 'label_names')")
     if len(names) != NUM_CLASSES:
         raise DataError(f"{path}: expected 10 label names, found {len(names)}")
-    return [n.decode("latin-1") if isinstance(n, bytes) else n for n in names]
+    return check_class_names(path, [n.decode("latin-1") if isinstance(n, bytes) else n for n in names])
+
+
+def check_class_names(path: Path, names: list[str]) -> list[str]:
+    """The class names of an official meta file, refused as image folders' are (naming the file) when one is
+    empty, too long or not printable (a control character would forge lines in predict's output), or repeated."""
+    for name in names:
+        if not name or len(name) > MAX_CLASS_NAME or not name.isprintable():
+            raise DataError(
+                f"{path}: class name {escape(name)!r} is empty, longer than {MAX_CLASS_NAME} characters or not "
+                "printable"
+            )
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: two classes are named {escape(twice)!r}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -363,14 +382,20 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, on the [0, 1] scale. Computed on the training split only.
 
     Exact, from a 256-bin histogram per channel: a float64 copy of the training split would take ~1.2 GB and
-    seconds that a --time-budget run would rather spend training."""
+    seconds that a --time-budget run would rather spend training. A channel (nearly) constant over the split, std
+    below MIN_STD, gets std FLAT_STD: it is only centred, where dividing by 0 would make every input NaN."""
     counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
     counts = counts.double()
     values = torch.arange(256, dtype=torch.float64) / 255
     n = counts.sum(1)
     mean = (counts * values).sum(1) / n
     var = (counts * (values - mean[:, None]) ** 2).sum(1) / (n - 1)  # unbiased, as torch.std
-    return mean.tolist(), var.sqrt().tolist()
+    return mean.tolist(), [std if std >= MIN_STD else FLAT_STD for std in var.sqrt().tolist()]
+
+
+def flat_channels(std: list[float]) -> list[str]:
+    """The names of the channels :func:`channel_stats` found constant (centred only), e.g. ["blue"]."""
+    return [CHANNELS[c] if c < len(CHANNELS) else str(c) for c, value in enumerate(std) if value == FLAT_STD]
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 ``load_dataset`` reads what a new run asks for; ``reload`` reads what a finished run was trained on, from the
 dataset record it saved (run.json, checkpoint), and refuses images that are not the same ones.
+``validate_dataset`` checks, before the first epoch, everything a checkpoint of the run will be checked for.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cifarlab.checkpoint import data_problems, normalisation_problems
 from cifarlab.cifar100 import LABELS, load_cifar100
-from cifarlab.data import ImageData, load_cifar10, resolve_data_dir
+from cifarlab.data import ImageData, flat_channels, load_cifar10, resolve_data_dir
 from cifarlab.errors import DataError, UsageError, escape
 from cifarlab.folders import load_folder
 from cifarlab.images import check_fits, resize_images
@@ -76,6 +78,7 @@ def load_dataset(
         return at_size(load_cifar100(data_dir, labels, allow_download=allow_download), size)
     if not Path(dataset).is_dir():
         raise UsageError(f"dataset: {escape(dataset)!r} is neither cifar10, cifar100 nor a folder of images")
+    check_folder_path(str(Path(dataset).resolve()))  # before decoding anything
     return load_folder(dataset, size, strict)
 
 
@@ -123,6 +126,38 @@ def run_record(data: ImageData) -> dict[str, Any]:
 
 
 def data_source(data: ImageData, data_dir: str | os.PathLike | None) -> str:
-    """Where the images came from, for messages and metrics: the image folder, else the CIFAR data folder."""
+    """Where the images came from, for messages and metrics: the image folder, else the CIFAR data folder; escaped,
+    so a folder name that is not UTF-8 (or holds control characters) prints as one readable line."""
     path = data.record.get("path")
-    return str(path) if path else str(resolve_data_dir(data_dir).resolve())
+    return escape(str(path) if path else str(resolve_data_dir(data_dir).resolve()))
+
+
+def validate_dataset(data: ImageData, mean: list[float], std: list[float], verbose: bool = True) -> None:
+    """Refuse, before the first epoch, data that the run's checkpoints would be refused for when read back (class
+    names, image size, dataset record, normalisation), so no run trains and then cannot use its own file; say
+    what is handled instead (constant channels, top-3 of 3 classes or fewer) when ``verbose``."""
+    path = data.record.get("path")
+    where = escape(str(path or data.kind))
+    if isinstance(path, str):
+        check_folder_path(path)
+    size = data.image_size
+    if tuple(data.train_images.shape[1:]) != (3, size, size):  # the test images stay untouched until the test
+        raise DataError(f"{where}: the training images are not 3 x {size} x {size} (RGB, square)")
+    problems = data_problems(list(data.classes), size, run_record(data)) + normalisation_problems(mean, std)
+    if problems:
+        raise DataError(f"{where}: cannot train on this data, its checkpoints would be refused: {'; '.join(problems)}")
+    flat = flat_channels(std)
+    if flat and verbose:
+        log(f"{' and '.join(flat)}: constant over the training split (std under one grey level), centred, not scaled")
+    if len(data.classes) <= 3 and verbose:
+        log(f"{len(data.classes)} classes: top-3 accuracy counts every image (k is capped at the number of classes)")
+
+
+def check_folder_path(path: str) -> None:
+    """An image folder's absolute path must be printable text, as the run's records hold it: no bytes that are not
+    UTF-8 (surrogate escapes) and no control characters."""
+    if not path.isprintable():
+        raise DataError(
+            f"{escape(path)}: the dataset folder's path is not printable UTF-8 text (a name with bytes that are not "
+            "UTF-8, or with control characters), which the run's records cannot hold; rename the folder"
+        )

@@ -71,14 +71,14 @@ def score(
     model: nn.Module, batches: Batches, dist: distributed.DistInfo, device: torch.device, bf16: bool = False
 ) -> dict[str, float]:
     """Loss, top-1 and top-3 over a split (forward passes in bf16 as :func:`infer` says); each process scores its
-    shard and the sums are reduced.
+    shard and the sums are reduced. Top-3 of 3 classes or fewer counts every image, as in :mod:`cifarlab.metrics`.
 
     Under DDP every process first takes rank 0's BatchNorm statistics (the ones its checkpoint saves), then
     scores with the plain model, so no collective runs per batch and shards may differ in size.
     """
     distributed.broadcast_buffers(model, dist)
     logits, y = infer(model, batches, bf16=bf16)
-    top3 = logits.topk(3, dim=1).indices
+    top3 = logits.topk(min(3, logits.shape[1]), dim=1).indices  # k capped at the class count (metrics.capped_k)
     sums = [
         F.cross_entropy(logits, y, reduction="sum").item(),
         (top3[:, 0] == y).sum().item(),

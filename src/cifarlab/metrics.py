@@ -1,4 +1,8 @@
-"""Classification metrics from saved predictions, computed with torchmetrics (which also reduces across processes)."""
+"""Classification metrics from saved predictions, computed with torchmetrics (which also reduces across processes).
+
+Top-k with k at or above the number of classes counts every sample as a hit (k is capped at the class count):
+the true class is always among all C scores, so top-3 of a 2- or 3-class dataset is 100% by definition.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,19 @@ from torchmetrics.classification import MulticlassStatScores
 from cifarlab.runfiles import atomic_write, write_json
 
 
+def capped_k(k: int, num_classes: int) -> int:
+    """The k of a top-k metric over ``num_classes`` scores: at most the class count (top-3 of 2 classes is top-2)."""
+    return min(k, num_classes)
+
+
 def topk_hits(probs: torch.Tensor, y_true: torch.Tensor, k: int) -> torch.Tensor:
     """Per class, how many of its samples have the true class among the k highest scores (integer counts).
 
     torchmetrics counts; the fractions are taken in float64 here, so 8540/10000 is stored as 0.854 exactly
-    and anyone recomputing from the saved predictions gets the same number.
+    and anyone recomputing from the saved predictions gets the same number. A k above the class count counts
+    every sample (see the module's docstring).
     """
+    k = capped_k(k, probs.shape[1])  # torchmetrics refuses a top_k above num_classes
     stats = MulticlassStatScores(num_classes=probs.shape[1], top_k=k, average=None)
     return stats(probs, y_true)[:, 0].long()  # columns: tp, fp, tn, fn, support
 

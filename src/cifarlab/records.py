@@ -101,6 +101,29 @@ def read_json(path: str | Path, error: type[CifarlabError] = CifarlabError, *, m
     return loads_json(text, escape(str(path)), error, max_bytes=max_bytes)
 
 
+def kind_of(value: Any) -> str:
+    """A JSON value's kind in words, for a message: 'a list', 'a string', 'null'."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    for kind, words in kinds.items():
+        if isinstance(value, kind):
+            return words
+    return "a number" if isinstance(value, int | float) else type(value).__name__
+
+
+def json_object(value: Any, source: str, error: type[CifarlabError] = CifarlabError) -> dict[str, Any]:
+    """``value`` if it is a JSON object (every cifarlab record is one); else one ``error`` naming its kind."""
+    if not isinstance(value, dict):
+        raise error(f"{source}: holds {kind_of(value)}, not a JSON object; it is not a cifarlab record")
+    return value
+
+
+def read_json_object(
+    path: str | Path, error: type[CifarlabError] = CifarlabError, *, max_bytes: int = MAX_BYTES
+) -> dict[str, Any]:
+    """The JSON object of a record file, bounded (see :func:`loads_json`); anything but an object is refused."""
+    return json_object(read_json(path, error, max_bytes=max_bytes), escape(str(path)), error)
+
+
 def loads_toml(text: str, source: str, error: type[CifarlabError] = CifarlabError) -> Any:
     """The table of a TOML text, bounded."""
     if sys.version_info >= (3, 11):
@@ -135,13 +158,13 @@ def loads_yaml(text: str, source: str, error: type[CifarlabError] = CifarlabErro
         """The safe loader, refusing ``&anchor``/``*alias`` (the only way YAML can grow or refer to itself)."""
 
         def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                mark = self.peek_event().start_mark
-                raise yaml.YAMLError(f"aliases (*name) are not allowed, line {mark.line + 1}")
-            node = super().compose_node(parent, index)
-            if node is not None and getattr(node, "anchor", None):
-                raise yaml.YAMLError(f"anchors (&name) are not allowed, line {node.start_mark.line + 1}")
-            return node
+            # refused at the event, before anything is built: nodes do not keep their anchor, events do
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.YAMLError(f"aliases (*name) are not allowed, line {event.start_mark.line + 1}")
+            if getattr(event, "anchor", None):
+                raise yaml.YAMLError(f"anchors (&name) are not allowed, line {event.start_mark.line + 1}")
+            return super().compose_node(parent, index)
 
     loader = NoAliasLoader(text)
     try:

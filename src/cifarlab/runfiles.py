@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.records import read_json_object
 
 try:
     import fcntl
@@ -146,16 +147,14 @@ def check_writable(folder: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written atomically."""
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"), binary=False)
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CifarlabError(f"missing file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CifarlabError(f"{path} is not valid JSON: {exc}") from None
+def read_json(path: Path, error: type[CifarlabError] = CifarlabError) -> dict[str, Any]:
+    """A run record (config.json, run.json, test_metrics.json, ...): a JSON object, read through the bounded
+    reader (records.py), so a list, a 400-digit integer or deep nesting is one ``error``, never a traceback."""
+    return read_json_object(path, error)
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -38,6 +38,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -48,8 +49,9 @@ from queue import Empty, Queue
 from typing import Any
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.flags import non_negative_int, positive_float, positive_int
+from cifarlab.records import kind_of, loads_toml, loads_yaml, read_bounded_text
 from cifarlab.runfiles import read_json, write_json
 
 try:
@@ -79,6 +81,8 @@ HEADLINE_KEYS = (
     "params",
     "seconds_used",
 )
+MAX_RUNS = 10_000  # runs in one sweep: its sweep.json stays a few MB, its plan a few seconds
+MAX_SEED_DIGITS = 20  # a seed beyond 2**32 is refused later, by the config; this only keeps int() cheap
 INTERRUPT_WAIT = 60.0  # seconds a run gets to save and exit after Ctrl-C before it is killed
 POLL_SECONDS = 0.5
 
@@ -171,28 +175,63 @@ def parse_set(items: Sequence[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def parse_seeds(value: Any) -> list[int]:
-    """``"0-4"``, ``"0,2,5"``, ``"0-2,7"``, ``3`` or ``[0, 1]`` -> a list of distinct seeds, in order."""
+def seed_parts(value: Any) -> list[str]:
+    """The parts of a seeds value (``"0-2,7"`` -> ``["0-2", "7"]``; a list of whole numbers, one each)."""
     if isinstance(value, bool):
         raise UsageError(f"--seeds: expected seeds like 0-4 or 0,1,5, got {value!r}")
     if isinstance(value, int):
-        return [value]
+        return [str(value)]
     if isinstance(value, list):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise UsageError(f"seeds must be whole numbers, got {value!r}")
-        parts = [str(v) for v in value]
-    else:
-        parts = [p.strip() for p in str(value).split(",")]
-    seeds: list[int] = []
-    for part in parts:
-        match = re.fullmatch(r"(-?\d+)(?:-(\d+))?", part)
+            raise UsageError(f"seeds must be whole numbers, got {short(value)}")
+        if len(value) > MAX_RUNS:
+            raise UsageError(f"seeds: {len(value):,} seeds, more than a sweep may hold ({MAX_RUNS:,} runs)")
+        return [str(v) for v in value]
+    return [p.strip() for p in str(value).split(",")]
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """``"0-4"``, ``"0,2,5"``, ``"0-2,7"``, ``3`` or ``[0, 1]`` -> a list of distinct seeds, in order. The count is
+    checked against :data:`MAX_RUNS` before any list is built (``0-1000000000`` is refused, not allocated)."""
+    ranges: list[tuple[int, int]] = []
+    for part in seed_parts(value):
+        match = re.fullmatch(rf"(-?\d{{1,{MAX_SEED_DIGITS}}})(?:-(\d{{1,{MAX_SEED_DIGITS}}}))?", part)
         if not match:
-            raise UsageError(f"--seeds: expected seeds like 0-4 or 0,1,5, got {value!r}")
+            raise UsageError(f"--seeds: expected seeds like 0-4 or 0,1,5, got {short(value)}")
         lo, hi = int(match[1]), int(match[2] if match[2] is not None else match[1])
         if hi < lo:
             raise UsageError(f"--seeds: the range {part} is empty")
-        seeds += [s for s in range(lo, hi + 1) if s not in seeds]
-    return seeds
+        ranges.append((lo, hi))
+    count = sum(hi - lo + 1 for lo, hi in ranges)
+    if count > MAX_RUNS:
+        raise UsageError(f"--seeds {short(value)}: {count:,} seeds, more than a sweep may hold ({MAX_RUNS:,} runs)")
+    seen: dict[int, None] = {}  # ordered and O(1) to test, unlike a list
+    for lo, hi in ranges:
+        seen.update(dict.fromkeys(range(lo, hi + 1)))
+    return list(seen)
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a one-line message about a value a file may make huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """How many runs the grid plans (models x recipes x every key's values x seeds), counted, not expanded."""
+    return math.prod([len(spec.models), len(spec.recipes), len(spec.seeds), *(len(v) for v in spec.grid.values())])
+
+
+def check_grid_size(spec: SweepSpec) -> None:
+    """Refuse a grid of more than :data:`MAX_RUNS` runs before anything is planned or allocated."""
+    size = grid_size(spec)
+    if size > MAX_RUNS:
+        parts = [f"{len(spec.models)} models", f"{len(spec.recipes)} recipes"]
+        parts += [f"{len(v)} {k}" for k, v in spec.grid.items() if len(v) > 1] + [f"{len(spec.seeds)} seeds"]
+        raise UsageError(
+            f"sweep {spec.name}: the grid holds {size:,} runs ({' x '.join(parts)}), more than a sweep may hold "
+            f"({MAX_RUNS:,}); split it into several sweeps"
+        )
 
 
 def as_list(value: Any) -> list[Any]:
@@ -218,6 +257,7 @@ class PlannedRun:
 def expand(spec: SweepSpec, data_dir: str | None = None) -> list[PlannedRun]:
     """Every (model, recipe, grid values, seed) combination, seeds innermost. A combination whose config is
     invalid (a bad value) is planned as failed, with the reason, so the rest of the grid still runs."""
+    check_grid_size(spec)
     folder = spec.folder.resolve()
     keys = list(spec.grid)
     varying = [k for k in keys if len(spec.grid[k]) > 1]
@@ -279,37 +319,17 @@ def same_plan(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def read_sweep_file(path: str | Path) -> dict[str, Any]:
-    """The table of a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) sweep file."""
+    """The table of a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) sweep file, read through the
+    bounded reader (records.py): deep nesting, YAML anchors and aliases, huge integers are one UsageError."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such sweep file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it ({exc})") from None
-    if path.suffix.lower() == ".toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:
-            try:
-                import tomli as tomllib
-            except ImportError:
-                raise UsageError(f"{path}: reading TOML needs Python 3.11+ (or: pip install tomli)") from None
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: not valid TOML: {exc}") from None
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml  # optional: only YAML sweep files need it
-        except ImportError:
-            raise UsageError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); or write it as TOML") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    else:
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
         raise UsageError(f"{path}: a sweep file ends in .toml, .yaml or .yml")
+    if not path.exists():
+        raise UsageError(f"{path}: no such sweep file")
+    text = read_bounded_text(path, UsageError)
+    source = escape(str(path))
+    data = loads_toml(text, source, UsageError) if suffix == ".toml" else loads_yaml(text, source, UsageError)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a table of keys (name, model, recipe, seeds, set, ...)")
     return data
@@ -365,7 +385,12 @@ def folder_state(run_dir: Path) -> str:
 def headline(run_dir: Path) -> dict[str, Any]:
     """The numbers of a finished run that sweep.json keeps (from run.json)."""
     info = read_json(run_dir / "run.json")
-    return {k: info.get(k) for k in HEADLINE_KEYS}
+    return {k: number_or_none(info.get(k)) for k in HEADLINE_KEYS}
+
+
+def number_or_none(value: Any) -> float | int | None:
+    """A headline number as run.json holds it; None for anything else (a forged string, list or true)."""
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def child_env(job: dict[str, Any]) -> dict[str, str]:
@@ -493,19 +518,49 @@ def pack_folder(folder: Path) -> bytes:
     return buf.getvalue()
 
 
-def unpack_folder(blob: bytes, parent: Path) -> None:
-    """Unpack ``pack_folder``'s output into ``parent``, replacing a folder of the same name."""
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        names = {m.name.split("/")[0] for m in tar.getmembers()}
-        if len(names) != 1 or any(n in ("", ".", "..") for n in names):
-            raise CifarlabError("a gathered run folder has an unexpected layout")
-        target = parent / names.pop()
-        if target.exists():
-            shutil.rmtree(target)
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(parent, filter="data")
-        else:  # older Pythons: the names were checked above; no links are ever packed
-            tar.extractall(parent)
+def check_members(members: list[tarfile.TarInfo], name: str) -> None:
+    """Refuse a gathered blob unless it is the folder ``name/`` and every member a plain file or folder inside it:
+    no other run's folder, no absolute path, no '..', no link or device (whatever name the blob itself carries)."""
+    if not any(m.name == name and m.isdir() for m in members):
+        raise CifarlabError(f"the folder sent back for run {name} does not hold that run's folder")
+    for member in members:
+        parts = member.name.split("/")
+        if member.name.startswith("/") or parts[0] != name or any(p in ("..", "") for p in parts[1:]):
+            raise CifarlabError(
+                f"the folder sent back for run {name} holds {escape(member.name)!r}, outside that run's folder"
+            )
+        if not (member.isfile() or member.isdir()):
+            raise CifarlabError(
+                f"the folder sent back for run {name} holds {escape(member.name)!r}, which is not a plain file "
+                "(a link or a device)"
+            )
+
+
+def unpack_folder(blob: bytes, parent: Path, name: str) -> None:
+    """Unpack ``pack_folder``'s output as ``parent/name`` (the run it was asked for), replacing that folder only
+    once the whole blob has been checked and extracted beside it; a forged blob leaves every folder as it was."""
+    check_run_name(name, "a gathered run")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            members = tar.getmembers()
+            check_members(members, name)
+            parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".gather", dir=parent))
+            try:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(staging, members=members, filter="data")
+                else:  # older Pythons: every member was checked above
+                    tar.extractall(staging, members=members)
+                target = parent / name
+                if target.is_symlink() or target.is_file():
+                    target.unlink()
+                elif target.exists():
+                    shutil.rmtree(target)
+                os.replace(staging / name, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise CifarlabError(f"the folder sent back for run {name} cannot be unpacked: {exc}") from None
 
 
 def execute_run(
@@ -530,7 +585,11 @@ def execute_run(
         )
         return result
     if gather and job.get("blob"):
-        unpack_folder(job["blob"], work)
+        try:
+            unpack_folder(job["blob"], work, name)
+        except CifarlabError as exc:
+            result.update(state="failed", message=str(exc))
+            return result
     lock = RunLock(logs / f"{name}.lock")
     try:
         if not lock.acquire(cancel):
@@ -542,7 +601,10 @@ def execute_run(
     finally:
         lock.release()
     if result["state"] == "done":
-        result["headline"] = headline(run_dir)
+        try:
+            result["headline"] = headline(run_dir)
+        except CifarlabError as exc:  # a run.json that is not a record: the run failed, the sweep goes on
+            result.update(state="failed", message=str(exc))
     result["seconds"] = time.time() - t0
     if gather:
         if run_dir.exists():
@@ -648,7 +710,7 @@ class LocalPool:
         for future in done:
             name = self.futures.pop(future)
             try:
-                results.append(future.result())
+                results.append({**future.result(), "name": name})
             except Exception as exc:  # noqa: BLE001 - a broken worker fails its run, never the sweep
                 results.append({"name": name, "state": "failed", "message": f"{type(exc).__name__}: {exc}"})
         return results
@@ -727,7 +789,7 @@ class RayPool:
         for ref in ready:
             name = self.refs.pop(ref)
             try:
-                results.append(self.ray.get(ref))
+                results.append({**self.ray.get(ref), "name": name})  # the run this task was given, whatever it says
             except self.ray.exceptions.TaskCancelledError:
                 results.append({"name": name, "state": "interrupted", "message": "stopped by Ctrl-C"})
             except self.ray.exceptions.RayError as exc:  # a worker or node lost beyond Ray's own retries
@@ -826,7 +888,8 @@ class SweepLock:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = self.path.read_text().strip() or "another process"
+                with open(self.path, "rb") as f:  # written by the driver holding it; read as text, bounded
+                    holder = escape(f.read(200).decode("utf-8", "replace").strip()) or "another process"
                 os.close(self.fd)
                 raise UsageError(f"{self.path.parent} is being run by {holder}; wait for it or stop it") from None
             os.ftruncate(self.fd, 0)
@@ -845,7 +908,7 @@ class Sweep:
         self.spec, self.options = spec, options
         self.folder = spec.folder.resolve()
         self.planned = planned
-        self.old = read_json(self.folder / SWEEP_FILE) if (self.folder / SWEEP_FILE).is_file() else {}
+        self.old = read_sweep_record(self.folder / SWEEP_FILE) if (self.folder / SWEEP_FILE).is_file() else {}
         self.runs: dict[str, dict[str, Any]] = {}
         self.mlflow: dict[str, Any] = dict(self.old.get("mlflow") or {})
         self.groups: list[dict[str, Any]] = []
@@ -886,7 +949,11 @@ class Sweep:
             return entry
         state = folder_state(self.folder / run.name)
         if state == "done":
-            entry.update(state="done", headline=headline(self.folder / run.name))
+            try:
+                entry.update(state="done", headline=headline(self.folder / run.name))
+            except CifarlabError as exc:  # its run.json is not a record: failed, with the reason; the rest runs
+                entry.update(state="failed", message=str(exc))
+                return entry
             old: dict[str, Any] = next((r for r in self.old.get("runs", []) if r["name"] == run.name), {})
             entry.update(seconds=old.get("seconds"), attempts=old.get("attempts", 0))
         elif state == "partial":
@@ -917,6 +984,111 @@ class Sweep:
         )
 
 
+# What sweep.json may hold (a file anyone may have edited): each key's allowed types. Missing keys are allowed
+# (an older cifarlab wrote fewer), unknown ones and wrong types are refused with one line.
+NONE = type(None)
+NUMBER = (int, float)
+RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "status": (str,),
+    "started": (str,),
+    "continue_with": (str,),
+    "updated": (str,),
+    "spec": (dict,),
+    "options": (dict,),
+    "counts": (dict,),
+    "groups": (list,),
+    "mlflow": (dict, NONE),
+    "runs": (list,),
+}
+SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "models": (list,),
+    "recipes": (list,),
+    "grid": (dict,),
+    "seeds": (list,),
+    "out": (str,),
+}
+ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "point": (dict, NONE),
+    "state": (str,),
+    "attempts": (int,),
+    "seconds": (*NUMBER, NONE),
+    "message": (str, NONE),
+    "headline": (dict, NONE),
+    "config": (dict, NONE),
+    "pid": (int, NONE),
+    "host": (str, NONE),
+}
+MLFLOW_TYPES: dict[str, tuple[type, ...]] = {"uri": (str,), "run_id": (str,), "experiment": (str,)}
+RUN_STATES = ("pending", "running", "done", "interrupted", "failed")
+
+
+def check_fields(data: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+    """Refuse a key ``types`` does not know, or a value of another type (true/false is not a number here)."""
+    for key, value in data.items():
+        if key not in types:
+            raise CifarlabError(f"{where}: unknown key {short(key)}; it was not written by cifarlab")
+        allowed = types[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise CifarlabError(f"{where}: {key} holds {kind_of(value)} ({short(value)}), which it never does")
+
+
+def check_run_name(name: str, where: str) -> None:
+    """A run's name is one folder name inside the sweep folder: no separator, no '..', nothing unprintable."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or not name.isprintable() or len(name) > 255:
+        raise CifarlabError(f"{where}: {short(name)} is not a run folder name")
+
+
+def check_entry(entry: Any, where: str) -> None:
+    """One run of sweep.json's ``runs``: an object with a name and only the keys and types cifarlab writes."""
+    if not isinstance(entry, dict):
+        raise CifarlabError(f"{where}: holds {kind_of(entry)}, not a run")
+    if "name" not in entry:
+        raise CifarlabError(f"{where}: a run without a name")
+    check_fields(entry, ENTRY_TYPES, where)
+    check_run_name(entry["name"], where)
+    if "state" in entry and entry["state"] not in RUN_STATES:
+        raise CifarlabError(f"{where}: state {short(entry['state'])} is none of {', '.join(RUN_STATES)}")
+    if entry.get("attempts", 0) < 0:
+        raise CifarlabError(f"{where}: attempts is negative")
+
+
+def check_spec(spec: dict[str, Any], where: str) -> None:
+    """sweep.json's ``spec``: the grid as the lists and tables a sweep file or the flags give."""
+    check_fields(spec, SPEC_TYPES, where)
+    if not all(isinstance(m, str | NONE) for m in spec.get("models", [])):
+        raise CifarlabError(f"{where}: models must be names (or null)")
+    if not all(isinstance(r, str) for r in spec.get("recipes", [])):
+        raise CifarlabError(f"{where}: recipes must be names")
+    if not all(isinstance(v, list) for v in spec.get("grid", {}).values()):
+        raise CifarlabError(f"{where}: every grid key must hold a list of values")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec.get("seeds", [])):
+        raise CifarlabError(f"{where}: seeds must be whole numbers")
+
+
+def read_sweep_record(path: Path) -> dict[str, Any]:
+    """A sweep's saved sweep.json, checked key by key (bounded reader, known keys, right types, every run named),
+    so a forged or damaged file is one line (exit 1), never a traceback or a run placed where it names."""
+    data = read_json(path)
+    where = escape(str(path))
+    check_fields(data, RECORD_TYPES, where)
+    check_spec(data.get("spec", {}), f"{where}: spec")
+    unknown = sorted(set(data.get("options", {})) - OPTION_KEYS)
+    if unknown:
+        raise CifarlabError(f"{where}: options: unknown key {short(unknown[0])}; it was not written by cifarlab")
+    if data.get("mlflow"):
+        check_fields(data["mlflow"], MLFLOW_TYPES, f"{where}: mlflow")
+    names: set[str] = set()
+    for k, entry in enumerate(data.get("runs", [])):
+        check_entry(entry, f"{where}: runs[{k}]")
+        if entry["name"] in names:
+            raise CifarlabError(f"{where}: runs[{k}]: a second run named {short(entry['name'])}")
+        names.add(entry["name"])
+    return data
+
+
 def resolve_options(options: SweepOptions) -> SweepOptions:
     """Fill in the defaults that depend on the machine: workers and threads."""
     cores = physical_cores()
@@ -934,15 +1106,30 @@ def absolute_mlflow_uri(uri: str) -> str:
     return uri
 
 
+def reopen_mlflow(sweep: Sweep, client: Any) -> bool:
+    """Reopen the sweep's MLflow run that sweep.json names; False (with a note) when that id is not this sweep's
+    run in this store (forged, deleted, another run's): a fresh one is made instead."""
+    from cifarlab.tracking import reopen_reason
+
+    run_id = sweep.mlflow["run_id"]
+    reason = reopen_reason(client, run_id, f"sweep {sweep.spec.name}")
+    if reason is None:
+        try:
+            client.update_run(run_id, status="RUNNING")
+            return True
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types; all mean it cannot be reopened
+            reason = f"cannot be reopened ({type(exc).__name__})"
+    note(f"{sweep.folder / SWEEP_FILE} names MLflow run {short(run_id)}, which {reason}; logging to a fresh one")
+    return False
+
+
 def start_mlflow(sweep: Sweep) -> dict[str, str]:
     """The sweep's parent MLflow run (reopened on a rerun), and the environment that nests each run under it."""
     from cifarlab.tracking import log_params, mlflow_client, mlflow_experiment
 
     uri = absolute_mlflow_uri(sweep.options.mlflow or "")
     client = mlflow_client(uri)
-    if sweep.mlflow.get("uri") == uri and sweep.mlflow.get("run_id"):
-        client.update_run(sweep.mlflow["run_id"], status="RUNNING")
-    else:
+    if not (sweep.mlflow.get("uri") == uri and sweep.mlflow.get("run_id") and reopen_mlflow(sweep, client)):
         experiment = mlflow_experiment(client, uri, sweep.spec.name)
         run = client.create_run(
             experiment, run_name=f"sweep {sweep.spec.name}", tags={"cifarlab.sweep": str(sweep.folder)}
@@ -986,7 +1173,7 @@ def make_job(sweep: Sweep, name: str, env: dict[str, str]) -> dict[str, Any]:
 def epochs_done(sweep: Sweep, name: str) -> int:
     """Epochs a run has in its metrics.csv so far (0 before its first epoch ends)."""
     csv = sweep.folder / name / "metrics.csv"
-    return max(0, len(csv.read_text().splitlines()) - 1) if csv.is_file() else 0
+    return max(0, len(csv.read_text(errors="replace").splitlines()) - 1) if csv.is_file() else 0
 
 
 def planned_epochs(run: dict[str, Any]) -> int:
@@ -1072,9 +1259,12 @@ def handle_result(
     sweep: Sweep, result: dict[str, Any], queue: deque, progress: Progress, durations: list[float]
 ) -> None:
     """Record how one run ended: done, failed, interrupted, or died (then queued again to be resumed)."""
-    run = sweep.runs[result["name"]]
+    run = sweep.runs[result["name"]]  # the pool's own name for the task, never one the result carries
     if sweep.options.gather and "blob" in result:
-        unpack_folder(result["blob"], sweep.folder)
+        try:
+            unpack_folder(result["blob"], sweep.folder, run["name"])
+        except CifarlabError as exc:  # a forged or broken blob fails its run; the rest of the sweep goes on
+            result = {**result, "state": "failed", "message": str(exc)}
     if "log" in result:
         with open(sweep.folder / LOG_DIR / f"{run['name']}.log", "a") as log:
             log.write(result["log"])
@@ -1093,9 +1283,11 @@ def handle_result(
     run["state"] = state
     if state == "interrupted":
         return
-    run["seconds"] = result.get("seconds")
+    run["seconds"] = number_or_none(result.get("seconds"))
     if state == "done":
-        run["headline"] = result.get("headline")
+        sent = result.get("headline")
+        numbers: dict[str, Any] = sent if isinstance(sent, dict) else {}
+        run["headline"] = {k: number_or_none(numbers.get(k)) for k in HEADLINE_KEYS}
         whole = whole_run_seconds(run, result)
         if whole is not None:
             durations.append(whole)
@@ -1278,6 +1470,35 @@ def comma_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+TRUSTED_OPTIONS = ("mlflow", "ray")  # where artifacts go, which cluster the driver trusts: never from a file
+RAY_OPTIONS = ("gather", "cpus_per_run", "gpus_per_run")  # meaningful only with --ray
+
+
+def saved_options(data: dict[str, Any], args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """The options a resumed sweep keeps from its sweep.json: not workers and threads (they fit this machine), and
+    never the MLflow URI or Ray address (a file must not decide where artifacts go or which cluster is trusted):
+    when the file holds one the command line does not give, a note says so and the sweep runs without it."""
+    options = dict(data.get("options") or {})
+    recorded_uri = options.get("mlflow") or (data.get("mlflow") or {}).get("uri")
+    if recorded_uri and not args.mlflow:
+        note(
+            f"{path} records MLflow URI {short(recorded_uri, 200)}; not used: give --mlflow "
+            f"{shlex.quote(str(recorded_uri))} to log there again"
+        )
+    if options.get("ray") and not args.ray:
+        note(
+            f"{path} records Ray address {short(options['ray'], 200)}; not used (the runs go to the local pool): "
+            f"give --ray {shlex.quote(str(options['ray']))} to run there again"
+        )
+    dropped = {"workers", "threads", *TRUSTED_OPTIONS, *(RAY_OPTIONS if not args.ray else ())}
+    return {k: v for k, v in options.items() if k not in dropped}
+
+
+def note(text: str) -> None:
+    """One line to stderr about something the command did differently from what a file asked."""
+    print(f"cifarlab: note: {escape(text)}", file=sys.stderr, flush=True)
+
+
 def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOptions]:
     """Sweep file (or a sweep's saved sweep.json with --resume), then the command line's flags on top."""
     base: dict[str, Any] = {"set": {}}
@@ -1285,8 +1506,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
         saved = Path(args.resume) / SWEEP_FILE
         if not saved.is_file():
             raise UsageError(f"--resume {args.resume}: no {SWEEP_FILE} there (is it a sweep folder?)")
-        data = read_json(saved)
-        spec_saved, options_saved = data.get("spec") or {}, data.get("options") or {}
+        data = read_sweep_record(saved)
+        spec_saved = data.get("spec") or {}
         base.update(
             name=spec_saved.get("name"),
             out=str(Path(args.resume).parent),
@@ -1295,8 +1516,9 @@ def settings_from_args(args: argparse.Namespace) -> tuple[SweepSpec, SweepOption
             seeds=spec_saved.get("seeds"),
             set=dict(spec_saved.get("grid") or {}),
         )
-        # the saved options (a Ray address included) hold, flags override; workers and threads fit this machine
-        base.update({k: v for k, v in options_saved.items() if k in OPTION_KEYS - {"workers", "threads"}})
+        # the saved options hold, flags override; workers and threads fit this machine; where artifacts go and
+        # which cluster is trusted come from the command line only
+        base.update(saved_options(data, args, saved))
         grid_flags = [
             f
             for f, v in (
@@ -1370,13 +1592,22 @@ def check_options(options: SweepOptions, source: str | None) -> None:
     """Options from a sweep file are checked as strictly as the flags."""
     where = f"{source}: " if source else ""
     if not (options.ray is None or isinstance(options.ray, str)):
-        raise UsageError(f'{where}ray must be an address, "auto" or "local" (got {options.ray!r})')
+        raise UsageError(f'{where}ray must be an address, "auto" or "local" (got {short(options.ray)})')
+    if not (options.mlflow is None or isinstance(options.mlflow, str)):
+        raise UsageError(f"{where}mlflow must be a tracking URI (sqlite:///mlflow.db) (got {short(options.mlflow)})")
+    for key in ("gather", "report", "images"):
+        if not isinstance(getattr(options, key), bool):
+            raise UsageError(f"{where}{key} must be true or false (got {short(getattr(options, key))})")
+    for key in ("cpus_per_run", "gpus_per_run"):
+        value = getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UsageError(f"{where}{key} must be a number (got {short(value)})")
     for key in ("workers", "threads"):
         value = getattr(options, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UsageError(f"{where}{key} must be a whole number of at least 1 (got {value!r})")
-    if not isinstance(options.retries, int) or options.retries < 0:
-        raise UsageError(f"{where}retries must be a whole number of 0 or more (got {options.retries!r})")
+            raise UsageError(f"{where}{key} must be a whole number of at least 1 (got {short(value)})")
+    if not isinstance(options.retries, int) or isinstance(options.retries, bool) or options.retries < 0:
+        raise UsageError(f"{where}retries must be a whole number of 0 or more (got {short(options.retries)})")
     if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
         raise UsageError(f"{where}cpus_per_run must be positive and gpus_per_run 0 or more")
     if options.ray is None and (options.gather or options.gpus_per_run):

@@ -23,6 +23,7 @@ view, and its MLflow run (id kept in ``RUN/tracking.json``) is reopened, without
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import json
 import logging
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError, DataError, UsageError
+from cifarlab.errors import CifarlabError, DataError, UsageError, escape
 from cifarlab.runfiles import read_json, write_json
 
 TB_DIR = "tensorboard"
@@ -92,6 +93,20 @@ def rgb_array(fig: Any) -> np.ndarray:
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
+def literal(draw: Any) -> Any:
+    """``draw`` run with every text taken as typed (plots.literal_text): a class or run name holding ``$`` or
+    ``\\frac`` is neither parsed as math text (which may raise) nor rendered as math."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cifarlab.plots import literal_text  # deferred: plots imports matplotlib
+
+        return literal_text(draw)(*args, **kwargs)
+
+    return wrapper
+
+
+@literal
 def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.ndarray:
     """The confusion matrix (rows: true class, shaded by the row's share), counts written in the cells."""
     from cifarlab.plots import new_figure
@@ -119,6 +134,7 @@ def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.nd
     return rgb_array(fig)
 
 
+@literal
 def misclassified_image(images: np.ndarray, true: list[str], predicted: list[str]) -> np.ndarray:
     """A grid of test images, each captioned ``true -> predicted``."""
     from cifarlab.plots import new_figure
@@ -226,19 +242,39 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
+MLFLOW_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # MLflow's ids are 32 hex digits; other stores' are similar
+
+
+def reopen_reason(client: Any, run_id: Any, run_name: str) -> str | None:
+    """Why the MLflow run ``run_id`` that a file names cannot be reopened for the run ``run_name`` (None: it can):
+    not an id, not in this store, deleted, or another run's (a forged or stale id never takes over another run)."""
+    if not isinstance(run_id, str) or not MLFLOW_RUN_ID.fullmatch(run_id):
+        return "is not an MLflow run id"
+    try:
+        found = client.get_run(run_id)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types; all mean "no such run here"
+        return f"cannot be found in this store ({type(exc).__name__})"
+    if found.info.lifecycle_stage != "active":
+        return "has been deleted"
+    if found.info.run_name != run_name:
+        return f"belongs to another run ({escape(str(found.info.run_name))!r})"
+    return None
+
+
+def mlflow_note(text: str) -> None:
+    """One line about an MLflow record that was not followed (the run goes on with a fresh MLflow run)."""
+    print(f"cifarlab: note: {escape(text)}", flush=True)
+
+
 class MlflowRun:
-    """One run's MLflow run: created at the start, reopened when the run is resumed."""
+    """One run's MLflow run: created at the start, reopened when the run is resumed (if its id checks out)."""
 
     def __init__(self, uri: str, run_dir: Path, config: dict[str, Any]) -> None:
         self.client = mlflow_client(uri)
         self.uri = uri
-        saved = read_json(run_dir / TRACKING_FILE) if (run_dir / TRACKING_FILE).is_file() else {}
         self.last_step = 0
-        if saved.get("mlflow_uri") == uri and saved.get("mlflow_run_id"):
-            self.run_id = saved["mlflow_run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-            history = self.client.get_metric_history(self.run_id, "val_top1")
-            self.last_step = max((m.step for m in history), default=0)
+        saved = self.saved_record(run_dir)
+        if saved.get("mlflow_uri") == uri and saved.get("mlflow_run_id") and self.reopen(run_dir, saved):
             return
         experiment = os.environ.get("CIFARLAB_MLFLOW_EXPERIMENT") or run_dir.resolve().parent.name
         tags = {"cifarlab.run_dir": str(run_dir.resolve()), "cifarlab.model": str(config.get("model"))}
@@ -249,6 +285,38 @@ class MlflowRun:
         self.run_id = run.info.run_id
         log_params(self.client, self.run_id, config)
         write_json(run_dir / TRACKING_FILE, {"mlflow_uri": uri, "mlflow_run_id": self.run_id})
+
+    @staticmethod
+    def saved_record(run_dir: Path) -> dict[str, Any]:
+        """RUN/tracking.json, or {} (with a note) when it is missing or not a record cifarlab wrote."""
+        path = run_dir / TRACKING_FILE
+        if not path.is_file():
+            return {}
+        try:
+            return read_json(path)
+        except CifarlabError as exc:
+            mlflow_note(f"{exc}; logging to a fresh MLflow run")
+            return {}
+
+    def reopen(self, run_dir: Path, saved: dict[str, Any]) -> bool:
+        """Reopen the MLflow run tracking.json names; False (with a note) when it cannot be this run's."""
+        run_id = saved["mlflow_run_id"]
+        reason = reopen_reason(self.client, run_id, run_dir.name)
+        if reason is None:
+            try:
+                self.client.update_run(run_id, status="RUNNING")
+                history = self.client.get_metric_history(run_id, "val_top1")
+            except Exception as exc:  # noqa: BLE001 - any failure to reopen: a fresh run, said once
+                reason = f"cannot be reopened ({type(exc).__name__})"
+            else:
+                self.run_id = run_id
+                self.last_step = max((m.step for m in history), default=0)
+                return True
+        mlflow_note(
+            f"{run_dir / TRACKING_FILE} names MLflow run {escape(str(run_id))[:80]!r}, which {reason}; "
+            "logging to a fresh MLflow run"
+        )
+        return False
 
     def epoch(self, row: dict[str, Any]) -> None:
         step = int(row["epoch"])

@@ -29,7 +29,7 @@ from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
-from cifarlab.datasets import load_dataset, run_record
+from cifarlab.datasets import load_dataset, run_record, validate_dataset
 from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
 from cifarlab.errors import CifarlabError, DataError, UsageError
 from cifarlab.fast import model_kwargs
@@ -437,6 +437,7 @@ def build_run(
         clock = Stopwatch(clock, device)
     budget_start = clock()  # a --time-budget covers everything from here to the test's end
     prep = prepare_data(data, config)
+    validate_dataset(data, prep.mean, prep.std, dist.is_main)  # what its checkpoints would be refused for
     plan = None
     if config.time_budget is not None and resume is None:
         plan, config = plan_run(config, data, prep, device, dist, budget_start, clock)
