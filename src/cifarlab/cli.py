@@ -246,13 +246,13 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         "--freeze-epochs",
         type=non_negative_int,
         metavar="N",
-        help="with --init-from: train only the head for the first N epochs (recipe default; finetune: 2)",
+        help="with --init-from: train only the head for the first N epochs (recipe default; finetune: 0)",
     )
     p.add_argument(
         "--body-lr-scale",
         type=positive_float,
         metavar="F",
-        help="with --init-from: the LR of everything but the head is F x the LR (recipe default; finetune: 0.1)",
+        help="with --init-from: the LR of everything but the head is F x the LR (recipe default; finetune: 0.3)",
     )
     p.add_argument(
         "--no-scale",

@@ -332,20 +332,20 @@ RECIPES: dict[str, dict[str, Any]] = {
     ),
 }
 # Fine-tuning a trained model (--init-from) on a few hundred to a few thousand images: the fast recipe's
-# optimisation at a tenth of its LR for the body, the head trained alone for the first 2 epochs; the model and its
-# arguments come from the init checkpoint (docs/datasets.md, "Your own photos").
+# optimisation, the body at 0.3x its LR from the first epoch (no frozen-head epochs: measured better on Imagenette
+# subsets, docs/benchmarks.md "Small datasets"); the model and its arguments come from the init checkpoint.
 RECIPES["finetune"] = {
     key: value
     for key, value in RECIPES["fast"].items()
     if key not in ("model", "whiten", "dirac_init", "frozen_bn_scale", "budget_epochs")
-} | dict(epochs=16, warmup_epochs=2.0, freeze_epochs=2, body_lr_scale=0.1)
+} | dict(epochs=16, warmup_epochs=2.0, freeze_epochs=0, body_lr_scale=0.3)
 
 RECIPE_HELP: dict[str, str] = {
     "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, no augmentation",
     "augment": "the course project plus random crop and horizontal flip",
     "fast": "fastcnn, airbench-style: whitening, lookahead, Nesterov SGD, TTA; 10 epochs, or --time-budget",
     "resnet18-cifar": "ResNet-18 (CIFAR stem), Nesterov SGD one-cycle, crop+flip, label smoothing; 30 epochs",
-    "finetune": "start from --init-from RUN: the fast recipe's optimiser, head alone for 2 epochs, body at 0.1x LR",
+    "finetune": "start from --init-from RUN: the fast recipe's optimiser, 16 epochs, the body at 0.3x the LR",
 }
 
 
