@@ -58,6 +58,10 @@ def test_a_two_class_folder_trains_tests_evaluates_analyzes_reports_and_compares
     assert read(run / "val_metrics.json")["top3"] == 1.0
     assert main(["report", str(run)]) == 0 and "100.0" in (run / "report.md").read_text()
     assert main(["compare", str(run), "--out", str(tmp_path / "comparison")]) == 0
+    capsys.readouterr()  # predict's default --top-k 3 on 2 classes: both classes, never a refusal
+    assert main(["predict", "--checkpoint", str(run), str(root / "test" / "cat"), "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert len(answers) == 4 and all(sorted(p["class"] for p in a["predictions"]) == ["cat", "dog"] for a in answers)
 
 
 # --- dataset folder paths that the run's records cannot hold ----------------------------------------------------

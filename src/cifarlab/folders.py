@@ -4,12 +4,18 @@ Layouts: ``PATH/<class>/*`` (cifarlab holds out 10% of each class, at least one 
 with a fixed seed from the sorted file list, so every run on the folder shares one test set), or
 ``PATH/train/<class>/*`` with ``PATH/test/<class>/*`` (preferred) or ``PATH/val/<class>/*`` as the held-out set.
 Class names are the sorted folder names, or readable names from ``PATH/classes.txt`` / ``PATH/classes.json``.
-Names starting with a dot (hidden files, ``.cifarlab-*``) are ignored; so are files whose extension Pillow does
-not know. Every image is decoded by :mod:`cifarlab.images` (shorter side to S, centre crop, RGB).
+Names starting with a dot (hidden files, ``.cifarlab-*``) are ignored; so are files whose extension is not an
+accepted image format's. Symbolic links that lead out of the dataset folder are not followed, and FIFOs, sockets
+and devices are never opened: each is left out and counted in one line. Every image is decoded by
+:mod:`cifarlab.images` (shorter side to S, centre crop, RGB), in worker processes; a worker that dies (the OOM
+killer) stops the load with one line, never a hang.
 
 The decoded tensor is cached under ``$CIFARLAB_CACHE_DIR`` (else ``$XDG_CACHE_HOME/cifarlab``, else
 ``~/.cache/cifarlab``) as a ``.npy`` array and a small JSON (no pickle), keyed by the file list (names, sizes,
-modification times), the size and the decoder's version. The dataset folder itself is only read.
+modification times), each file's content (a SHA-256 of its first and last 64 KiB, so two folders with the same
+names, sizes and times but other pixels never share an entry), the size and the decoder's version. An entry is
+used only if its ``.npy`` header (read first) holds the expected shape and fits the file; temporary files that a
+killed writer left are removed at the next load. The dataset folder itself is only read.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ import math
 import multiprocessing
 import os
 import signal
+import stat
 import time
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +42,8 @@ from cifarlab.data import ImageData
 from cifarlab.errors import CifarlabError, DataError, escape
 from cifarlab.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
 from cifarlab.progress import log, progress
-from cifarlab.runfiles import atomic_write
+from cifarlab.records import loads_json, read_json
+from cifarlab.runfiles import TEMP_SUFFIX, atomic_write
 
 CLASSES_TXT, CLASSES_JSON = "classes.txt", "classes.json"
 HELD_OUT = ("test", "val")  # held-out folders beside train/, in order of preference
@@ -45,6 +55,8 @@ POOL_MIN = 256  # fewer images are decoded in this process: starting workers wou
 CHUNK = 64  # images per task sent to a worker (and per step of the progress bar)
 CACHE_FORMAT = 1  # layout of the cache files; part of the key
 CACHE_SUBDIR = "images"
+CONTENT_BLOCK = 1 << 16  # bytes hashed at each end of a file for the cache key
+STALE_TEMP_SECONDS = 3600  # a cache temporary file older than this was left by a killed writer: removed
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,15 @@ class Entry:
 
 
 @dataclass
+class LeftOut:
+    """Files in class folders that are not decoded, by reason (paths relative to the dataset folder)."""
+
+    not_images: list[str] = field(default_factory=list)  # extension not an accepted image format's
+    outside: list[str] = field(default_factory=list)  # symbolic links out of the dataset folder: not followed
+    special: list[str] = field(default_factory=list)  # FIFOs, sockets, devices: never opened (a FIFO would hang)
+
+
+@dataclass
 class Scan:
     """What a dataset folder holds, before any image is decoded."""
 
@@ -67,7 +88,7 @@ class Scan:
     folders: list[str]  # class folder names, sorted: label c is folders[c]
     classes: list[str]  # their readable names
     entries: list[Entry]  # training images, then test images; by class, then by file name
-    ignored: list[str]  # files in class folders that are not images by their extension
+    left_out: LeftOut  # files in class folders that are not decoded, and why
 
 
 def visible(name: str) -> bool:
@@ -83,25 +104,46 @@ def class_folders(folder: Path) -> list[str]:
         raise DataError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
 
 
-def list_files(folder: Path, root: Path, suffixes: set[str]) -> tuple[list[tuple[str, int, int]], list[str]]:
-    """(relative path, size, mtime in ns) of every image file below ``folder``, sorted; and the other files."""
-    found, ignored = [], []
+def inside(path: Path, root: Path) -> bool:
+    """True if ``path``, links resolved, lies in the (resolved) dataset folder ``root``."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def list_files(folder: Path, root: Path, suffixes: set[str], left_out: LeftOut) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of every image file below ``folder``, sorted; the files left out are
+    added to ``left_out`` (other extensions, links out of ``root``, FIFOs and devices)."""
+    found: list[tuple[str, int, int]] = []
+    if not inside(folder, root):  # a class folder that is a link out of the dataset
+        left_out.outside.append(folder.relative_to(root).as_posix())
+        return found
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if visible(d))
+        links_out = [d for d in dirnames if visible(d) and not inside(Path(dirpath, d), root)]
+        left_out.outside.extend(Path(dirpath, d).relative_to(root).as_posix() for d in links_out)
+        dirnames[:] = sorted(d for d in dirnames if visible(d) and d not in links_out)
         for name in filenames:
             if not visible(name):
                 continue
             path = Path(dirpath, name)
             rel = path.relative_to(root).as_posix()
             if path.suffix.lower() not in suffixes:
-                ignored.append(rel)
+                left_out.not_images.append(rel)
+                continue
+            if path.is_symlink() and not inside(path, root):
+                left_out.outside.append(rel)
                 continue
             try:
-                stat = path.stat()
-                found.append((rel, stat.st_size, stat.st_mtime_ns))
+                info = path.stat()
             except OSError:  # a dangling link: listed, then reported as unreadable when decoded
                 found.append((rel, -1, 0))
-    return sorted(found), ignored
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                left_out.special.append(rel)
+                continue
+            found.append((rel, info.st_size, info.st_mtime_ns))
+    return sorted(found)
 
 
 def find_layout(root: Path) -> tuple[str, Path, Path | None]:
@@ -143,13 +185,12 @@ def check_same_classes(train_dir: Path, test_dir: Path, train: list[str], test: 
 
 
 def class_files(
-    folder: Path, root: Path, folders: list[str], suffixes: set[str], ignored: list[str]
+    folder: Path, root: Path, folders: list[str], suffixes: set[str], left_out: LeftOut
 ) -> list[list[tuple[str, int, int]]]:
-    """The image files of each class folder (an empty one is refused); other files are added to ``ignored``."""
+    """The image files of each class folder (an empty one is refused); the others are added to ``left_out``."""
     per_class = []
     for name in folders:
-        found, other = list_files(folder / name, root, suffixes)
-        ignored.extend(other)
+        found = list_files(folder / name, root, suffixes, left_out)
         if not found:
             raise DataError(f"{folder / name}: no image files (every class folder needs at least one image)")
         per_class.append(found)
@@ -168,8 +209,8 @@ def scan_folder(path: str | os.PathLike) -> Scan:
     suffixes = image_suffixes()
     folders = class_folders(train_dir)
     check_classes(train_dir, folders)
-    ignored: list[str] = []
-    train_files = class_files(train_dir, root, folders, suffixes, ignored)
+    left_out = LeftOut()
+    train_files = class_files(train_dir, root, folders, suffixes, left_out)
     train: list[Entry] = []
     test: list[Entry] = []
     if test_dir is None:
@@ -185,11 +226,11 @@ def scan_folder(path: str | os.PathLike) -> Scan:
                 (test if i in chosen else train).append(Entry(rel, label, size, mtime, i in chosen))
     else:
         check_same_classes(train_dir, test_dir, folders, class_folders(test_dir))
-        test_files = class_files(test_dir, root, folders, suffixes, ignored)
+        test_files = class_files(test_dir, root, folders, suffixes, left_out)
         for split, per_class, is_test in ((train, train_files, False), (test, test_files, True)):
             for label, files in enumerate(per_class):
                 split.extend(Entry(rel, label, size, mtime, is_test) for rel, size, mtime in files)
-    return Scan(root, layout, folders, class_names(root, folders), train + test, ignored)
+    return Scan(root, layout, folders, class_names(root, folders), train + test, left_out)
 
 
 # --- class names -----------------------------------------------------------------------------------------------
@@ -211,10 +252,7 @@ def names_from_txt(path: Path, folders: list[str]) -> dict[str, str]:
 
 def names_from_json(path: Path, folders: list[str]) -> dict[str, str]:
     """classes.json: {"folder": "readable name"} for some or all of the class folders."""
-    try:
-        mapping = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    mapping = loads_json(read_text(path), escape(str(path)), DataError)  # bounded: size, depth, integers
     if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
         raise DataError(f'{path}: expected an object {{"folder": "readable name", ...}}')
     unknown = [k for k in mapping if k not in folders]
@@ -262,11 +300,28 @@ def file_list_fingerprint(entries: list[Entry]) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(entries: list[Entry], image_size: int) -> str:
-    """The decoded tensor's key: the files in their order (path, size, mtime), the size and the decoder."""
+def content_digest(path: Path, size: int) -> str:
+    """SHA-256 of a file's first and last :data:`CONTENT_BLOCK` bytes (all of a small file); '' if unreadable
+    (the decoder then reports it)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            digest.update(f.read(CONTENT_BLOCK))
+            if size > 2 * CONTENT_BLOCK:
+                f.seek(size - CONTENT_BLOCK)
+            digest.update(f.read(CONTENT_BLOCK))
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def cache_key(entries: list[Entry], image_size: int, root: Path) -> str:
+    """The decoded tensor's key: the files in their order (path, size, mtime and content), the size and the
+    decoder; the content makes two folders whose names, sizes and times agree but whose pixels differ two keys."""
     digest = hashlib.sha256(f"cifarlab {CACHE_FORMAT} {DECODER_VERSION} {image_size}\n".encode())
     for e in entries:
-        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0".encode("utf-8", "surrogateescape"))
+        digest.update(f"{content_digest(root / e.rel, e.size)}\n".encode())
     return digest.hexdigest()[:32]
 
 
@@ -296,23 +351,42 @@ def valid_meta(meta: Any, count: int, image_size: int) -> bool:
     return len(set(indices)) == len(indices) and all(0 <= i < count for i in indices)
 
 
+def check_npy_header(path: Path, shape: tuple[int, ...]) -> None:
+    """Read a ``.npy`` file's header only and refuse it (ValueError) unless it holds uint8 of ``shape``, in C
+    order, and the file is large enough for it: a planted header claiming a terabyte is refused unread."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            found, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            found, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"npy format version {version} is not one cifarlab writes")
+        data_start = f.tell()
+    if dtype != np.uint8 or fortran or tuple(found) != shape:
+        raise ValueError(f"array of {dtype} {tuple(found)}, expected uint8 {shape}")
+    if os.path.getsize(path) < data_start + math.prod(shape):
+        raise ValueError("the file is shorter than its header says")
+
+
 def read_cache(key: str, count: int, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
     """The cached images and skipped files (index, reason), or None when absent; a damaged entry is said and
-    ignored (it is rebuilt)."""
+    ignored (it is rebuilt). The JSON is read bounded; the array's header is checked before any pixel is read."""
     array_path, meta_path = cache_paths(key)
     if not meta_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(meta_path, DataError)
         if not valid_meta(meta, count, image_size):
             raise ValueError("its description does not match the files")
-        images = np.load(array_path, allow_pickle=False)
         kept = count - len(meta["skipped"])
+        check_npy_header(array_path, (kept, 3, image_size, image_size))
+        images = np.load(array_path, allow_pickle=False)
         if images.dtype != np.uint8 or images.shape != (kept, 3, image_size, image_size):
             raise ValueError(
                 f"array of {images.dtype} {images.shape}, expected uint8 {(kept, 3, image_size, image_size)}"
             )
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, DataError) as exc:
         log(f"cifarlab: the cached images {array_path} are damaged ({exc}); decoding again")
         return None
     return images, [(i, reason) for i, reason in meta["skipped"]]
@@ -326,10 +400,30 @@ def write_cache(key: str, images: np.ndarray, skipped: list[tuple[int, str]], co
     try:
         array_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(array_path, lambda f: np.save(f, images, allow_pickle=False))
-        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))  # the entry is valid from here
     except (OSError, CifarlabError) as exc:
         text = str(exc) if isinstance(exc, CifarlabError) else f"{array_path.parent}: {exc.strerror or exc}"
         log(f"cifarlab: warning: could not cache the decoded images ({text}); the next run decodes them again")
+
+
+def remove_stale_temporaries(folder: Path, now: float | None = None) -> int:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that writers killed mid-write left in the cache
+    folder, once older than :data:`STALE_TEMP_SECONDS` (a younger one may belong to a writer still at work);
+    returns how many were removed."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        candidates = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
+    except OSError:
+        return 0
+    for entry in candidates:
+        try:
+            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 # --- decoding --------------------------------------------------------------------------------------------------
@@ -379,9 +473,19 @@ def decode_files(paths: list[Path], image_size: int, desc: str) -> tuple[np.ndar
 
     if workers == 1:
         collect(map(decode_chunk, jobs))
-    else:
-        with multiprocessing.get_context().Pool(workers, initializer=ignore_interrupts) as pool:
-            collect(pool.imap(decode_chunk, jobs))
+        return out[:filled], failures
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (the OOM killer, SIGKILL) breaks the pool
+    # and raises here, where Pool would wait for its task forever
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(), initializer=ignore_interrupts)
+    try:
+        collect(pool.map(decode_chunk, jobs))
+    except BrokenProcessPool:
+        raise DataError(
+            f"a process decoding images died (killed, perhaps by the system for lack of memory); nothing was "
+            f"cached: try again, or a smaller --image-size ({len(paths):,} images at {image_size} x {image_size})"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return out[:filled], failures
 
 
@@ -391,7 +495,8 @@ def decode_files(paths: list[Path], image_size: int, desc: str) -> tuple[np.ndar
 def decoded_images(scan: Scan, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """The folder's images at this size, from the cache or decoded now (and cached)."""
     check_fits(len(scan.entries), image_size, str(scan.root))
-    key = cache_key(scan.entries, image_size)
+    remove_stale_temporaries(cache_dir() / CACHE_SUBDIR)
+    key = cache_key(scan.entries, image_size, scan.root)
     cached = read_cache(key, len(scan.entries), image_size)
     where = f"{len(scan.entries):,} images of {scan.root} at {image_size} x {image_size}"
     if cached is not None:
@@ -423,11 +528,17 @@ def report_unreadable(scan: Scan, failures: list[tuple[int, str]], strict: bool)
 
 
 def report_ignored(scan: Scan) -> None:
-    """Say which files in class folders were left out because their extension is not an image format's."""
-    if scan.ignored:
-        shown = ", ".join(escape(rel) for rel in scan.ignored[:SHOWN])
-        more = f" and {len(scan.ignored) - SHOWN} more" if len(scan.ignored) > SHOWN else ""
-        log(f"cifarlab: ignored {len(scan.ignored)} files that are not images by their extension: {shown}{more}")
+    """Say which files in class folders were left out, one line per reason, with a count."""
+    reasons = (
+        (scan.left_out.not_images, "files that are not images by their extension"),
+        (scan.left_out.outside, "symbolic links out of the dataset folder (not followed)"),
+        (scan.left_out.special, "FIFOs, sockets or devices (never opened)"),
+    )
+    for paths, what in reasons:
+        if paths:
+            shown = ", ".join(escape(rel) for rel in paths[:SHOWN])
+            more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
+            log(f"cifarlab: ignored {len(paths)} {what}: {shown}{more}")
 
 
 def split_tensors(scan: Scan, images: np.ndarray, failures: list[tuple[int, str]]) -> dict[str, torch.Tensor]:

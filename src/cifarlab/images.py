@@ -1,9 +1,10 @@
 """Images from files, decoded safely and in bounded memory, and resized: the one decoder of cifarlab.
 
-Each image is read with Pillow (any format it knows), turned upright by its EXIF orientation, flattened onto
-white if it has transparency, converted to RGB, cut to its largest centred square and resized to S x S (the
-shorter side to S, centre crop) with Pillow's bilinear filter (antialiased when shrinking). ``predict`` reads
-the user's photos with it, and image folders are decoded with it once into one uint8 tensor.
+Each image is read with Pillow (the formats of :data:`IMAGE_FORMATS`, decoded by Pillow itself: never EPS,
+which Pillow hands to Ghostscript, or another format that runs an external program), turned upright by its EXIF
+orientation, flattened onto white if it has transparency, converted to RGB, cut to its largest centred square and
+resized to S x S (the shorter side to S, centre crop) with Pillow's bilinear filter (antialiased when shrinking).
+``predict`` reads the user's photos with it, and image folders are decoded with it once into one uint8 tensor.
 
 Image files are untrusted input, decoded in bounded memory: an image over Pillow's pixel limit
 (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million) is refused before decoding; JPEGs are decoded at a reduced
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -34,6 +36,12 @@ JPEG2000_HEAD = 1 << 20  # bytes searched for a JPEG 2000 file's main header
 JPEG2000_MAX_SAMPLES = 1 << 26  # samples a JPEG 2000 image may be decoded with (at 4 bytes each: 256 MB)
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I" (32-bit) is what Pillow gives many 16-bit files
 EXIF_ORIENTATION = 0x0112
+# The formats cifarlab opens: raster formats Pillow decodes in-process. EPS/PS (Ghostscript), PDF, WMF and the
+# GRIB/BUFR/HDF5 stubs are left out: a file must never start another program or need a plug-in.
+IMAGE_FORMATS = (
+    "AVIF", "BMP", "DIB", "CUR", "DDS", "GIF", "ICNS", "ICO", "JPEG", "JPEG2000", "PCX", "PNG", "PPM",
+    "QOI", "SGI", "TGA", "TIFF", "WEBP",
+)  # fmt: skip  (JPEG opens MPO files too)
 TRANSPOSES = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -57,8 +65,9 @@ class ImageRefused(ValueError):
 
 
 def image_suffixes() -> set[str]:
-    """File extensions Pillow can open (lower case, with the dot), used to pick images out of a folder."""
-    return {ext.lower() for ext in Image.registered_extensions()}
+    """File extensions of the accepted :data:`IMAGE_FORMATS` (lower case, with the dot), used to pick images out of a
+    folder: an ``.eps`` there is "not an image by its extension", like a text file."""
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in IMAGE_FORMATS}
 
 
 def check_pixel_count(image: Image.Image) -> None:
@@ -212,10 +221,19 @@ def shrink(image: Image.Image, image_size: int = IMAGE_SIZE) -> Image.Image:
 
 
 def open_image(path: Path) -> ImageFile.ImageFile:
-    """Open a file (headers only) and refuse it if it has more pixels than Pillow's limit."""
+    """Open a regular file (headers only) as one of :data:`IMAGE_FORMATS`, whatever its extension, and refuse it if it
+    has more pixels than Pillow's limit. A FIFO or device is refused before it is opened (opening a FIFO waits for
+    a writer forever)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # a missing file or dangling link: Image.open says which
+    if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise ImageRefused("not a regular file (a FIFO, socket or device)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the image's size
-        image = Image.open(path)
+        Image.init()  # every plug-in registered (a no-op after the first call): the allow-list names them all
+        image = Image.open(path, formats=IMAGE_FORMATS)
     try:
         check_pixel_count(image)
     except ImageRefused:
@@ -243,7 +261,9 @@ def decode_file(path: Path, image_size: int = IMAGE_SIZE) -> np.ndarray:
     except ImageRefused:
         raise
     except UnidentifiedImageError:
-        raise ValueError("not an image (Pillow cannot read this format)") from None
+        raise ValueError(
+            "not an image in an accepted format (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"
+        ) from None
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except IsADirectoryError:

@@ -100,7 +100,11 @@ def checkpoint_image_size(state: dict[str, Any], checkpoint: str | Path) -> int:
 def predict_files(
     checkpoint: str | Path, inputs: Sequence[str | Path], top_k: int = 3, device: str = "cpu"
 ) -> list[Result]:
-    """Top-k classes for every image among ``inputs`` (files or folders), in order; unreadable ones get errors."""
+    """Top-k classes for every image among ``inputs`` (files or folders), in order; unreadable ones get errors.
+
+    ``top_k`` is capped at the number of classes (the default 3 on a 2-class model gives both classes). Images
+    are decoded, scored and let go :data:`BATCH` at a time, so a folder of any number of images takes the memory
+    of one batch."""
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.device import pick_device
     from cifarlab.infer import inference_model, scoring_options
@@ -108,31 +112,30 @@ def predict_files(
     state = load_checkpoint(checkpoint)
     classes = list(state["classes"])
     image_size = checkpoint_image_size(state, checkpoint)
-    if not 1 <= top_k <= len(classes):
-        raise UsageError(f"--top-k must be between 1 and {len(classes)} (got {top_k})")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1 (got {top_k})")
+    k = min(top_k, len(classes))
     dev = pick_device(device)
     model = inference_model(state, dev)
-    results, tensors, ok = [], [], []
-    for item, problem in expand_inputs(inputs):
-        if problem is not None:
-            results.append(Result(str(item), error=problem))
+    mean, std, options = torch.tensor(state["mean"]), torch.tensor(state["std"]), scoring_options(state["config"])
+    results: list[Result] = []
+    items = expand_inputs(inputs)
+    for start in range(0, len(items), BATCH):
+        tensors, ok = [], []
+        for item, problem in items[start : start + BATCH]:
+            if problem is not None:
+                results.append(Result(str(item), error=problem))
+                continue
+            try:
+                tensors.append(load_image(item, image_size))
+                ok.append(len(results))
+                results.append(Result(str(item)))
+            except ValueError as exc:
+                results.append(Result(str(item), error=str(exc)))
+        if not tensors:
             continue
-        try:
-            tensors.append(load_image(item, image_size))
-            ok.append(len(results))
-            results.append(Result(str(item)))
-        except ValueError as exc:
-            results.append(Result(str(item), error=str(exc)))
-    if tensors:
-        probs = classify(
-            model,
-            torch.stack(tensors),
-            torch.tensor(state["mean"]),
-            torch.tensor(state["std"]),
-            dev,
-            **scoring_options(state["config"]),
-        )
-        values, indices = probs.topk(top_k, dim=1)
+        probs = classify(model, torch.stack(tensors), mean, std, dev, **options)
+        values, indices = probs.topk(k, dim=1)
         for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
             results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js, strict=True)]
     return results
