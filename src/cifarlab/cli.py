@@ -347,7 +347,7 @@ def register_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE", help="a run folder (uses best.pt) or a .pt")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of images")
     p.add_argument(
-        "--top-k", type=positive_int, default=3, help="classes to show per image (default 3; at most the model's classes)"
+        "--top-k", type=positive_int, default=3, help="classes to show per image (default 3; at most the model's)"
     )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of one line per image")
     p.add_argument("--device", help="cpu (default), auto, cuda or mps")
