@@ -157,9 +157,7 @@ def test_a_cache_header_that_claims_a_terabyte_is_refused_unread_and_rebuilt(fol
     expected = load_folder(folder, image_size=16)
     (entry,) = cache.glob("*.npy")
     with open(entry, "wb") as f:  # a valid .npy header for 2**40 bytes of uint8, and almost no data
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "|u1", "fortran_order": False, "shape": (2**20, 3, 512, 682)}
-        )
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (2**20, 3, 512, 682)})
         f.write(b"\0" * 64)
     capsys.readouterr()
     again = load_folder(folder, image_size=16)

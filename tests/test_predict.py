@@ -155,9 +155,7 @@ def test_json_output_and_exit_code_0_when_all_succeed(tiny_run, photos, capsys):
 def test_json_reports_errors_too(tiny_run, tmp_path, capsys):
     (tmp_path / "a.txt").write_text("x")
     assert main(["predict", "--checkpoint", str(tiny_run), str(tmp_path / "a.txt"), "--json"]) == 1
-    assert json.loads(capsys.readouterr().out) == [
-        {"file": str(tmp_path / "a.txt"), "error": NOT_AN_IMAGE}
-    ]
+    assert json.loads(capsys.readouterr().out) == [{"file": str(tmp_path / "a.txt"), "error": NOT_AN_IMAGE}]
 
 
 @pytest.mark.parametrize("k", ["0", "x"])

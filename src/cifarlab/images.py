@@ -39,8 +39,24 @@ EXIF_ORIENTATION = 0x0112
 # The formats cifarlab opens: raster formats Pillow decodes in-process. EPS/PS (Ghostscript), PDF, WMF and the
 # GRIB/BUFR/HDF5 stubs are left out: a file must never start another program or need a plug-in.
 IMAGE_FORMATS = (
-    "AVIF", "BMP", "DIB", "CUR", "DDS", "GIF", "ICNS", "ICO", "JPEG", "JPEG2000", "PCX", "PNG", "PPM",
-    "QOI", "SGI", "TGA", "TIFF", "WEBP",
+    "AVIF",
+    "BMP",
+    "DIB",
+    "CUR",
+    "DDS",
+    "GIF",
+    "ICNS",
+    "ICO",
+    "JPEG",
+    "JPEG2000",
+    "PCX",
+    "PNG",
+    "PPM",
+    "QOI",
+    "SGI",
+    "TGA",
+    "TIFF",
+    "WEBP",
 )  # fmt: skip  (JPEG opens MPO files too)
 TRANSPOSES = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
