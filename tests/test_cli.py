@@ -124,6 +124,18 @@ def test_console_script_and_module_agree(child):
     assert result.returncode == 0 and "train" in result.stdout and "study" in result.stdout
 
 
+@pytest.mark.subprocess
+def test_the_installed_cifarlab_script_runs_and_refuses_in_one_line():
+    """The ``cifarlab`` console script that pip installs (pyproject's [project.scripts]), not ``python -m``."""
+    script = Path(sys.executable).with_name("cifarlab")
+    assert script.is_file(), f"no console script beside {sys.executable}: install the package (pip install -e .)"
+    ok = subprocess.run([str(script), "models"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "fastcnn" in ok.stdout and "resnet18" in ok.stdout
+    bad = subprocess.run([str(script), "train", "--epochs", "zero"], capture_output=True, text=True, timeout=120)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and lines[0].startswith("cifarlab: error:"), bad.stderr
+
+
 def test_evaluate_command_prints_metrics(tiny_run, fake_cifar, tmp_path, capsys):
     assert (
         main(["evaluate", str(tiny_run), "--out", str(tmp_path), "--device", "cpu", "--data-dir", str(fake_cifar)]) == 0
