@@ -45,12 +45,14 @@ MAX_BAR_CLASSES = 20  # more classes than this: the per-class figure shows the o
 # What Markdown (CommonMark, GitHub tables, math, strikethrough) reads as syntax, escaped with a backslash.
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~$#])")
 HTML_IN_MARKDOWN = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+AUTOLINK = re.compile(r"(?i)(?<=[a-z0-9])(:)(?=//)|\bwww(\.)|(@)")  # what GFM turns into links by itself
 
 
 def markdown_text(value: Any) -> str:
     """``value`` as literal Markdown text on one line: no HTML, link, emphasis, code or table cell break."""
     text = re.sub(r"\r\n|\r|\n", " ", str(value))
     text = MARKDOWN_SPECIALS.sub(r"\\\1", text)
+    text = AUTOLINK.sub(lambda m: m.group(0)[:-1] + "\\" + m.group(0)[-1], text)  # "http\://", "www\.", "\@"
     return re.sub("[&<>]", lambda m: HTML_IN_MARKDOWN[m.group(0)], text)
 
 

@@ -21,10 +21,7 @@ import html
 import math
 import os
 import platform
-import re
-import struct
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +51,6 @@ GENERATED_NOTE = (
     "it is not a person's interpretation. Check it against the tables before quoting it."
 )
 # The first letter of a web scheme's name; the report files never spell that word (see ``esc``).
-WEB_WORD = re.compile(r"(?i)h(?=ttp)")
 FIGURES = [
     ("learning_curves.png", "learning curves"),
     ("confusion_matrix.png", "confusion matrix"),
@@ -73,39 +69,14 @@ PER_CLASS_HEADER = ["class", "precision", "recall", "F1", "support", "accuracy"]
 # ---------------------------------------------------------------------------------------------------------
 
 
-def hide_web_word(markup: str) -> str:
-    """Escaped HTML with the 'h' of a web scheme written as a character reference (same text when shown)."""
-    return WEB_WORD.sub(lambda m: f"&#{ord(m.group(0))};", markup)
-
-
 def esc(text: Any) -> str:
-    """HTML-escape text. The 'h' of a web scheme becomes a character reference, so the file never holds
-    that word even when a run name or a platform string contains it; browsers show the text unchanged."""
-    return hide_web_word(html.escape(str(text)))
-
-
-def png_with_padding(png: bytes, pad: int) -> bytes:
-    """The same PNG with a ``tEXt`` chunk of 20 + ``pad`` bytes after its header: same pixels, shifted bytes."""
-    data = b"Comment\x00" + b"." * pad
-    chunk = struct.pack(">I", len(data)) + b"tEXt" + data + struct.pack(">I", zlib.crc32(b"tEXt" + data))
-    return png[:33] + chunk + png[33:]
+    """HTML-escape text (``<``, ``>``, ``&`` and quotes), so a run name or platform string shows as typed."""
+    return html.escape(str(text))
 
 
 def data_uri(png: bytes) -> str:
-    """A base64 ``data:`` URI for a PNG whose text never contains 'http' in any letter case.
-
-    Base64 of compressed pixels spells four given letters by chance about once per million characters,
-    so a large figure often does. Base64 encodes 3 bytes at a time: no chunk, or a padding chunk of 22 or
-    23 bytes, gives the three possible alignments, hence three different encodings of the picture. If all
-    three spell the word, a newline is put inside each occurrence: URL parsers remove newlines from a URL
-    before reading it (WHATWG URL standard), so browsers decode the same bytes.
-    """
-    text = ""
-    for pad in (None, 2, 3):
-        text = base64.b64encode(png if pad is None else png_with_padding(png, pad)).decode("ascii")
-        if "http" not in text.lower():
-            return "data:image/png;base64," + text
-    return "data:image/png;base64," + re.sub(r"(?i)h(?=ttp)", "h\n", text)
+    """A base64 ``data:`` URI for a PNG: the figure travels inside the page."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def figure(path: Path, caption: str) -> dict[str, Any]:
@@ -700,21 +671,21 @@ class Verbatim(str):
 
 
 def html_value(value: Any) -> Markup:
-    """How the HTML template writes a value: escaped (template-made markup kept), the web word hidden."""
+    """How the HTML template writes a value: escaped (template-made markup kept)."""
     if value is None:
         return Markup("n/a")
     if hasattr(value, "__html__"):
-        return Markup(hide_web_word(value.__html__()))
+        return Markup(value.__html__())
     return Markup(esc(value))
 
 
 def markdown_value(value: Any) -> str:
-    """How the Markdown template writes a value: literal text, the web word hidden, unless Verbatim."""
+    """How the Markdown template writes a value: literal text, unless Verbatim."""
     from cifarlab.compare import markdown_text
 
     if isinstance(value, Verbatim):
         return value
-    return hide_web_word(markdown_text(shown(value)))
+    return markdown_text(shown(value))
 
 
 @functools.cache
@@ -744,7 +715,7 @@ def render_html(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> s
 def link_target(path: Path, md_path: Path) -> Verbatim:
     """``path`` relative to the Markdown file, percent-encoded (no space, bracket or markup left in it)."""
     target = quote(Path(os.path.relpath(path, md_path.parent)).as_posix(), safe="/")
-    return Verbatim(WEB_WORD.sub(lambda m: f"%{ord(m.group(0)):02X}", target))
+    return Verbatim(target)
 
 
 def figure_links(files: Sequence[tuple[Path, str]], md_path: Path) -> list[dict[str, Any]]:
@@ -825,8 +796,6 @@ def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: 
         comp_dir = html_path.parent / "comparison"
         write_comparison(comp, comp_dir)
     page = render_html(views, comp, comp_dir)
-    if "http" in page.lower():
-        raise CifarlabError("internal error: the report would contain a web address")
     atomic_write(html_path, lambda f: f.write(page), binary=False)
     md_path = html_path.with_suffix(".md")
     md = render_markdown(views, comp, comp_dir, md_path)
