@@ -1,4 +1,5 @@
-"""Progress that works everywhere: a tqdm bar in a terminal, a few plain lines in a log file or CI."""
+"""Progress that works everywhere: a tqdm bar in a terminal, a notebook bar in Jupyter or Colab (``tqdm.auto``), a
+few plain lines in a log file or CI."""
 
 from __future__ import annotations
 
@@ -16,10 +17,23 @@ def is_terminal() -> bool:
         return False
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (Colab's included): IPython is loaded and its shell is the kernel's."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ in ("ZMQInteractiveShell", "Shell")  # Jupyter's; Colab's is google.colab's Shell
+
+
 def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
-    """Yield from ``items``; show a bar in a terminal, else print a line at each 25% for long loops."""
+    """Yield from ``items``; show a bar in a terminal or a notebook, else print a line at each 25% for long
+    loops (a log file)."""
     if not enabled:
         yield from items
+        return
+    if in_notebook():
+        from tqdm.auto import tqdm as notebook_tqdm  # a widget bar where ipywidgets is installed, else text
+
+        yield from notebook_tqdm(items, total=total, desc=desc, leave=False)
         return
     if is_terminal():
         from tqdm import tqdm

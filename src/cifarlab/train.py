@@ -54,6 +54,7 @@ from cifarlab.runfiles import (
     write_json,
     write_metrics_csv,
 )
+from cifarlab.runfolder import FORMAT_VERSION
 from cifarlab.scaling import scale_to_data
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 from cifarlab.transfer import apply_init, check_fits, init_record, load_init
@@ -725,6 +726,7 @@ def run_summary(
     config, history = config_as_run(run), run.history
     best = max(history, key=lambda r: r["val_top1"])
     return {
+        "format_version": FORMAT_VERSION,
         "name": run.folder.name,
         "model": config.model,
         "recipe": config.recipe,
