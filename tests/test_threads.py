@@ -46,3 +46,22 @@ def test_a_container_cpu_quota_counts_as_its_whole_cores(tmp_path, text, cores):
     quota.write_text(text)
     assert cgroup_cpu_limit(str(quota)) == cores
     assert cgroup_cpu_limit(str(tmp_path / "absent")) is None
+
+
+def test_physical_cores_count_each_hyperthread_pair_once(tmp_path, monkeypatch):
+    """cores.usable_cores(hyperthreads=False), the sweep's count: CPUs 0 and 1 are one core's two threads."""
+    from pathlib import Path
+
+    from cifarlab import cores
+
+    for cpu, core in ((0, 0), (1, 0), (2, 1), (3, 1)):
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    monkeypatch.setattr(cores, "Path", lambda p: Path(str(p).replace("/sys/devices/system/cpu", str(tmp_path))))
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cores, "cgroup_cpu_limit", lambda: None)
+    assert cores.usable_cores() == 4 and cores.usable_cores(hyperthreads=False) == 2
+    monkeypatch.setattr(cores, "cgroup_cpu_limit", lambda: 1)  # a container's quota caps both counts
+    assert cores.usable_cores() == cores.usable_cores(hyperthreads=False) == 1

@@ -49,6 +49,7 @@ from queue import Empty, Queue
 from typing import Any
 
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
+from cifarlab.cores import usable_cores
 from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.flags import non_negative_int, positive_float, positive_int
 from cifarlab.records import kind_of, loads_toml, loads_yaml, read_bounded_text
@@ -489,10 +490,15 @@ def last_error(log_path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def resumed_epoch(log_path: Path, run_dir: Path) -> int | None:
-    """The epoch a resumed run continued after, as its training process said (the last such line of the log)."""
-    found = re.findall(rf"resuming {re.escape(str(run_dir))} after epoch (\d+)", log_path.read_text(errors="replace"))
-    return int(found[-1]) if found else None
+def resumed_epoch(run_dir: Path) -> int | None:
+    """The epoch a partial run will continue after: the one its last.pt holds (read safely), None if unreadable
+    (then ``cifarlab train --resume`` says why)."""
+    from cifarlab.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(run_dir, "last.pt")["epoch"])
+    except CifarlabError:
+        return None
 
 
 def classify(code: int, run_dir: Path, log_path: Path) -> tuple[str, str | None]:
@@ -632,6 +638,8 @@ def execute_locked(
     if state == "empty":  # started, but killed before its first checkpoint: nothing to resume
         shutil.rmtree(run_dir)
     resuming = state == "partial"
+    if resuming:
+        result["resumed_from"] = resumed_epoch(run_dir)  # from the checkpoint, before training goes on
     data = ["--data-dir", job["config"]["data_dir"]] if job["config"].get("data_dir") else []  # the sweep's own
     if resuming:
         cmd = python + ["train", "--resume", str(run_dir), "--no-analysis", *data]
@@ -650,8 +658,6 @@ def execute_locked(
             *data,
         ]
     state, message = classify(run_process(cmd, job, log_path, cancel, on_start, fd), run_dir, log_path)
-    if resuming:
-        result["resumed_from"] = resumed_epoch(log_path, run_dir)
     if state == "done" and job.get("analysis", "none") != "none":
         cmd = python + ["analyze", str(run_dir), *data] + (["--no-images"] if job["analysis"] == "numbers" else [])
         code = run_process(cmd, job, log_path, cancel, on_start, fd)
@@ -663,24 +669,6 @@ def execute_locked(
 # ---------------------------------------------------------------------------------------------------------
 # Where the runs go: the local pool and Ray
 # ---------------------------------------------------------------------------------------------------------
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads counted once), from Linux's topology files."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-    cores = set()
-    for cpu in cpus:
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            cores.add(
-                ((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip())
-            )
-        except OSError:
-            return len(cpus)
-    return len(cores) or len(cpus)
 
 
 class LocalPool:
@@ -1091,7 +1079,7 @@ def read_sweep_record(path: Path) -> dict[str, Any]:
 
 def resolve_options(options: SweepOptions) -> SweepOptions:
     """Fill in the defaults that depend on the machine: workers and threads."""
-    cores = physical_cores()
+    cores = usable_cores(hyperthreads=False)  # a training run keeps a physical core busy
     workers = options.workers or (cores if options.ray is None else max(1, int(cores // options.cpus_per_run)))
     threads = options.threads or (
         max(1, cores // workers) if options.ray is None else max(1, int(options.cpus_per_run))
