@@ -125,18 +125,9 @@ def dataset_of(run: Path) -> dict[str, Any]:
 
 def dataset_or_cifar10(record: Any) -> dict[str, Any]:
     """``record`` when it is a non-empty record; else CIFAR-10 at 32 pixels, marked ``assumed``."""
-    from cifarlab.data import CLASSES
+    from cifarlab.runfolder import cifar10_record
 
-    if isinstance(record, dict) and record:
-        return record
-    return {
-        "kind": "cifar10",
-        "path": None,
-        "classes": list(CLASSES),
-        "image_size": 32,
-        "test": "the official test set (test_batch)",
-        "assumed": True,
-    }
+    return record if isinstance(record, dict) and record else cifar10_record()
 
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}

@@ -33,7 +33,8 @@ import numpy as np
 
 from cifarlab.config import TrainConfig
 from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_json
+from cifarlab.runfiles import atomic_write, write_json
+from cifarlab.runfolder import RunFolder
 
 GROUP_IGNORES = ("seed", "name", "out")
 # Config fields a run made before they existed lacks, with the values such a run used: every field added to
@@ -167,17 +168,15 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
 
 def load_record(run: str | Path) -> RunRecord:
     """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
-    from cifarlab.analysis import compute_metrics, dataset_of, load_predictions, require_run
+    from cifarlab.analysis import compute_metrics, dataset_of, require_run
 
     path = require_run(run)
     for needed in ("run.json", "config.json"):
         if not (path / needed).is_file():
             raise UsageError(f"{path} is not a finished cifarlab run: no {needed} (let `cifarlab train` finish)")
-    info, config = read_json(path / "run.json"), read_json(path / "config.json")
-    for name, data in (("run.json", info), ("config.json", config)):
-        if not isinstance(data, dict):
-            raise CifarlabError(f"{path / name}: not a JSON object")
-    pred = load_predictions(path)
+    folder = RunFolder(path)
+    info, config = folder.info, folder.config_record
+    pred = folder.predictions
     metrics = compute_metrics(pred)
     values, texts = run_values(info)
     values.update(
@@ -188,7 +187,7 @@ def load_record(run: str | Path) -> RunRecord:
         raise UsageError(f"{path}/run.json lacks {', '.join(missing)}; it is not from a finished cifarlab run")
     per_class = np.array([np.nan if r["accuracy"] is None else r["accuracy"] for r in metrics["per_class"]])
     try:
-        history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+        history = folder.metrics
     except (ValueError, TypeError) as exc:
         raise CifarlabError(f"{path / 'metrics.csv'}: not a table of numbers ({exc})") from None
     return RunRecord(

@@ -195,12 +195,14 @@ def json_object(path: Path, data: Any) -> dict[str, Any]:
 def load_view(run: Path, data_dir: str | None) -> RunView:
     """A run with an up-to-date analysis (computed now if missing or older than the predictions)."""
     from cifarlab.analysis import ensure_analysis
+    from cifarlab.runfolder import RunFolder
 
     summary = json_object(run / "analysis" / "summary.json", ensure_analysis(run, data_dir))
+    folder = RunFolder(run)
     return RunView(
         run,
-        json_object(run / "run.json", read_json(run / "run.json")),
-        json_object(run / "config.json", read_json(run / "config.json")),
+        folder.info,
+        folder.config_record,
         summary,
         read_csv_rows(run / "analysis" / "per_class.csv"),
         read_csv_rows(run / "analysis" / "confused_pairs.csv"),

@@ -28,6 +28,20 @@ ANALYSIS_DIR = "analysis"
 SUMMARY_JSON = "summary.json"
 
 
+def cifar10_record() -> dict[str, Any]:
+    """The dataset record of a run made before runs recorded their data: CIFAR-10 at 32 px, marked ``assumed``."""
+    from cifarlab.data import CLASSES
+
+    return {
+        "kind": "cifar10",
+        "path": None,
+        "classes": list(CLASSES),
+        "image_size": 32,
+        "test": "the official test set (test_batch)",
+        "assumed": True,
+    }
+
+
 def migrate(info: dict[str, Any], where: str) -> dict[str, Any]:
     """run.json as the current format: a run from before ``format_version`` (version 0) trained on CIFAR-10 at 32
     px, in fp32, unscaled, from random weights; a version newer than this cifarlab's is refused in one line."""
@@ -39,7 +53,7 @@ def migrate(info: dict[str, Any], where: str) -> dict[str, Any]:
             f"{where}: written by a newer cifarlab (run format {version}; this one reads up to {FORMAT_VERSION})"
         )
     if version == 0:
-        defaults = {"dataset": {"kind": "cifar10", "image_size": 32, "assumed": True}, "precision": "fp32"}
+        defaults = {"dataset": cifar10_record(), "precision": "fp32"}
         info = {**defaults, "scaling": [], "init": None, **info, "format_version": FORMAT_VERSION}
     return info
 
@@ -78,6 +92,11 @@ class RunFolder:
         if not self.finished:
             return {}
         return migrate(read_json(self.path / RUN_JSON), escape(str(self.path / RUN_JSON)))
+
+    @cached_property
+    def config_record(self) -> dict[str, Any]:
+        """config.json as saved (a JSON object, not checked as a config: compare and report show odd values)."""
+        return read_json(self.path / CONFIG_JSON)
 
     @cached_property
     def config(self) -> Any:

@@ -54,6 +54,7 @@ from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.flags import non_negative_int, positive_float, positive_int
 from cifarlab.records import kind_of, loads_toml, loads_yaml, read_bounded_text
 from cifarlab.runfiles import read_json, write_json
+from cifarlab.runfolder import RunFolder
 
 try:
     import fcntl
@@ -385,7 +386,7 @@ def folder_state(run_dir: Path) -> str:
 
 def headline(run_dir: Path) -> dict[str, Any]:
     """The numbers of a finished run that sweep.json keeps (from run.json)."""
-    info = read_json(run_dir / "run.json")
+    info = RunFolder(run_dir).info
     return {k: number_or_none(info.get(k)) for k in HEADLINE_KEYS}
 
 
