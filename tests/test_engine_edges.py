@@ -24,7 +24,7 @@ from cifarlab.data import Batches
 from cifarlab.errors import CifarlabError
 from cifarlab.interrupts import Stop, StopSignals, exit_code
 from cifarlab.optim import steps_per_epoch
-from cifarlab.runfiles import RunLock, read_metrics_csv, write_json
+from cifarlab.runfiles import FileLock, RunLock, read_metrics_csv, write_json
 from cifarlab.train import train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
@@ -291,6 +291,23 @@ def test_a_run_lock_is_held_until_released(tmp_path):
         RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # released: the next writer gets it
         pass
+
+
+def test_the_one_file_lock_waits_until_cancelled_and_names_its_holder(tmp_path):
+    """runfiles.FileLock, the lock behind the run folder, the sweep driver and each sweep run's worker."""
+    import threading
+
+    held = FileLock(tmp_path / "x.lock")
+    assert held.acquire()
+    held.write_holder("pid 1 on host\x1b[2J")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    other = FileLock(tmp_path / "x.lock")
+    assert other.acquire(wait=True, cancel=cancel) is False and other.fd is None  # waited, then gave up
+    assert other.holder() == "pid 1 on host\\x1b[2J"  # escaped: the file cannot draw on the terminal
+    held.release()
+    assert other.acquire() is True
+    other.release()
 
 
 @pytest.mark.skipif(signal.getsignal(signal.SIGTERM) != signal.SIG_DFL, reason="SIGTERM is handled by the runner")

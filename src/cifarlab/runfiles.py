@@ -12,12 +12,13 @@ import io
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.records import read_json_object
 
 try:
@@ -95,38 +96,80 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
-class RunLock:
-    """An exclusive lock on ``folder/.lock`` for the process writing the run. The operating system releases it
-    when the process ends, however it ends; a second writer is refused with one line.
+class FileLock:
+    """An exclusive operating-system lock on one file, created if absent: released when :meth:`release` closes
+    it or when the process ends, however it ends (no stale lock after a crash). The one lock of cifarlab: a run
+    folder's writer (:class:`RunLock`), a sweep's driver and each sweep run's worker."""
 
-    Use it as a context manager, or call :meth:`acquire` and :meth:`release`."""
+    POLL_SECONDS = 0.5
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
         self.fd: int | None = None
 
-    def acquire(self) -> None:
-        try:
-            fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise CifarlabError(f"cannot lock run folder {self.folder}: {exc.strerror or exc}") from None
+    def try_lock(self) -> bool:
+        """Take the lock if it is free (True); False if another process holds it. OSError if the file cannot be
+        opened."""
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             else:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
         except OSError:
-            os.close(fd)
-            raise CifarlabError(
-                f"run folder {self.folder} is in use by another cifarlab process (a training or "
-                "resume still running); wait for it to end"
-            ) from None
-        self.fd = fd
+            return False
+        return True
+
+    def acquire(self, wait: bool = False, cancel: threading.Event | None = None) -> bool:
+        """Take the lock; with ``wait``, poll until it is free or ``cancel`` is set. False (file closed) if not
+        taken."""
+        while not self.try_lock():
+            if not wait or (cancel is not None and cancel.is_set()):
+                self.release()
+                return False
+            time.sleep(self.POLL_SECONDS)
+        return True
+
+    def write_holder(self, text: str) -> None:
+        """Say who holds the lock, in the locked file (read by :meth:`holder` from a process refused it)."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, text.encode("utf-8", "replace"), 0)
+
+    def holder(self) -> str:
+        """What the holder wrote, as one escaped line (at most 200 bytes read); '' if nothing."""
+        try:
+            with open(self.path, "rb") as f:
+                return escape(f.read(200).decode("utf-8", "replace").strip())
+        except OSError:
+            return ""
 
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing the file releases the lock
             self.fd = None
+
+
+class RunLock(FileLock):
+    """The lock on ``folder/.lock`` held by the process writing the run; a second writer is refused with one
+    line. Use it as a context manager, or call :meth:`acquire` and :meth:`release`."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(Path(folder) / LOCK_FILE)
+        self.folder = Path(folder)
+
+    def acquire(self, wait: bool = False, cancel: threading.Event | None = None) -> bool:
+        try:
+            taken = super().acquire(wait, cancel)
+        except OSError as exc:
+            raise CifarlabError(f"cannot lock run folder {self.folder}: {exc.strerror or exc}") from None
+        if not taken:
+            raise CifarlabError(
+                f"run folder {self.folder} is in use by another cifarlab process (a training or "
+                "resume still running); wait for it to end"
+            )
+        return True
 
     def __enter__(self) -> RunLock:
         self.acquire()

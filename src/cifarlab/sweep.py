@@ -53,7 +53,7 @@ from cifarlab.cores import usable_cores
 from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.flags import non_negative_int, positive_float, positive_int
 from cifarlab.records import kind_of, loads_toml, loads_yaml, read_bounded_text
-from cifarlab.runfiles import read_json, write_json
+from cifarlab.runfiles import FileLock, read_json, write_json
 from cifarlab.runfolder import RunFolder
 
 try:
@@ -403,33 +403,6 @@ def child_env(job: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-class RunLock:
-    """An exclusive lock on one run (``logs/RUN.lock``), held by the worker and inherited by its training
-    process: a second worker for the same run (a retry while an orphaned process still trains) waits."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self, cancel: threading.Event | None) -> bool:
-        if fcntl is None:
-            return True
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if cancel is not None and cancel.is_set():
-                    return False
-                time.sleep(POLL_SECONDS)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # the lock goes when the training process (which shares it) has ended too
-            self.fd = None
-
-
 def interrupt_process(proc: subprocess.Popen) -> int:
     """Stop one training process as Ctrl-C would: it keeps its last whole epoch in last.pt and exits (130); killed
     if it hangs. SIGTERM, which training treats as Ctrl-C: a sweep started in the background by a shell runs with
@@ -597,9 +570,9 @@ def execute_run(
         except CifarlabError as exc:
             result.update(state="failed", message=str(exc))
             return result
-    lock = RunLock(logs / f"{name}.lock")
+    lock = FileLock(logs / f"{name}.lock")  # a second worker for this run (a retry while an orphan trains) waits
     try:
-        if not lock.acquire(cancel):
+        if not lock.acquire(wait=True, cancel=cancel):
             result.update(state="interrupted", message="stopped by Ctrl-C while waiting for the run's lock")
             return result
         result["state"], result["message"] = execute_locked(
@@ -864,30 +837,21 @@ class SweepInterrupted(CifarlabError):
     exit_code = 130
 
 
-class SweepLock:
-    """One driver per sweep folder at a time (an OS lock: it goes away with the process that held it)."""
+class SweepLock(FileLock):
+    """One driver per sweep folder at a time (``.sweep.lock``); a second is refused naming the first."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / ".sweep.lock"
-        self.fd: int | None = None
+        super().__init__(folder / ".sweep.lock")
 
     def __enter__(self) -> SweepLock:
-        if fcntl is not None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                with open(self.path, "rb") as f:  # written by the driver holding it; read as text, bounded
-                    holder = escape(f.read(200).decode("utf-8", "replace").strip()) or "another process"
-                os.close(self.fd)
-                raise UsageError(f"{self.path.parent} is being run by {holder}; wait for it or stop it") from None
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        if not self.acquire():
+            holder = self.holder() or "another process"
+            raise UsageError(f"{self.path.parent} is being run by {holder}; wait for it or stop it")
+        self.write_holder(f"pid {os.getpid()} on {socket.gethostname()}")
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
+        self.release()
 
 
 class Sweep:
