@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarlab import analysis
+from cifarlab import analysis, runfolder
 from cifarlab.cli import main
 from cifarlab.errors import CifarlabError
 from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
@@ -287,7 +287,7 @@ def test_summary_has_the_headline_numbers(analysed):
 
 
 def test_gallery_choice_is_reproducible_and_only_wrong(analysed):
-    pred = analysis.load_predictions(analysed)
+    pred = runfolder.load_predictions(analysed)
     first = analysis.sample_misclassified(pred, 24, seed=0)
     assert np.array_equal(first, analysis.sample_misclassified(pred, 24, seed=0))
     assert not np.array_equal(first, analysis.sample_misclassified(pred, 24, seed=1))

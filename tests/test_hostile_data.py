@@ -192,7 +192,8 @@ def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, r
 
 
 def test_analyze_says_which_folder_it_read(lured_run, fake_cifar, reads, capsys):
-    from cifarlab.analysis import load_predictions, load_test_images
+    from cifarlab.analysis import load_test_images
+    from cifarlab.runfolder import load_predictions
 
     run, marker = lured_run
     images, reason = load_test_images(run, load_predictions(run), data_dir=str(fake_cifar))

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarlab import analysis, plots
+from cifarlab import analysis, plots, runfolder
 from cifarlab.compare import build_comparison, comparison_markdown, group_key
 from cifarlab.data import CLASSES, ImageData
 from cifarlab.errors import DataError
@@ -150,7 +150,7 @@ def hundred(crafted_run, tmp_path_factory) -> dict[str, Any]:
 
 def test_class_names_come_from_the_runs_dataset_record(hundred):
     run = hundred["run"]
-    assert analysis.load_predictions(run).classes == class_list()  # not test_metrics.json's ten CIFAR names
+    assert runfolder.load_predictions(run).classes == class_list()  # not test_metrics.json's ten CIFAR names
     assert hundred["summary"]["classes"] == class_list()
     assert [r["class"] for r in read_csv(run / "analysis" / "per_class.csv")] == class_list()
 
@@ -159,12 +159,12 @@ def test_class_names_fall_back_to_the_metrics_then_cifar10_then_numbers(crafted_
     run = crafted_run(tmp_path / "old")  # the tiny run's run.json: no record here unless train wrote one
     edit_json(run / "run.json", lambda d: d.pop("dataset", None))
     edit_json(run / "test_metrics.json", lambda d: d.update(per_class_accuracy={f"c{k}": 0.5 for k in range(10)}))
-    assert analysis.class_names(run, 10) == [f"c{k}" for k in range(10)]
+    assert runfolder.class_names(run, 10) == [f"c{k}" for k in range(10)]
     (run / "test_metrics.json").unlink()
-    assert analysis.class_names(run, 10) == list(CLASSES)  # a run from before dataset records: CIFAR-10
-    assert analysis.class_names(run, 3) == ["class 0", "class 1", "class 2"]
+    assert runfolder.class_names(run, 10) == list(CLASSES)  # a run from before dataset records: CIFAR-10
+    assert runfolder.class_names(run, 3) == ["class 0", "class 1", "class 2"]
     edit_json(run / "run.json", lambda d: d.update(dataset={"kind": "folder", "classes": ["x", "y"]}))
-    assert analysis.class_names(run, 10) == [f"class {k}" for k in range(10)]  # a record: never CIFAR's names
+    assert runfolder.class_names(run, 10) == [f"class {k}" for k in range(10)]  # a record: never CIFAR's names
 
 
 def test_full_confusion_matrix_is_in_the_csv(hundred):
@@ -256,7 +256,7 @@ def test_images_are_read_again_from_the_runs_dataset_record(hundred, monkeypatch
         return image_data(run.parent, y)
 
     monkeypatch.setattr(cifarlab.datasets, "reload", reload)
-    pred = analysis.load_predictions(run)
+    pred = runfolder.load_predictions(run)
     images, reason = analysis.load_test_images(run, pred, data_dir=str(tmp_path / "cifar"), dataset="moved")
     assert reason is None and images.shape[-1] == SIZE
     record, data_dir, dataset = calls[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import analysis, plots
+from cifarlab import analysis, figures
 from cifarlab.cli import main
 from cifarlab.report import SECTIONS, data_uri, esc, report
 
@@ -147,7 +147,7 @@ def test_report_redoes_an_analysis_older_than_the_predictions(crafted_run, fake_
 
 
 def test_a_data_uri_holds_the_png_as_it_is():
-    png = plots.png_bytes(plots.new_figure(1, 1))
+    png = figures.png_bytes(figures.new_figure(1, 1))
     uri = data_uri(png)
     assert uri.startswith("data:image/png;base64,") and base64.b64decode(uri.split(",", 1)[1]) == png
 

@@ -18,7 +18,6 @@ compared with it. Only a checkpoint that passes all of this is turned into a rea
 from __future__ import annotations
 
 import io
-import math
 import pickle
 import warnings
 import zipfile
@@ -28,10 +27,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from cifarlab.data import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
+from cifarlab.datachecks import (
+    DEFAULT_IMAGE_SIZE,
+    classes_problems,
+    dataset_problems,
+    image_size_problems,
+    is_finite_number,
+    is_int_in,
+    normalisation_problems,
+)
 from cifarlab.errors import CheckpointError
-from cifarlab.models import MAX_CLASSES, MODELS, build_model, head_name, kwargs_problems, shorten
+from cifarlab.models import MODELS, build_model, head_name, kwargs_problems, shorten
 from cifarlab.runfiles import atomic_write, resolve_checkpoint
 
 REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")
@@ -39,9 +45,6 @@ WEIGHT_KEYS = ("model", "train_model")  # state dicts of the model's architectur
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
 PICKLE_MAGIC = b"\x80"  # the legacy format, and plain pickles: refused (their sizes cannot be checked first)
 EXAMPLES = 3  # mismatched weight names shown per kind of difference
-DEFAULT_IMAGE_SIZE = 32  # checkpoints without an image size are CIFAR-10's
-DATASET_KINDS = ("cifar10", "cifar100", "folder")
-MAX_TEXT = 4096  # characters in one text field of the dataset record (a path, the held-out description)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -142,17 +145,17 @@ def _check_fields(state: Any, path: Path) -> None:
     if not isinstance(state["model_name"], str):
         problems.append("'model_name' is not a string")
     problems += _config_problems(state["config"])
-    if not _is_int_in(state.get("epoch"), 0, 2**31):
+    if not is_int_in(state.get("epoch"), 0, 2**31):
         problems.append("'epoch' is missing or not a whole number >= 0")
-    if "best_val_top1" in state and not _is_finite_number(state["best_val_top1"]):
+    if "best_val_top1" in state and not is_finite_number(state["best_val_top1"]):
         problems.append("'best_val_top1' is not a finite number")
-    class_problems = _classes_problems(state["classes"])
+    class_problems = classes_problems(state["classes"])
     problems += class_problems
     if "image_size" in state:
-        problems += _image_size_problems(state["image_size"])
+        problems += image_size_problems(state["image_size"])
     if "dataset" in state:  # compared with the checkpoint's classes only when those are valid (one fault, one line)
         classes = None if class_problems else state["classes"]
-        problems += _dataset_problems(state["dataset"], classes, state.get("image_size"))
+        problems += dataset_problems(state["dataset"], classes, state.get("image_size"))
     problems += normalisation_problems(state["mean"], state["std"])
     kwargs = state.get("model_kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
@@ -161,51 +164,8 @@ def _check_fields(state: Any, path: Path) -> None:
         raise CheckpointError(f"{path} is not a valid cifarlab checkpoint: {'; '.join(problems)}")
 
 
-def data_problems(classes: Any, image_size: Any, record: Any) -> list[str]:
-    """What loading would refuse in a run's class names, image size and dataset record, as a checkpoint holds them:
-    training checks its data with this before the first epoch, so no run trains and then refuses its own file."""
-    class_problems = _classes_problems(classes)
-    return [
-        *class_problems,
-        *_image_size_problems(image_size),
-        *_dataset_problems(record, None if class_problems else classes, image_size),
-    ]
-
-
-def normalisation_problems(mean: Any, std: Any) -> list[str]:
-    """``mean`` and ``std`` must be 3 finite numbers each, every std positive (images are divided by it)."""
-    problems = []
-    for key, values in (("mean", mean), ("std", std)):
-        if not (isinstance(values, list) and len(values) == 3 and all(map(_is_finite_number, values))):
-            problems.append(f"'{key}' is not a list of 3 finite numbers")
-    if isinstance(std, list) and any(_is_finite_number(v) and v <= 0 for v in std):
-        problems.append("'std' has a value that is not positive")
-    return problems
-
-
-def _image_size_problems(image_size: Any) -> list[str]:
-    """The model's image size: a whole number of pixels in the range every model supports."""
-    if _is_int_in(image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE):
-        return []
-    return [f"'image_size' is not a whole number from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"]
-
-
 def _is_state_dict(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
-
-
-def _is_finite_number(value: Any) -> bool:
-    """An int or float (not a bool) that is neither NaN nor infinite, nor too large for a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _is_int_in(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def checkpoint_image_size(state: dict[str, Any]) -> int:
@@ -221,7 +181,7 @@ def _config_problems(config: Any) -> list[str]:
     val_size = config["val_size"]
     if not (val_size is None or isinstance(val_size, int)):
         return ["'config' has a val_size that is neither a whole number nor null (10%)"]
-    if not (_is_int_in(config["seed"], -(2**63), 2**64 - 1) and (val_size is None or _is_int_in(val_size, 0, 2**31))):
+    if not (is_int_in(config["seed"], -(2**63), 2**64 - 1) and (val_size is None or is_int_in(val_size, 0, 2**31))):
         return ["'config' has a seed or val_size out of range"]
     problems = []
     if config.get("tta", 0) not in (0, 1, 2) or isinstance(config.get("tta"), bool):
@@ -229,58 +189,6 @@ def _config_problems(config: Any) -> list[str]:
     if not isinstance(config.get("data_dir"), (str, type(None))):
         problems.append("'config' has a data_dir that is not a folder name")
     return problems
-
-
-def _classes_problems(classes: Any) -> list[str]:
-    """Class names are printed by predict: a list of 2..MAX_CLASSES distinct, short, printable strings."""
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        return ["'classes' is not a list of class names"]
-    if not 2 <= len(classes) <= MAX_CLASSES:
-        return [f"'classes' has {len(classes)} names (a model has 2 to {MAX_CLASSES} classes)"]
-    if any(not c or len(c) > MAX_CLASS_NAME or not c.isprintable() for c in classes):
-        bad = next(c for c in classes if not c or len(c) > MAX_CLASS_NAME or not c.isprintable())
-        return [
-            (
-                f"'classes' has a name that is empty, longer than {MAX_CLASS_NAME} characters or not printable "
-                f"({shorten(bad)})"
-            )
-        ]
-    if len(set(classes)) != len(classes):
-        return ["'classes' names a class twice"]
-    return []
-
-
-def _dataset_problems(record: Any, classes: Any, image_size: Any) -> list[str]:
-    """The dataset record: its kind, class names (the checkpoint's own), size (the checkpoint's), path and
-    fingerprint; later commands reload the images from it."""
-    if not isinstance(record, dict) or not all(isinstance(k, str) for k in record):
-        return ["'dataset' is not a dataset record (a dict)"]
-    problems = []
-    if record.get("kind") not in DATASET_KINDS:
-        problems.append(f"'dataset' kind is not one of {', '.join(DATASET_KINDS)} (got {shorten(record.get('kind'))})")
-    names = record.get("classes")
-    if classes is not None and not (
-        isinstance(names, list) and all(isinstance(c, str) for c in names) and names == classes
-    ):
-        problems.append("'dataset' classes differ from the checkpoint's 'classes'")
-    size = record.get("image_size")
-    if not _is_int_in(size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE) or size != (image_size or DEFAULT_IMAGE_SIZE):
-        problems.append(f"'dataset' image_size is not the checkpoint's ({shorten(record.get('image_size'))})")
-    if not (record.get("path") is None or _is_text(record["path"])):
-        problems.append("'dataset' path is not a folder name")
-    if not _is_text(record.get("fingerprint")):
-        problems.append("'dataset' fingerprint is missing or not a string")
-    for key in ("test", "labels", "layout"):
-        if key in record and not _is_text(record[key]):
-            problems.append(f"'dataset' {key} is not a string")
-    if "skipped" in record and not _is_int_in(record["skipped"], 0, 2**63):
-        problems.append("'dataset' skipped is not a whole number >= 0")
-    return problems
-
-
-def _is_text(value: Any) -> bool:
-    """A non-empty string of at most MAX_TEXT printable characters (it may be printed in messages)."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_TEXT and value.isprintable()
 
 
 def _check_weights(state: dict[str, Any], path: Path) -> None:

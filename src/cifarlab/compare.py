@@ -168,7 +168,8 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
 
 def load_record(run: str | Path) -> RunRecord:
     """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
-    from cifarlab.analysis import compute_metrics, dataset_of, require_run
+    from cifarlab.analysis import compute_metrics
+    from cifarlab.runfolder import dataset_of, require_run
 
     path = require_run(run)
     for needed in ("run.json", "config.json"):
@@ -394,9 +395,9 @@ def data_note(comp: Comparison) -> list[tuple[str, str]]:
     first = comp.groups[0].runs[0].dataset
     if all(not dataset_differences(g.runs[0].dataset, first) for g in comp.groups):
         return []
-    from cifarlab.analysis import describe_dataset
+    from cifarlab.runfolder import dataset_line
 
-    return [(g.label, describe_dataset(g.runs[0].dataset)) for g in comp.groups]
+    return [(g.label, dataset_line(g.runs[0].dataset)) for g in comp.groups]
 
 
 def describe_init(init: Any) -> str:
@@ -453,7 +454,7 @@ def comparison_markdown(comp: Comparison) -> str:
 def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     """comparison.md/.csv/.json, runs.csv, disagreements.csv and the two figures, into ``out``."""
     from cifarlab import plots
-    from cifarlab.analysis import write_csv
+    from cifarlab.runfiles import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda f: f.write(comparison_markdown(comp)), binary=False)

@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cifarlab.checkpoint import data_problems, normalisation_problems
 from cifarlab.cifar100 import LABELS, load_cifar100
 from cifarlab.data import ImageData, flat_channels, load_cifar10, resolve_data_dir
+from cifarlab.datachecks import data_problems, normalisation_problems
 from cifarlab.errors import DataError, UsageError, escape
 from cifarlab.folders import load_folder
 from cifarlab.images import check_fits, resize_images

@@ -166,14 +166,14 @@ class RunView:
 
     @property
     def title(self) -> str:
-        from cifarlab.analysis import run_title
+        from cifarlab.runfolder import run_title
 
         return run_title(self.name, self.info.get("model"))
 
     @property
     def dataset(self) -> dict[str, Any]:
         """The run's dataset record (CIFAR-10 at 32 px, marked assumed, for a run that predates records)."""
-        from cifarlab.analysis import dataset_or_cifar10
+        from cifarlab.runfolder import dataset_or_cifar10
 
         return dataset_or_cifar10(self.info.get("dataset"))
 
@@ -761,9 +761,9 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
 
 def data_line(v: RunView) -> str:
     """The run's data in one line for report.md: kind, image size, classes, and where its test images come from."""
-    from cifarlab.analysis import describe_dataset
+    from cifarlab.runfolder import dataset_line
 
-    return f"{describe_dataset(v.dataset)}; test images: {shown(v.dataset.get('test'))}"
+    return f"{dataset_line(v.dataset)}; test images: {shown(v.dataset.get('test'))}"
 
 
 def per_class_markdown(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
@@ -784,8 +784,8 @@ def per_class_note(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
     """Write the HTML report and report.md for ``runs``; returns the HTML path."""
-    from cifarlab.analysis import require_run
     from cifarlab.compare import build_comparison, write_comparison
+    from cifarlab.runfolder import require_run
 
     if not runs:
         raise UsageError("give at least one run folder")

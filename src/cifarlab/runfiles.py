@@ -10,13 +10,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.records import read_json_object
@@ -247,3 +250,20 @@ def resolve_checkpoint(run_or_file: str | Path, name: str = "best.pt") -> Path:
     if not path.exists():
         raise UsageError(f"no such run folder or checkpoint: {path}")
     return path
+
+
+def cell(value: Any) -> str:
+    """A CSV cell: floats at full precision, undefined values empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A small CSV, written atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([cell(v) for v in row])
+    atomic_write(path, lambda f: f.write(buf.getvalue()), binary=False)

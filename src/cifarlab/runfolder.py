@@ -15,6 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.runfiles import read_json, read_metrics_csv
 
@@ -119,9 +121,7 @@ class RunFolder:
 
     @cached_property
     def predictions(self) -> Any:
-        """The test predictions (``y_true``, ``probs``, ``index``), checked (analysis.load_predictions)."""
-        from cifarlab.analysis import load_predictions
-
+        """The test predictions (``y_true``, ``probs``, ``index``), checked (load_predictions)."""
         return load_predictions(self.path)
 
     @cached_property
@@ -162,3 +162,118 @@ class RunFolder:
     def _repr_html_(self) -> str:
         """How a notebook shows it: the path and the headline, escaped."""
         return f"<code>{html.escape(str(self.path))}</code>: {html.escape(repr(self).split(') ', 1)[-1])}"
+
+
+@dataclass
+class Predictions:
+    """The saved test-set predictions of a run."""
+
+    y_true: np.ndarray  # (N,) int64 true class
+    probs: np.ndarray  # (N, C) float32 softmax probabilities
+    index: np.ndarray  # (N,) int64 position of each image in the official test set
+    classes: list[str]
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+
+def require_run(run: str | Path) -> Path:
+    """The run folder, or a usage error that says what is wrong with the path."""
+    path = Path(run)
+    if not path.exists():
+        raise UsageError(f"no such run folder: {path}")
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder; give a run folder (the one holding run.json)")
+    return path
+
+
+def load_predictions(run: str | Path) -> Predictions:
+    """Read and check ``RUN/test_predictions.npz``; class names from ``test_metrics.json``."""
+    run = require_run(run)
+    path = run / "test_predictions.npz"
+    if not path.is_file():
+        raise UsageError(
+            f"{run} has no test_predictions.npz: the run has not been evaluated on the test set "
+            f"(let `cifarlab train` finish, or run `cifarlab evaluate {run}`)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            y_true, probs, index = f["y_true"].astype(np.int64), f["probs"], f["index"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CifarlabError(f"{path} is unreadable or incomplete (needs y_true, probs, index): {exc}") from None
+    classes = class_names(run, probs.shape[-1] if probs.ndim == 2 else 0)
+    if probs.ndim != 2 or probs.shape[0] != len(y_true) or len(index) != len(y_true) or len(y_true) == 0:
+        raise CifarlabError(
+            f"{path}: expected probs (N, {len(classes)}), y_true (N,) and index (N,) with N > 0; "
+            f"got {probs.shape}, {y_true.shape}, {index.shape}"
+        )
+    if y_true.min() < 0 or y_true.max() >= probs.shape[1]:
+        raise CifarlabError(f"{path}: a label is outside 0-{probs.shape[1] - 1}")
+    return Predictions(y_true, probs.astype(np.float32), index, classes)
+
+
+def recorded_dataset(run: Path) -> dict[str, Any]:
+    """The dataset record saved in ``run.json`` ("dataset"); empty for a run made before runs recorded it."""
+    try:
+        info = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    except CifarlabError:
+        return {}
+    record = info.get("dataset") if isinstance(info, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def dataset_of(run: Path) -> dict[str, Any]:
+    """The run's dataset record; a run without one was trained on CIFAR-10 at 32 pixels (marked ``assumed``)."""
+    return dataset_or_cifar10(recorded_dataset(run))
+
+
+def dataset_or_cifar10(record: Any) -> dict[str, Any]:
+    """``record`` when it is a non-empty record; else CIFAR-10 at 32 pixels, marked ``assumed``."""
+    return record if isinstance(record, dict) and record else cifar10_record()
+
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "folder": "image folder"}
+
+
+def dataset_line(record: dict[str, Any]) -> str:
+    """One line about a dataset record: 'CIFAR-100 (coarse labels), 32 px, 20 classes' or
+    'image folder /data/pets, 64 px, 37 classes'."""
+    kind = str(record.get("kind", "?"))
+    text = DATASET_NAMES.get(kind, kind)
+    if kind == "folder":
+        text += f" {record.get('path')}"
+    if record.get("labels") is not None and kind == "cifar100":
+        text += f" ({record['labels']} labels)"
+    classes = record.get("classes")
+    text += f", {record.get('image_size', '?')} px, {len(classes) if isinstance(classes, list) else '?'} classes"
+    return text + (" (assumed: the run predates dataset records)" if record.get("assumed") else "")
+
+
+def is_name_list(value: Any, length: int) -> bool:
+    """True for a list of ``length`` strings."""
+    return isinstance(value, list) and len(value) == length and all(isinstance(v, str) for v in value)
+
+
+def class_names(run: Path, num_classes: int) -> list[str]:
+    """Class names in label order: the run's dataset record, else the names saved with the test metrics (the
+    checkpoint's), else CIFAR-10's for a run that predates dataset records, else 'class k'."""
+    from cifarlab.data import CLASSES
+
+    record = recorded_dataset(run)
+    if is_name_list(record.get("classes"), num_classes):
+        return list(record["classes"])
+    metrics = run / "test_metrics.json"
+    if metrics.is_file():
+        saved = read_json(metrics)
+        names = list(saved.get("per_class_accuracy", {})) if isinstance(saved, dict) else []
+        if len(names) == num_classes:
+            return names
+    if not record and num_classes == len(CLASSES):
+        return list(CLASSES)
+    return [f"class {k}" for k in range(num_classes)]
+
+
+def run_title(name: str, model: str | None) -> str:
+    """'NAME (MODEL)', or just the name when it already is the model's (as in a study)."""
+    return name if model in (None, name) else f"{name} ({model})"

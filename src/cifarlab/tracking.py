@@ -94,12 +94,12 @@ def rgb_array(fig: Any) -> np.ndarray:
 
 
 def literal(draw: Any) -> Any:
-    """``draw`` run with every text taken as typed (plots.literal_text): a class or run name holding ``$`` or
+    """``draw`` run with every text taken as typed (figures.literal_text): a class or run name holding ``$`` or
     ``\\frac`` is neither parsed as math text (which may raise) nor rendered as math."""
 
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cifarlab.plots import literal_text  # deferred: plots imports matplotlib
+        from cifarlab.figures import literal_text  # deferred: figures imports matplotlib
 
         return literal_text(draw)(*args, **kwargs)
 
@@ -109,7 +109,7 @@ def literal(draw: Any) -> Any:
 @literal
 def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.ndarray:
     """The confusion matrix (rows: true class, shaded by the row's share), counts written in the cells."""
-    from cifarlab.plots import new_figure
+    from cifarlab.figures import new_figure
 
     fig = new_figure(7.0, 6.0)
     ax = fig.add_subplot()
@@ -137,7 +137,7 @@ def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.nd
 @literal
 def misclassified_image(images: np.ndarray, true: list[str], predicted: list[str]) -> np.ndarray:
     """A grid of test images, each captioned ``true -> predicted``."""
-    from cifarlab.plots import new_figure
+    from cifarlab.figures import new_figure
 
     cols = 4
     rows = max(1, -(-len(images) // cols))
