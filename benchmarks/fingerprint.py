@@ -36,7 +36,7 @@ COMMON = ["--device", "cpu", "--no-analysis", "--seed", "0", "--limit-train", "5
 STOP_AFTER_EPOCH_1 = """
 import sys
 from cifarlab.config import make_config
-from cifarlab.errors import CifarlabError
+from cifarlab.base.errors import CifarlabError
 from cifarlab.train import train
 
 data_dir, out, name = sys.argv[1:4]

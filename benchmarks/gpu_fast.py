@@ -19,9 +19,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from cifarlab.base.errors import CifarlabError
 from cifarlab.config import make_config, parse_overrides
 from cifarlab.data import load_cifar10
-from cifarlab.errors import CifarlabError
 from cifarlab.train import train
 
 

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from cifarlab.base.errors import CifarlabError
 from cifarlab.config import make_config, parse_overrides
-from cifarlab.errors import CifarlabError
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

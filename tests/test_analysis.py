@@ -13,8 +13,8 @@ from PIL import Image
 from torch import nn
 
 from cifarlab import analysis, runfolder
+from cifarlab.base.errors import CifarlabError
 from cifarlab.cli import main
-from cifarlab.errors import CifarlabError
 from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
 from cifarlab.models import MODELS, build_model
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import cifarlab.budget as budget_module
+from cifarlab.base.errors import UsageError
 from cifarlab.budget import (
     MARGIN,
     PROBE_MAX_STEPS,
@@ -30,7 +31,6 @@ from cifarlab.budget import (
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
 from cifarlab.data import Batches
-from cifarlab.errors import UsageError
 from cifarlab.models import build_model, count_macs
 from cifarlab.optim import RunLength
 from cifarlab.train import train, train_step

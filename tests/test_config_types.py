@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cifarlab.data
+from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
 from cifarlab.config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
-from cifarlab.errors import UsageError
 
 
 def field_error(values: dict) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cifarlab.base.errors import DataError
 from cifarlab.data import (
     CLASSES,
     Batches,
@@ -21,7 +22,6 @@ from cifarlab.data import (
     resolve_data_dir,
     stratified_split,
 )
-from cifarlab.errors import DataError
 
 
 def test_reads_generated_batches_in_official_format(fake_cifar):

@@ -19,8 +19,8 @@ from PIL import Image
 
 import cifarlab.data
 from cifarlab import cifar100, folders, images
+from cifarlab.base.errors import DataError, UsageError
 from cifarlab.datasets import load_dataset, reload, run_record
-from cifarlab.errors import DataError, UsageError
 
 # --- image folders: layouts ------------------------------------------------------------------------------------
 

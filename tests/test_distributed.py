@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.data import Batches, normalize
 from cifarlab.evaluate import evaluate
-from cifarlab.runfiles import read_metrics_csv
+from cifarlab.runs.layout import read_metrics_csv
 
 HELPER = '''
 import sys

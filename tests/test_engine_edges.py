@@ -16,15 +16,16 @@ import pytest
 import torch
 
 import cifarlab.budget as budget_module
+from cifarlab.base.errors import CifarlabError
+from cifarlab.base.files import FileLock, write_json
 from cifarlab.budget import Probe, time_probe
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config import make_config
 from cifarlab.data import Batches
-from cifarlab.errors import CifarlabError
 from cifarlab.interrupts import Stop, StopSignals, exit_code
 from cifarlab.optim import steps_per_epoch
-from cifarlab.runfiles import FileLock, RunLock, read_metrics_csv, write_json
+from cifarlab.runs.layout import RunLock, read_metrics_csv
 from cifarlab.train import train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
@@ -339,7 +340,7 @@ def test_stale_temporary_files_are_removed_when_a_run_is_resumed(tiny_run, fake_
 def test_a_rename_is_followed_by_an_fsync_of_its_folder(tmp_path, monkeypatch):
     import stat
 
-    import cifarlab.runfiles
+    import cifarlab.base.files
 
     synced: list[bool] = []
     real_fsync = os.fsync
@@ -348,6 +349,6 @@ def test_a_rename_is_followed_by_an_fsync_of_its_folder(tmp_path, monkeypatch):
         synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
         real_fsync(fd)
 
-    monkeypatch.setattr(cifarlab.runfiles.os, "fsync", spy)
+    monkeypatch.setattr(cifarlab.base.files.os, "fsync", spy)
     write_json(tmp_path / "x.json", {"a": 1})
     assert synced == [False, True]  # the file's data, then the folder holding the new name

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.averaging import WeightAverager
+from cifarlab.base.errors import UsageError
 from cifarlab.config import RECIPES, TrainConfig, make_config
 from cifarlab.data import Batches, load_cifar10
-from cifarlab.errors import UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import tta_logits
 from cifarlab.models import build_model, init_whitening, patch_whitening

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import cifarlab.data
+from cifarlab.base.errors import DataError
 from cifarlab.cli import build_parser, main, resume_config
 from cifarlab.data import BATCH_DIR, load_cifar10
-from cifarlab.errors import DataError
 from cifarlab.safe_pickle import load_restricted
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from cifarlab import folders, images, predict
-from cifarlab.errors import DataError
+from cifarlab.base.errors import DataError
 from cifarlab.folders import CACHE_SUBDIR, load_folder, scan_folder
 from cifarlab.predict import predict_files
 

@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from cifarlab import images
+from cifarlab.base.errors import CheckpointError, UsageError, escape
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES
-from cifarlab.errors import CheckpointError, UsageError, escape
 from cifarlab.models import build_model
 from cifarlab.predict import Result, load_image, render
 
@@ -263,7 +263,7 @@ def test_a_huge_claimed_model_is_refused_without_allocating_it(tmp_path):
     script = (
         "import resource, sys\n"
         "from cifarlab.checkpoint import load_checkpoint\n"
-        "from cifarlab.errors import CheckpointError\n"
+        "from cifarlab.base.errors import CheckpointError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"

@@ -16,10 +16,10 @@ import pytest
 
 from cifarlab import sweep as sweep_module
 from cifarlab import tracking
+from cifarlab.base.errors import CifarlabError, UsageError
+from cifarlab.base.files import read_json
 from cifarlab.cli import build_parser, main
 from cifarlab.config import TrainConfig, parse_overrides
-from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.runfiles import read_json
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab.errors import UsageError
+from cifarlab.base.errors import UsageError
 from cifarlab.models import MODELS, build_model, conv_bn_relu, count_macs, count_params, describe
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from cifarlab.base.errors import UsageError
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config import make_config
-from cifarlab.errors import UsageError
 from cifarlab.models import build_model
 from cifarlab.optim import MuonSGD, make_optimizer, orthogonalize
 from cifarlab.train import train

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 import cifarlab.data
+from cifarlab.base.errors import CheckpointError, DataError
 from cifarlab.checkpoint import (
     describe_mismatch,
     load_checkpoint,
@@ -48,7 +49,6 @@ from cifarlab.data import (
     reflect_index,
     stratified_split,
 )
-from cifarlab.errors import CheckpointError, DataError
 from cifarlab.metrics import nll, per_class_accuracy, summarize, topk_accuracy, topk_hits, write_test_results
 from cifarlab.models import MODELS, build_model
 

@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 
 from cifarlab import analysis, plots, runfolder
+from cifarlab.base.errors import DataError
 from cifarlab.compare import build_comparison, comparison_markdown, group_key
 from cifarlab.data import CLASSES, ImageData
-from cifarlab.errors import DataError
 from cifarlab.gradcam import find_target_layer, grad_cam
 from cifarlab.report import report
 
@@ -310,7 +310,7 @@ def test_gradcam_works_at_64_pixels():
 
 
 def test_gradcam_target_layer_refuses_a_model_that_does_not_run_at_that_size():
-    from cifarlab.errors import CifarlabError
+    from cifarlab.base.errors import CifarlabError
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))
     assert find_target_layer(model, 32).name == "0"

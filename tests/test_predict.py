@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from cifarlab import predict
+from cifarlab.base.errors import CheckpointError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES, load_cifar10, normalize
-from cifarlab.errors import CheckpointError
 from cifarlab.models import build_model
 from cifarlab.predict import load_image, predict_files
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cifarlab import api as lab
-from cifarlab.errors import CifarlabError
+from cifarlab.base.errors import CifarlabError
 from cifarlab.runfolder import FORMAT_VERSION, RunFolder, migrate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"

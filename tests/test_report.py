@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import analysis, figures
+from cifarlab import analysis
+from cifarlab.base import figures
 from cifarlab.cli import main
 from cifarlab.report import SECTIONS, data_uri, esc, report
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifarlab.base.errors import CifarlabError
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.errors import CifarlabError
-from cifarlab.runfiles import read_metrics_csv
+from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.train import train
 
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
@@ -241,7 +241,7 @@ def test_a_full_disk_gives_a_clear_error_and_no_earlier_file_is_corrupted(small_
         if epoch == 1:
             before.update(snapshot(run))  # everything as it stood after epoch 1
 
-    monkeypatch.setattr("cifarlab.runfiles.tempfile", full_disk_after(run / "metrics.csv"))
+    monkeypatch.setattr("cifarlab.base.files.tempfile", full_disk_after(run / "metrics.csv"))
     with pytest.raises(CifarlabError) as info:
         train(small_config(out=tmp_path, limit_train=100), on_epoch=after_epoch)
     message = str(info.value)
@@ -260,7 +260,8 @@ def test_a_folder_that_refuses_writes_is_reported_before_any_work(
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("cifarlab.runfiles.tempfile", types.SimpleNamespace(mkstemp=refuse))
+    monkeypatch.setattr("cifarlab.base.files.tempfile", types.SimpleNamespace(mkstemp=refuse))
+    monkeypatch.setattr("cifarlab.runs.layout.tempfile", types.SimpleNamespace(mkstemp=refuse))
     err = cli_error(
         "train", "--resume", str(run), "--data-dir", str(fake_cifar), "--device", "cpu", "--no-analysis", code=1
     )

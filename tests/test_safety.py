@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifarlab.base.errors import CheckpointError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.errors import CheckpointError
 
 
 class Payload:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cifarlab import device
-from cifarlab.cores import cgroup_cpu_limit
+from cifarlab.base.cores import cgroup_cpu_limit
 
 
 def import_and_report(env: dict[str, str]) -> str:
@@ -52,7 +52,7 @@ def test_physical_cores_count_each_hyperthread_pair_once(tmp_path, monkeypatch):
     """cores.usable_cores(hyperthreads=False), the sweep's count: CPUs 0 and 1 are one core's two threads."""
     from pathlib import Path
 
-    from cifarlab import cores
+    from cifarlab.base import cores
 
     for cpu, core in ((0, 0), (1, 0), (2, 1), (3, 1)):
         topology = tmp_path / f"cpu{cpu}" / "topology"

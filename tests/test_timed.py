@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import cifarlab.train as train_module
+from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config import make_config
 from cifarlab.data import load_cifar10
-from cifarlab.errors import CifarlabError, UsageError
 from cifarlab.infer import evaluate_checkpoint
 from cifarlab.train import Stopwatch, train
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from cifarlab import tracking
+from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
 from cifarlab.config import make_config
-from cifarlab.errors import UsageError
-from cifarlab.runfiles import read_metrics_csv
+from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 
 

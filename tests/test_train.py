@@ -13,15 +13,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cifarlab.base.errors import UsageError
+from cifarlab.base.progress import progress
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.data import CLASSES, default_val_size, load_cifar10
-from cifarlab.errors import UsageError
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model
-from cifarlab.progress import progress
-from cifarlab.runfiles import METRICS_COLUMNS, read_metrics_csv
+from cifarlab.runs.layout import METRICS_COLUMNS, read_metrics_csv
 from cifarlab.train import train
 
 RUN_FILES = [
@@ -320,7 +320,7 @@ def test_progress_is_a_few_plain_lines_in_a_log_and_a_bar_in_a_terminal(capsys, 
     """README: progress is a tqdm bar in a terminal and a few plain lines in a log file or CI."""
     assert list(progress(range(80), 80, "epoch 1/2")) == list(range(80))
     assert capsys.readouterr().out.splitlines() == [f"  epoch 1/2: {i}/80 batches" for i in (20, 40, 60)]
-    monkeypatch.setattr("cifarlab.progress.is_terminal", lambda: True)
+    monkeypatch.setattr("cifarlab.base.progress.is_terminal", lambda: True)
     assert list(progress(range(80), 80, "epoch 1/2")) == list(range(80))
     captured = capsys.readouterr()
     assert captured.out == "" and "\repoch 1/2:   0%|" in captured.err  # a bar, redrawn in place

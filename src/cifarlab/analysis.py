@@ -27,16 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError
-from cifarlab.runfiles import atomic_write, read_json, read_metrics_csv, write_csv, write_json
-from cifarlab.runfolder import (
-    Predictions,
-    dataset_of,
-    load_predictions,
-    recorded_dataset,
-    require_run,
-    run_title,
-)
+from cifarlab.base.errors import CifarlabError
+from cifarlab.base.files import atomic_write, read_json, write_csv, write_json
+from cifarlab.runfolder import Predictions, dataset_of, load_predictions, recorded_dataset, require_run, run_title
+from cifarlab.runs.layout import read_metrics_csv
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `cifarlab --help` stays fast
     import torch
@@ -273,9 +267,9 @@ def load_test_images(
     used if the labels found at the saved indices equal the saved labels, so a wrong data folder can never
     put the wrong pictures under a caption.
     """
+    from cifarlab.base.progress import log
     from cifarlab.data import resolve_data_dir
     from cifarlab.datasets import reload
-    from cifarlab.progress import log
 
     if data is None:
         record = recorded_dataset(run) or {"kind": "cifar10"}
@@ -568,7 +562,7 @@ def describe(summary: dict[str, Any], out: Path) -> str:
 
 def analyze_after_training(run_dir: Path, data: Any) -> None:
     """Called at the end of ``train``: a failed analysis is reported but never fails a finished run."""
-    from cifarlab.progress import log
+    from cifarlab.base.progress import log
 
     try:
         summary = analyze(run_dir, data=data)

@@ -8,7 +8,7 @@
     lab.compare([run, other], "comparison")
     lab.report([run, other], "report.html")
 
-Errors are :class:`cifarlab.errors.CifarlabError` (one line, the same message the command prints).
+Errors are :class:`cifarlab.base.errors.CifarlabError` (one line, the same message the command prints).
 See docs/python-api.md.
 """
 

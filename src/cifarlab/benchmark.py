@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cifarlab.base.errors import UsageError
+from cifarlab.base.files import read_json, write_json
+from cifarlab.base.progress import log
 from cifarlab.config import make_config
-from cifarlab.errors import UsageError
 from cifarlab.flags import add_data_flags
-from cifarlab.progress import log
-from cifarlab.runfiles import read_json, write_json
 
 # cli.py imports this module to register the command: torch and the engine are imported inside the functions that
 # run a benchmark, so that `cifarlab --help` stays quick.

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
+from cifarlab.base.errors import UsageError
 from cifarlab.config import TrainConfig
 from cifarlab.data import Batches
 from cifarlab.device import autocast, place_model, synchronize
-from cifarlab.errors import UsageError
 from cifarlab.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.infer import tta_views
 from cifarlab.models import build_model, count_macs

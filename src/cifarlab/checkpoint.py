@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarlab.base.errors import CheckpointError
+from cifarlab.base.files import atomic_write
 from cifarlab.datachecks import (
     DEFAULT_IMAGE_SIZE,
     classes_problems,
@@ -36,9 +38,8 @@ from cifarlab.datachecks import (
     is_int_in,
     normalisation_problems,
 )
-from cifarlab.errors import CheckpointError
 from cifarlab.models import MODELS, build_model, head_name, kwargs_problems, shorten
-from cifarlab.runfiles import atomic_write, resolve_checkpoint
+from cifarlab.runs.layout import resolve_checkpoint
 
 REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")
 WEIGHT_KEYS = ("model", "train_model")  # state dicts of the model's architecture (train_model: optional)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarlab.base.errors import DataError, UsageError
 from cifarlab.data import (
     Archive,
     ImageData,
@@ -23,7 +24,6 @@ from cifarlab.data import (
     read_labels,
     resolve_data_dir,
 )
-from cifarlab.errors import DataError, UsageError
 from cifarlab.safe_pickle import load_restricted
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

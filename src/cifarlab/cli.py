@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarlab.analysis import register_analyze
+from cifarlab.base.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
 from cifarlab.config import COMPILE_MODES, OPTIMIZERS
-from cifarlab.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.flags import add_data_flags, non_negative_int, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
 from cifarlab.sweep import register_sweep
@@ -127,10 +127,10 @@ def resume_config(args: argparse.Namespace) -> Any:
 
     The data folder is never the one recorded in the run: it is --data-dir, else $CIFARLAB_DATA_DIR, else ./data.
     """
+    from cifarlab.base.progress import log
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.config import TrainConfig
     from cifarlab.data import resolve_data_dir
-    from cifarlab.progress import log
 
     run = Path(args.resume)
     if not (run / "last.pt").is_file():

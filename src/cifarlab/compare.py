@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from cifarlab.base.errors import CifarlabError, UsageError
+from cifarlab.base.files import atomic_write, write_json
 from cifarlab.config import TrainConfig
-from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.runfiles import atomic_write, write_json
 from cifarlab.runfolder import RunFolder
 
 GROUP_IGNORES = ("seed", "name", "out")
@@ -454,7 +454,7 @@ def comparison_markdown(comp: Comparison) -> str:
 def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     """comparison.md/.csv/.json, runs.csv, disagreements.csv and the two figures, into ``out``."""
     from cifarlab import plots
-    from cifarlab.runfiles import write_csv
+    from cifarlab.base.files import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda f: f.write(comparison_markdown(comp)), binary=False)

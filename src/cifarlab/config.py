@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifarlab.errors import UsageError
+from cifarlab.base.errors import UsageError
+from cifarlab.base.records import loads_json, read_json_object
 from cifarlab.fast import validate_fast
-from cifarlab.records import loads_json, read_json_object
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.errors import DataError, escape
+from cifarlab.base.errors import DataError, escape
 from cifarlab.safe_pickle import load_restricted, one_line
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -225,7 +225,7 @@ def download(root: Path, source: Archive | None = None) -> None:
     Everything happens in a temporary folder inside ``root``: an interruption at any point leaves no
     half-written ``cifar-10-batches-py/`` behind, and the next download deletes the temporary folder.
     """
-    from cifarlab.progress import log
+    from cifarlab.base.progress import log
 
     source = source or cifar10_archive()
     # said first: offline, the name lookup alone can take a minute to fail, which would look like a hang
@@ -275,7 +275,7 @@ def installed_folder(root: Path, source: Archive, holds: str, allow_download: bo
             raise DataError(f"{source.name} not found: no {source.folder}/ folder in {root.resolve()}")
         download(root, source)
     elif allow_download and (missing := missing_files(folder, source.files)):
-        from cifarlab.progress import log
+        from cifarlab.base.progress import log
 
         log(f"{folder} is incomplete (no {missing[0]}; an interrupted download?): replacing it")
         download(root, source)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.cores import usable_cores
-from cifarlab.errors import UsageError
+from cifarlab.base.cores import usable_cores
+from cifarlab.base.errors import UsageError
 
 
 def mps_available() -> bool:

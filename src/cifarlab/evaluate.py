@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cifarlab.base.errors import CheckpointError, UsageError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.datasets import data_source, reload
 from cifarlab.device import pick_device
-from cifarlab.errors import CheckpointError, UsageError
 from cifarlab.infer import evaluate_checkpoint
 from cifarlab.metrics import write_test_results
 

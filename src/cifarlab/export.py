@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab.errors import CifarlabError, UsageError
+from cifarlab.base.errors import CifarlabError, UsageError
 
 FORMATS = {"onnx": (".onnx",), "torchscript": (".pt", ".pts", ".ts", ".torchscript")}
 TOLERANCE = 1e-4
@@ -139,10 +139,10 @@ def check_images(state: dict[str, Any], data_dir: str | None, dataset: str | Non
     set is not at hand. CIFAR comes from ``data_dir`` (never a folder the checkpoint names: it may come from
     anyone); an image folder from ``dataset``, else the recorded path, and only if its file list is the one the
     run trained on."""
+    from cifarlab.base.errors import DataError
     from cifarlab.checkpoint import checkpoint_image_size
     from cifarlab.data import resolve_data_dir
     from cifarlab.datasets import reload
-    from cifarlab.errors import DataError
 
     size = checkpoint_image_size(state)
     record = state.get("dataset") or {"kind": "cifar10", "image_size": size}  # older checkpoints: CIFAR-10
@@ -185,8 +185,8 @@ def export(
 ) -> dict[str, Any]:
     """Write the exported model and ``out.json``; returns what was written into the JSON. ``data_dir`` is the
     CIFAR folder, ``dataset`` an image folder that has moved since training (the check images come from them)."""
+    from cifarlab.base.files import atomic_write
     from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-    from cifarlab.runfiles import atomic_write
 
     out = Path(out)
     fmt = pick_format(fmt, out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifarlab.errors import UsageError
+from cifarlab.base.errors import UsageError
 
 WIDTH_MODELS = ("fastcnn",)  # models whose factory takes width, dirac, frozen_bn_scale and frozen_stem
 

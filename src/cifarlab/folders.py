@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.cores import usable_cores
+from cifarlab.base.cores import usable_cores
+from cifarlab.base.errors import CifarlabError, DataError, escape
+from cifarlab.base.files import TEMP_SUFFIX, atomic_write
+from cifarlab.base.progress import log, progress
+from cifarlab.base.records import loads_json, read_json
 from cifarlab.data import ImageData
-from cifarlab.errors import CifarlabError, DataError, escape
 from cifarlab.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
-from cifarlab.progress import log, progress
-from cifarlab.records import loads_json, read_json
-from cifarlab.runfiles import TEMP_SUFFIX, atomic_write
 
 CLASSES_TXT, CLASSES_JSON = "classes.txt", "classes.json"
 HELD_OUT = ("test", "val")  # held-out folders beside train/, in order of preference

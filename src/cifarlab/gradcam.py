@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifarlab.errors import CifarlabError
+from cifarlab.base.errors import CifarlabError
 from cifarlab.models import probe_forward
 
 MIN_SPATIAL = 4

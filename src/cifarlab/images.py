@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from cifarlab.errors import DataError
+from cifarlab.base.errors import DataError
 
 IMAGE_SIZE = 32  # the default side, CIFAR's
 MIN_IMAGE_SIZE = 16  # the smallest --image-size

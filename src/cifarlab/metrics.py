@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchmetrics.classification import MulticlassStatScores
 
-from cifarlab.runfiles import atomic_write, write_json
+from cifarlab.base.files import atomic_write, write_json
 
 
 def capped_k(k: int, num_classes: int) -> int:

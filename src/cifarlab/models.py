@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.errors import UsageError
+from cifarlab.base.errors import UsageError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 MAX_CLASSES = 1000  # the most output classes a model may be built with (CIFAR-10 has 10)

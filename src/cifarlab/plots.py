@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 
-from cifarlab.figures import literal_text, new_figure, save_png
+from cifarlab.base.figures import literal_text, new_figure, save_png
 
 RUN_COLORS = [
     "#1f77b4",

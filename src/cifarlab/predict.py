@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from cifarlab.errors import CheckpointError, UsageError, escape
+from cifarlab.base.errors import CheckpointError, UsageError, escape
 from cifarlab.images import IMAGE_SIZE, image_suffixes, load_image
 
 BATCH = 256

@@ -31,8 +31,8 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from cifarlab.errors import CifarlabError, UsageError
-from cifarlab.runfiles import atomic_write, read_json
+from cifarlab.base.errors import CifarlabError, UsageError
+from cifarlab.base.files import atomic_write, read_json
 
 SECTIONS = [
     ("setup", "Setup"),

@@ -17,17 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError, UsageError, escape
-from cifarlab.runfiles import read_json, read_metrics_csv
+from cifarlab.base.errors import CifarlabError, UsageError, escape
+from cifarlab.base.files import read_json
+from cifarlab.runs.layout import (
+    ANALYSIS_DIR,
+    CONFIG_JSON,
+    METRICS_CSV,
+    RUN_JSON,
+    SUMMARY_JSON,
+    TEST_METRICS_JSON,
+    read_metrics_csv,
+)
 
 FORMAT_VERSION = 1  # of run.json; raise it (and teach migrate) when a field changes meaning or goes
-RUN_JSON = "run.json"
-CONFIG_JSON = "config.json"
-METRICS_CSV = "metrics.csv"
-TEST_METRICS_JSON = "test_metrics.json"
-PREDICTIONS_NPZ = "test_predictions.npz"
-ANALYSIS_DIR = "analysis"
-SUMMARY_JSON = "summary.json"
 
 
 def cifar10_record() -> dict[str, Any]:

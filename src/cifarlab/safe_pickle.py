@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, cast
 
 import numpy as np
 
-from cifarlab.errors import DataError
+from cifarlab.base.errors import DataError
 
 
 def _rebuilder(protocol: int) -> Callable[..., np.ndarray]:

@@ -48,12 +48,12 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+from cifarlab.base.cores import usable_cores
+from cifarlab.base.errors import CifarlabError, UsageError, escape
+from cifarlab.base.files import FileLock, read_json, write_json
+from cifarlab.base.records import kind_of, loads_toml, loads_yaml, read_bounded_text
 from cifarlab.config import RECIPES, TrainConfig, make_config, parse_overrides
-from cifarlab.cores import usable_cores
-from cifarlab.errors import CifarlabError, UsageError, escape
 from cifarlab.flags import non_negative_int, positive_float, positive_int
-from cifarlab.records import kind_of, loads_toml, loads_yaml, read_bounded_text
-from cifarlab.runfiles import FileLock, read_json, write_json
 from cifarlab.runfolder import RunFolder
 
 try:
@@ -791,7 +791,7 @@ class Progress:
     per finished run."""
 
     def __init__(self, total: int, finished: int, name: str) -> None:
-        from cifarlab.progress import is_terminal
+        from cifarlab.base.progress import is_terminal
 
         self.bar = None
         self.total, self.finished = total, finished
@@ -1291,9 +1291,9 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
 def compare_and_report(sweep: Sweep, data_dir: str | None) -> str:
     """compare and report over the finished runs of the grid; the groups go into sweep.json."""
+    from cifarlab.base.files import atomic_write
     from cifarlab.compare import build_comparison, comparison_markdown, write_comparison
     from cifarlab.report import report
-    from cifarlab.runfiles import atomic_write
 
     done = [sweep.folder / r.name for r in sweep.planned if sweep.runs[r.name]["state"] == "done"]
     if not done:

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab.errors import CifarlabError, DataError, UsageError, escape
-from cifarlab.runfiles import read_json, write_json
+from cifarlab.base.errors import CifarlabError, DataError, UsageError, escape
+from cifarlab.base.files import read_json, write_json
 
 TB_DIR = "tensorboard"
 TRACKING_FILE = "tracking.json"
@@ -99,7 +99,7 @@ def literal(draw: Any) -> Any:
 
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from cifarlab.figures import literal_text  # deferred: figures imports matplotlib
+        from cifarlab.base.figures import literal_text  # deferred: figures imports matplotlib
 
         return literal_text(draw)(*args, **kwargs)
 
@@ -109,7 +109,7 @@ def literal(draw: Any) -> Any:
 @literal
 def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.ndarray:
     """The confusion matrix (rows: true class, shaded by the row's share), counts written in the cells."""
-    from cifarlab.figures import new_figure
+    from cifarlab.base.figures import new_figure
 
     fig = new_figure(7.0, 6.0)
     ax = fig.add_subplot()
@@ -137,7 +137,7 @@ def confusion_image(counts: np.ndarray, classes: list[str], title: str) -> np.nd
 @literal
 def misclassified_image(images: np.ndarray, true: list[str], predicted: list[str]) -> np.ndarray:
     """A grid of test images, each captioned ``true -> predicted``."""
-    from cifarlab.figures import new_figure
+    from cifarlab.base.figures import new_figure
 
     cols = 4
     rows = max(1, -(-len(images) // cols))

@@ -25,13 +25,15 @@ from torch import nn
 
 from cifarlab import distributed
 from cifarlab.averaging import WeightAverager, make_averager
+from cifarlab.base.errors import CifarlabError, DataError, UsageError
+from cifarlab.base.files import remove_stale_temp_files, write_json
+from cifarlab.base.progress import log, progress
 from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
 from cifarlab.datasets import load_dataset, run_record, validate_dataset
 from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
-from cifarlab.errors import CifarlabError, DataError, UsageError
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
@@ -45,16 +47,8 @@ from cifarlab.optim import (
     per_batch_schedule,
     steps_per_epoch,
 )
-from cifarlab.progress import log, progress
-from cifarlab.runfiles import (
-    RunLock,
-    check_writable,
-    new_run_dir,
-    remove_stale_temp_files,
-    write_json,
-    write_metrics_csv,
-)
 from cifarlab.runfolder import FORMAT_VERSION
+from cifarlab.runs.layout import RunLock, check_writable, new_run_dir, write_metrics_csv
 from cifarlab.scaling import scale_to_data
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 from cifarlab.transfer import apply_init, check_fits, init_record, load_init

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifarlab.base.errors import UsageError
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.errors import UsageError
 from cifarlab.fast import config_fields, model_kwargs
 from cifarlab.models import head_name
 

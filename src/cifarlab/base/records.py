@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifarlab.errors import CifarlabError, escape
+from cifarlab.base.errors import CifarlabError, escape
 
 MAX_BYTES = 16 * 1024 * 1024  # a run's own records are kilobytes; sweep.json of 10,000 runs is a few MB
 MAX_DEPTH = 32  # the deepest record cifarlab writes is 5 levels

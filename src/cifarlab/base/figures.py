@@ -16,7 +16,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cifarlab.runfiles import atomic_write
+from cifarlab.base.files import atomic_write
 
 DPI = 100
 
