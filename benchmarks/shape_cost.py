@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from cifarlab.flags import positive_int
-from cifarlab.models import FastCNN, FastConvGroup, count_macs
+from cifarlab.models.fastcnn import FastCNN, FastConvGroup
+from cifarlab.models.registry import count_macs
 
 Shape = tuple[int, int, int]
 

@@ -27,7 +27,7 @@ from cifarlab.config import make_config
 from cifarlab.device import place_model
 from cifarlab.fast import model_kwargs
 from cifarlab.flags import positive_int
-from cifarlab.models import build_model, count_macs
+from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import make_optimizer
 from cifarlab.train import train_step
 

@@ -16,7 +16,7 @@ from cifarlab import analysis, runfolder
 from cifarlab.base.errors import CifarlabError
 from cifarlab.cli import main
 from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
-from cifarlab.models import MODELS, build_model
+from cifarlab.models.registry import MODELS, build_model
 
 SHIP, TRUCK, CAT, DOG = 8, 9, 3, 5
 

@@ -76,7 +76,7 @@ def test_an_existing_run_is_never_overwritten(tiny_run, fake_cifar, capsys, tmp_
 
 
 def test_models_lists_every_model(capsys):
-    from cifarlab.models import MODELS
+    from cifarlab.models.registry import MODELS
 
     assert main(["models"]) == 0
     out = capsys.readouterr().out

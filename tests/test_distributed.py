@@ -31,7 +31,7 @@ from cifarlab.runs.layout import read_metrics_csv
 HELPER = '''
 import sys
 from torch import nn
-from cifarlab.models import register
+from cifarlab.models.registry import register
 
 
 @register("tiny-nobn")

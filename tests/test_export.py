@@ -19,7 +19,7 @@ from cifarlab.base.errors import CifarlabError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import ImageData, load_cifar10, normalize
-from cifarlab.models import build_model
+from cifarlab.models.registry import build_model
 
 pytestmark = pytest.mark.required_in_ci  # the test extra installs the export extra: with CI=true a skip fails
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}

@@ -15,7 +15,8 @@ from cifarlab.config import RECIPES, TrainConfig, make_config
 from cifarlab.data import Batches, load_cifar10
 from cifarlab.fast import model_kwargs
 from cifarlab.infer import tta_logits
-from cifarlab.models import build_model, init_whitening, patch_whitening
+from cifarlab.models.fastcnn import init_whitening, patch_whitening
+from cifarlab.models.registry import build_model
 from cifarlab.optim import RunLength, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py

@@ -29,7 +29,7 @@ from cifarlab.base.errors import CheckpointError, UsageError, escape
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES
-from cifarlab.models import build_model
+from cifarlab.models.registry import build_model
 from cifarlab.predict import Result, load_image, render
 
 ACCEPTED = " (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from cifarlab.base.errors import UsageError
-from cifarlab.models import MODELS, build_model, conv_bn_relu, count_macs, count_params, describe
+from cifarlab.models.mycnn import conv_bn_relu
+from cifarlab.models.registry import MODELS, build_model, count_macs, count_params, model_summary
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -16,7 +17,7 @@ def test_every_model_maps_images_to_ten_logits(name):
     with torch.no_grad():
         out = model(torch.randn(4, 3, 32, 32))
     assert out.shape == (4, 10)
-    assert describe(name)  # every factory has a docstring
+    assert model_summary(name)  # every factory has a docstring
 
 
 def test_unknown_model_is_a_usage_error():

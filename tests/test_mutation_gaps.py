@@ -50,7 +50,7 @@ from cifarlab.data import (
     stratified_split,
 )
 from cifarlab.metrics import nll, per_class_accuracy, summarize, topk_accuracy, topk_hits, write_test_results
-from cifarlab.models import MODELS, build_model
+from cifarlab.models.registry import MODELS, build_model
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics: counted by hand on 7 samples of 4 classes (ranks of the true class: 1, 2, 3, 1, 2, 2, 4)

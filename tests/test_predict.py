@@ -15,7 +15,7 @@ from cifarlab.base.errors import CheckpointError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import CLASSES, load_cifar10, normalize
-from cifarlab.models import build_model
+from cifarlab.models.registry import build_model
 from cifarlab.predict import load_image, predict_files
 
 NOT_AN_IMAGE = "not an image in an accepted format (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"

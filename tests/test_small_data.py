@@ -133,7 +133,7 @@ def test_the_scaling_is_printed_at_the_start(small_folder, tmp_path, capsys):
 
 
 def test_the_same_classes_keep_the_head_and_other_classes_get_a_new_one(source_run):
-    from cifarlab.models import build_model
+    from cifarlab.models.registry import build_model
 
     state = load_init(source_run)
     assert Path(state["path"]).name == "last.pt"  # the fast recipe tests last.pt: that is the run's model
@@ -187,7 +187,7 @@ def test_freeze_epochs_hold_the_body_and_the_run_records_its_init(source_run, ot
 
 
 def build_like(state):
-    from cifarlab.models import build_model
+    from cifarlab.models.registry import build_model
 
     return build_model(state["model_name"], num_classes=len(state["classes"]), **state["model_kwargs"])
 

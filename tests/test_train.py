@@ -20,7 +20,7 @@ from cifarlab.cli import main
 from cifarlab.config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.data import CLASSES, default_val_size, load_cifar10
 from cifarlab.evaluate import evaluate
-from cifarlab.models import build_model
+from cifarlab.models.registry import build_model
 from cifarlab.runs.layout import METRICS_COLUMNS, read_metrics_csv
 from cifarlab.train import train
 

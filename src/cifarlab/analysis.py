@@ -547,7 +547,7 @@ def ensure_analysis(run: Path, data_dir: str | None = None) -> dict[str, Any]:
     return analyze(run, data_dir=data_dir)
 
 
-def describe(summary: dict[str, Any], out: Path) -> str:
+def summary_text(summary: dict[str, Any], out: Path) -> str:
     """Two lines for the terminal about a finished analysis."""
     pair = summary["most_confused"]
     confused = f"most confused {pair['true']} -> {pair['predicted']} ({pair['count']})" if pair else "no mistakes"
@@ -569,12 +569,12 @@ def analyze_after_training(run_dir: Path, data: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - the run is finished and saved; a missing figure must not undo it
         log(f"analysis not written ({type(exc).__name__}: {exc}); retry with: cifarlab analyze {run_dir}")
         return
-    log(describe(summary, run_dir / ANALYSIS_DIR))
+    log(summary_text(summary, run_dir / ANALYSIS_DIR))
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     summary = analyze(args.run, data_dir=args.data_dir, images=not args.no_images, dataset=args.dataset)
-    print(describe(summary, Path(args.run) / ANALYSIS_DIR))
+    print(summary_text(summary, Path(args.run) / ANALYSIS_DIR))
     return 0
 
 

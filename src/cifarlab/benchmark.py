@@ -182,7 +182,7 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
 
     from cifarlab.data import Batches, channel_stats
     from cifarlab.device import place_model
-    from cifarlab.models import build_model
+    from cifarlab.models.registry import build_model
 
     images, labels = data.train_images, data.train_labels
     mean, std = channel_stats(images[:10000])
@@ -406,7 +406,7 @@ def benchmark(
     ``image_size`` and ``labels`` choose the images, as ``cifarlab train`` does."""
     from cifarlab.datasets import load_dataset
     from cifarlab.device import pick_device
-    from cifarlab.models import MODELS
+    from cifarlab.models.registry import MODELS
 
     settings = settings or Settings()
     unknown = [m for m in settings.models if m not in MODELS]

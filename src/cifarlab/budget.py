@@ -37,7 +37,7 @@ from cifarlab.data import Batches
 from cifarlab.device import autocast, place_model, synchronize
 from cifarlab.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.infer import tta_views
-from cifarlab.models import build_model, count_macs
+from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import RunLength, make_optimizer, steps_per_epoch
 
 WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (why from 16: docs/benchmarks.md)

@@ -38,7 +38,7 @@ from cifarlab.datachecks import (
     is_int_in,
     normalisation_problems,
 )
-from cifarlab.models import MODELS, build_model, head_name, kwargs_problems, shorten
+from cifarlab.models.registry import MODELS, build_model, head_name, kwargs_problems, shorten
 from cifarlab.runs.layout import resolve_checkpoint
 
 REQUIRED_KEYS = ("model", "model_name", "config", "mean", "std", "classes")

@@ -205,12 +205,12 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cifarlab.models import MODELS, build_model, count_macs, count_params, describe
+    from cifarlab.models.registry import MODELS, build_model, count_macs, count_params, model_summary
 
     print(f"{'name':<16} {'parameters':>12} {'MACs/image':>12}  description")
     for name in MODELS:
         model = build_model(name)
-        print(f"{name:<16} {count_params(model):>12,} {count_macs(model):>12,}  {describe(name)}")
+        print(f"{name:<16} {count_params(model):>12,} {count_macs(model):>12,}  {model_summary(name)}")
     return 0
 
 

@@ -385,7 +385,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def validate(config: TrainConfig) -> None:
     """Reject values that would fail later with an obscure error: every field's type and range, then the
     combinations. Reads the fields only, so it works on frozen and mutable configs alike."""
-    from cifarlab.models import MODELS  # local import: models imports torch
+    from cifarlab.models.registry import MODELS  # local import: models imports torch
 
     check_values(dataclasses.asdict(config))
     if config.model not in MODELS:

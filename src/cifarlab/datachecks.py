@@ -11,7 +11,7 @@ from typing import Any
 
 from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cifarlab.data import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
-from cifarlab.models import MAX_CLASSES, shorten
+from cifarlab.models.registry import MAX_CLASSES, shorten
 
 DEFAULT_IMAGE_SIZE = 32  # checkpoints without an image size are CIFAR-10's
 

@@ -91,7 +91,7 @@ def reload(record: dict[str, Any], data_dir: str | os.PathLike | None = None, da
     if kind not in (*DATASETS, "folder"):
         raise DataError(f"the run's dataset record has an unknown kind {escape(str(kind))!r}")
     if dataset is not None and dataset != kind and (kind != "folder" or dataset in DATASETS):
-        raise DataError(f"this run was trained on {describe(record)}, not on {escape(dataset)}")
+        raise DataError(f"this run was trained on {dataset_words(record)}, not on {escape(dataset)}")
     if kind == "folder":
         path = dataset or record.get("path")
         if not isinstance(path, str) or not Path(path).is_dir():
@@ -111,7 +111,7 @@ def reload(record: dict[str, Any], data_dir: str | os.PathLike | None = None, da
     return data
 
 
-def describe(record: dict[str, Any]) -> str:
+def dataset_words(record: dict[str, Any]) -> str:
     """The dataset of a record in a few words: "cifar10", "cifar100 (coarse labels)" or the folder's path."""
     kind = record.get("kind", "cifar10")
     if kind == "folder":

@@ -203,7 +203,7 @@ def export(
             f"the exported {fmt} model differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}) on "
             f"{source}; nothing was written"
         )
-    info = describe(state, fmt, out, source, diff)
+    info = export_record(state, fmt, out, source, diff)
     if out.parent != Path(""):
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def embedded_metadata(state: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def describe(state: dict[str, Any], fmt: str, out: Path, source: str, diff: float) -> dict[str, Any]:
+def export_record(state: dict[str, Any], fmt: str, out: Path, source: str, diff: float) -> dict[str, Any]:
     """Everything a user of the exported file needs, without cifarlab."""
     from cifarlab.checkpoint import checkpoint_image_size
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.models import probe_forward
+from cifarlab.models.registry import probe_forward
 
 MIN_SPATIAL = 4
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cifarlab.data import Batches
-from cifarlab.models import head_name
+from cifarlab.models.registry import head_name
 
 
 @dataclass

@@ -38,7 +38,8 @@ from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
 from cifarlab.metrics import write_test_results
-from cifarlab.models import WHITEN_IMAGES, build_model, count_macs, count_params, init_whitening
+from cifarlab.models.fastcnn import WHITEN_IMAGES, init_whitening
+from cifarlab.models.registry import build_model, count_macs, count_params
 from cifarlab.optim import (
     RunLength,
     body_parameters,

@@ -20,7 +20,7 @@ from torch import nn
 from cifarlab.base.errors import UsageError
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.fast import config_fields, model_kwargs
-from cifarlab.models import head_name
+from cifarlab.models.registry import head_name
 
 
 def load_init(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Run folders: where each file of a run lives, and reading and writing them."""
