@@ -35,7 +35,7 @@ COMMON = ["--device", "cpu", "--no-analysis", "--seed", "0", "--limit-train", "5
 # Stops a run after epoch 1 the way Ctrl-C would; the run folder then holds last.pt of epoch 1.
 STOP_AFTER_EPOCH_1 = """
 import sys
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.base.errors import CifarlabError
 from cifarlab.train import train
 

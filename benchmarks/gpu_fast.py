@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.config import make_config, parse_overrides
+from cifarlab.config.train_config import make_config, parse_overrides
 from cifarlab.data import load_cifar10
 from cifarlab.train import train
 

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.data import load_cifar10
 from cifarlab.train import train
 

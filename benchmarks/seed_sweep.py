@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.config import make_config, parse_overrides
+from cifarlab.config.train_config import make_config, parse_overrides
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from cifarlab.config import make_config
+from cifarlab.config.fast import model_kwargs
+from cifarlab.config.train_config import make_config
 from cifarlab.device import place_model
-from cifarlab.fast import model_kwargs
 from cifarlab.flags import positive_int
 from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import make_optimizer

@@ -360,7 +360,7 @@ class SmallConfig:
 
     def __call__(self, *, out: Path, recipe: str = "seed", **values: Any) -> Any:
         """A TrainConfig writing its run into ``out`` (``name`` defaults to "run")."""
-        from cifarlab.config import make_config
+        from cifarlab.config.train_config import make_config
 
         return make_config(recipe, **self.values(out=str(out), **{"name": "run", **values}))
 

@@ -29,7 +29,7 @@ from cifarlab.budget import (
     time_probe,
 )
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.data import Batches
 from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import RunLength

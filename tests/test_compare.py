@@ -12,7 +12,7 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.compare import build_comparison, group_key
-from cifarlab.config import TrainConfig
+from cifarlab.config.train_config import TrainConfig
 
 
 def accuracy(run: Path) -> float:

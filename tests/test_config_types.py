@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import cifarlab.data
 from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
-from cifarlab.config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
+from cifarlab.config.train_config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
 
 
 def field_error(values: dict) -> str:

@@ -21,7 +21,7 @@ from cifarlab.base.files import FileLock, write_json
 from cifarlab.budget import Probe, time_probe
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.data import Batches
 from cifarlab.interrupts import Stop, StopSignals, exit_code
 from cifarlab.optim import steps_per_epoch

@@ -11,9 +11,9 @@ from torch import nn
 
 from cifarlab.averaging import WeightAverager
 from cifarlab.base.errors import UsageError
-from cifarlab.config import RECIPES, TrainConfig, make_config
+from cifarlab.config.fast import model_kwargs
+from cifarlab.config.train_config import RECIPES, TrainConfig, make_config
 from cifarlab.data import Batches, load_cifar10
-from cifarlab.fast import model_kwargs
 from cifarlab.infer import tta_logits
 from cifarlab.models.fastcnn import init_whitening, patch_whitening
 from cifarlab.models.registry import build_model

@@ -19,7 +19,7 @@ from cifarlab import tracking
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import read_json
 from cifarlab.cli import build_parser, main
-from cifarlab.config import TrainConfig, parse_overrides
+from cifarlab.config.train_config import TrainConfig, parse_overrides
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder
 
 

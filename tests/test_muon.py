@@ -10,7 +10,7 @@ from torch import nn
 
 from cifarlab.base.errors import UsageError
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.models.registry import build_model
 from cifarlab.optim import MuonSGD, make_optimizer, orthogonalize
 from cifarlab.train import train

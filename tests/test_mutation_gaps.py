@@ -953,7 +953,7 @@ def test_the_misclassified_grid_shows_the_misclassified_test_images_and_no_other
 def test_the_seed_recipe_trains_and_tests_in_fp32_even_on_a_bf16_cpu(small_config, engine_patch, tmp_path):
     """bf16 is opt-in (the fast recipes ask for it): the seed recipe, and a config written before bf16 existed,
     train in fp32 on a CPU that computes bf16 in hardware."""
-    from cifarlab.config import TrainConfig
+    from cifarlab.config.train_config import TrainConfig
     from cifarlab.train import train
 
     engine_patch("cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs, whatever runs the test
@@ -1010,7 +1010,7 @@ def test_a_time_budget_run_ends_inside_its_budget_with_a_final_test_that_takes_i
     planner reserved for its pass: the run uses the budget and ends inside it, the test included."""
     import cifarlab.budget as budget_module
     from cifarlab.budget import Probe
-    from cifarlab.config import make_config
+    from cifarlab.config.train_config import make_config
     from cifarlab.infer import tta_views
     from cifarlab.train import train
 

@@ -13,7 +13,7 @@ import pytest
 from cifarlab import tracking
 from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 

@@ -17,7 +17,7 @@ from cifarlab.base.errors import UsageError
 from cifarlab.base.progress import progress
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
-from cifarlab.config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
+from cifarlab.config.train_config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.data import CLASSES, default_val_size, load_cifar10
 from cifarlab.evaluate import evaluate
 from cifarlab.models.registry import build_model

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cifarlab.config import TrainConfig, make_config
+from cifarlab.config.train_config import TrainConfig, make_config
 from cifarlab.runfolder import RunFolder
 
 __all__ = ["RunFolder", "TrainConfig", "analyze", "compare", "load_run", "predict", "recipe", "report", "train"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cifarlab.base.errors import UsageError
 from cifarlab.base.files import read_json, write_json
 from cifarlab.base.progress import log
-from cifarlab.config import make_config
+from cifarlab.config.train_config import make_config
 from cifarlab.flags import add_data_flags
 
 # cli.py imports this module to register the command: torch and the engine are imported inside the functions that

@@ -32,10 +32,10 @@ from typing import Any
 import torch
 
 from cifarlab.base.errors import UsageError
-from cifarlab.config import TrainConfig
+from cifarlab.config.fast import WIDTH_MODELS, model_kwargs
+from cifarlab.config.train_config import TrainConfig
 from cifarlab.data import Batches
 from cifarlab.device import autocast, place_model, synchronize
-from cifarlab.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.infer import tta_views
 from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import RunLength, make_optimizer, steps_per_epoch

@@ -14,7 +14,7 @@ from cifarlab.analysis import register_analyze
 from cifarlab.base.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.benchmark import register_benchmark
 from cifarlab.compare import register_compare
-from cifarlab.config import COMPILE_MODES, OPTIMIZERS
+from cifarlab.config.train_config import COMPILE_MODES, OPTIMIZERS
 from cifarlab.flags import add_data_flags, non_negative_int, positive_float, positive_int, seed_int
 from cifarlab.report import register_report
 from cifarlab.sweep import register_sweep
@@ -92,7 +92,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.analysis import analyze_after_training
-    from cifarlab.config import TrainConfig, make_config
+    from cifarlab.config.train_config import TrainConfig, make_config
     from cifarlab.datasets import load_dataset
     from cifarlab.distributed import is_main_process
     from cifarlab.train import train
@@ -129,7 +129,7 @@ def resume_config(args: argparse.Namespace) -> Any:
     """
     from cifarlab.base.progress import log
     from cifarlab.checkpoint import load_checkpoint
-    from cifarlab.config import TrainConfig
+    from cifarlab.config.train_config import TrainConfig
     from cifarlab.data import resolve_data_dir
 
     run = Path(args.resume)
@@ -215,7 +215,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from cifarlab.config import RECIPE_HELP, RECIPES
+    from cifarlab.config.train_config import RECIPE_HELP, RECIPES
 
     for name in RECIPES:
         print(f"{name:<16} {RECIPE_HELP.get(name, '')}")

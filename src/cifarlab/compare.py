@@ -33,7 +33,7 @@ import numpy as np
 
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import atomic_write, write_json
-from cifarlab.config import TrainConfig
+from cifarlab.config.train_config import TrainConfig
 from cifarlab.runfolder import RunFolder
 
 GROUP_IGNORES = ("seed", "name", "out")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cifarlab.config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from cifarlab.config.train_config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from cifarlab.data import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
 from cifarlab.models.registry import MAX_CLASSES, shorten
 

@@ -105,7 +105,7 @@ class RunFolder:
     @cached_property
     def config(self) -> Any:
         """The run's :class:`~cifarlab.config.TrainConfig`."""
-        from cifarlab.config import TrainConfig
+        from cifarlab.config.train_config import TrainConfig
 
         return TrainConfig.load(self.path / CONFIG_JSON)
 

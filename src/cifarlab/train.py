@@ -30,11 +30,12 @@ from cifarlab.base.files import remove_stale_temp_files, write_json
 from cifarlab.base.progress import log, progress
 from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
 from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from cifarlab.config import TrainConfig, validate
+from cifarlab.config.fast import model_kwargs
+from cifarlab.config.scaling import scale_to_data
+from cifarlab.config.train_config import TrainConfig, validate
 from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
 from cifarlab.datasets import load_dataset, run_record, validate_dataset
 from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
-from cifarlab.fast import model_kwargs
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
 from cifarlab.metrics import write_test_results
@@ -50,7 +51,6 @@ from cifarlab.optim import (
 )
 from cifarlab.runfolder import FORMAT_VERSION
 from cifarlab.runs.layout import RunLock, check_writable, new_run_dir, write_metrics_csv
-from cifarlab.scaling import scale_to_data
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 from cifarlab.transfer import apply_init, check_fits, init_record, load_init
 

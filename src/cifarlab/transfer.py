@@ -19,7 +19,7 @@ from torch import nn
 
 from cifarlab.base.errors import UsageError
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.fast import config_fields, model_kwargs
+from cifarlab.config.fast import config_fields, model_kwargs
 from cifarlab.models.registry import head_name
 
 

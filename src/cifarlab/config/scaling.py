@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cifarlab.config import RECIPES, TrainConfig, recipe_value
+from cifarlab.config.train_config import RECIPES, TrainConfig, recipe_value
 
 VAL_SHARE = 0.1  # of the training images held out for validation, below the recipe's val_size cap
 MIN_STEPS_PER_EPOCH = 25  # fewer steps an epoch than this at the recipe's batch size: the batch comes down

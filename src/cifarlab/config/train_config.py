@@ -18,7 +18,7 @@ from typing import Any
 
 from cifarlab.base.errors import UsageError
 from cifarlab.base.records import loads_json, read_json_object
-from cifarlab.fast import validate_fast
+from cifarlab.config.fast import validate_fast
 
 
 @dataclass(frozen=True)
