@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.data import ImageData, load_cifar10
+from cifarlab.data.cifar10 import ImageData, load_cifar10
 
 
 def write_airbench_data(data: ImageData, folder: Path) -> None:

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airbench_anchor import final_row, write_airbench_data  # noqa: E402  (the GPU anchor's data and parser)
-from cifarlab.data import load_cifar10  # noqa: E402
+from cifarlab.data.cifar10 import load_cifar10  # noqa: E402
 
 Widths = tuple[int, int, int]  # channels of airbench's three blocks
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from cifarlab.config.train_config import make_config
-from cifarlab.data import load_cifar10
+from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.train import train
 
 

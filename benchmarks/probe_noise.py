@@ -19,7 +19,7 @@ import torch
 from cifarlab.base.errors import CifarlabError
 from cifarlab.budget import PROBE_STEPS, PROBE_WIDTH, time_probe
 from cifarlab.config.train_config import make_config
-from cifarlab.data import load_cifar10
+from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.train import prepare_data, probe_batches, train_step
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.checkpoint import load_checkpoint
-from cifarlab.datasets import reload
+from cifarlab.data.loading import reload
 from cifarlab.device import pick_device, uses_bf16
 from cifarlab.flags import positive_int
 from cifarlab.infer import evaluate_checkpoint, inference_model

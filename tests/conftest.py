@@ -47,7 +47,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
 
-from cifarlab.data import CLASSES  # noqa: E402
+from cifarlab.data.cifar10 import CLASSES  # noqa: E402
 
 # One thread: on a shared 2-core machine, two OpenMP threads that wait for each other stall small models.
 torch.set_num_threads(1)

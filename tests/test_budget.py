@@ -30,7 +30,7 @@ from cifarlab.budget import (
 )
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config.train_config import make_config
-from cifarlab.data import Batches
+from cifarlab.data.batches import Batches
 from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import RunLength
 from cifarlab.train import train, train_step

@@ -82,7 +82,7 @@ def test_a_cifar100_in_coarse_labels_through_every_command(make_fake_cifar100, t
     assert meta.is_file()
     data = ["--dataset", "cifar100", "--labels", "coarse", "--image-size", "32", "--data-dir", str(data_dir)]
     runs = tmp_path / "runs"
-    from cifarlab.cifar100 import read_names
+    from cifarlab.data.cifar100 import read_names
 
     coarse = read_names(meta, "coarse")
     assert len(coarse) == 20

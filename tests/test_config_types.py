@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cifarlab.data
+import cifarlab.data.cifar10
 from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
 from cifarlab.config.train_config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
@@ -148,7 +148,7 @@ def no_data(monkeypatch, tmp_path) -> Path:
     def forbidden(url, dest):
         raise AssertionError("the data was looked for before the config was checked")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", forbidden)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", forbidden)
     return tmp_path / "no-data"
 
 

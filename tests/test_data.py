@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from cifarlab.base.errors import DataError
-from cifarlab.data import (
-    CLASSES,
-    Batches,
-    balanced_subset,
-    channel_stats,
-    load_cifar10,
-    random_crop,
-    random_flip,
-    resolve_data_dir,
-    stratified_split,
-)
+from cifarlab.data.batches import Batches, random_crop, random_flip
+from cifarlab.data.cifar10 import CLASSES, load_cifar10, resolve_data_dir
+from cifarlab.data.split import balanced_subset, channel_stats, stratified_split
 
 
 def test_reads_generated_batches_in_official_format(fake_cifar):
@@ -106,12 +98,12 @@ def test_label_out_of_range_is_reported(fake_cifar, tmp_path):
 
 
 def test_absent_folder_offline_explains_how_to_fix(tmp_path, monkeypatch, capsys):
-    import cifarlab.data
+    import cifarlab.data.cifar10
 
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", offline)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", offline)
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "nowhere")
     text = str(info.value)

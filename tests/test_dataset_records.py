@@ -18,8 +18,9 @@ from PIL import Image
 from cifarlab.base.errors import DataError
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
-from cifarlab.data import FLAT_STD, ImageData, channel_stats, flat_channels, load_cifar10
-from cifarlab.datasets import load_dataset, validate_dataset
+from cifarlab.data.cifar10 import ImageData, load_cifar10
+from cifarlab.data.loading import load_dataset, validate_dataset
+from cifarlab.data.split import FLAT_STD, channel_stats, flat_channels
 from cifarlab.metrics import summarize, topk_accuracy
 from cifarlab.train import train
 

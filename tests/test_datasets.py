@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import cifarlab.data
-from cifarlab import cifar100, folders, images
+import cifarlab.data.cifar10
 from cifarlab.base.errors import DataError, UsageError
-from cifarlab.datasets import load_dataset, reload, run_record
+from cifarlab.data import cifar100, folders, images
+from cifarlab.data.loading import load_dataset, reload, run_record
 
 # --- image folders: layouts ------------------------------------------------------------------------------------
 
@@ -402,7 +402,7 @@ def serve(monkeypatch, archive: Path, md5: str | None = None) -> list[str]:
         urls.append(url)
         shutil.copyfile(archive, dest)
 
-    monkeypatch.setattr(cifarlab.data, "fetch", fake_fetch)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", fake_fetch)
     monkeypatch.setattr(cifar100, "CIFAR100_MD5", md5 or hashlib.md5(archive.read_bytes()).hexdigest())
     return urls
 

@@ -22,7 +22,7 @@ from cifarlab.budget import Probe, time_probe
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
-from cifarlab.data import Batches
+from cifarlab.data.batches import Batches
 from cifarlab.interrupts import Stop, StopSignals, exit_code
 from cifarlab.optim import steps_per_epoch
 from cifarlab.runs.layout import RunLock, read_metrics_csv

@@ -18,7 +18,8 @@ import torch
 from cifarlab.base.errors import CifarlabError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
-from cifarlab.data import ImageData, load_cifar10, normalize
+from cifarlab.data.cifar10 import ImageData, load_cifar10
+from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model
 
 pytestmark = pytest.mark.required_in_ci  # the test extra installs the export extra: with CI=true a skip fails
@@ -218,7 +219,7 @@ def test_the_torchscript_file_carries_its_classes_and_size(folder_checkpoint, tm
 
 
 def test_the_check_runs_on_the_held_out_images_the_record_reloads(folder_checkpoint, tmp_path, monkeypatch):
-    import cifarlab.datasets
+    import cifarlab.data.loading
     from cifarlab.export import check_images
 
     held_out = torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
@@ -229,7 +230,7 @@ def test_the_check_runs_on_the_held_out_images_the_record_reloads(folder_checkpo
         labels = torch.zeros(30, dtype=torch.long)
         return ImageData(held_out, labels, held_out, labels, FIVE, record=record)
 
-    monkeypatch.setattr(cifarlab.datasets, "reload", reload)
+    monkeypatch.setattr(cifarlab.data.loading, "reload", reload)
     state = load_checkpoint(folder_checkpoint)
     images, source = check_images(state, "cifar-folder", str(tmp_path / "moved"))
     assert calls == [("folder", "cifar-folder", str(tmp_path / "moved"))]

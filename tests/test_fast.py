@@ -13,7 +13,8 @@ from cifarlab.averaging import WeightAverager
 from cifarlab.base.errors import UsageError
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.train_config import RECIPES, TrainConfig, make_config
-from cifarlab.data import Batches, load_cifar10
+from cifarlab.data.batches import Batches
+from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.infer import tta_logits
 from cifarlab.models.fastcnn import init_whitening, patch_whitening
 from cifarlab.models.registry import build_model

@@ -14,7 +14,7 @@ import airbench  # the test extra installs it (pyproject.toml): a plain import, 
 import pytest
 import torch
 
-from cifarlab.data import load_cifar10
+from cifarlab.data.cifar10 import load_cifar10
 
 pytestmark = pytest.mark.required_in_ci
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import cifarlab.data
+import cifarlab.data.cifar10
 from cifarlab.base.errors import DataError
 from cifarlab.cli import build_parser, main, resume_config
-from cifarlab.data import BATCH_DIR, load_cifar10
-from cifarlab.safe_pickle import load_restricted
+from cifarlab.data.cifar10 import BATCH_DIR, load_cifar10
+from cifarlab.data.safe_pickle import load_restricted
 
 
 class WritesMarker:
@@ -134,7 +134,7 @@ def reads(monkeypatch) -> list[Path]:
         seen.append(Path(path))
         return load_restricted(path, *args, **kwargs)
 
-    monkeypatch.setattr(cifarlab.data, "load_restricted", spy)
+    monkeypatch.setattr(cifarlab.data.cifar10, "load_restricted", spy)
     return seen
 
 
@@ -149,7 +149,7 @@ def nowhere(monkeypatch, tmp_path) -> Path:
     def offline(url, dest):
         raise OSError("offline in tests")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", offline)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", offline)
     return cwd
 
 
@@ -237,9 +237,9 @@ def serve(monkeypatch, archive: Path, trust: bool = True) -> list[str]:
         fetched.append(url)
         shutil.copyfile(archive, dest)
 
-    monkeypatch.setattr(cifarlab.data, "fetch", fake_fetch)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", fake_fetch)
     if trust:
-        monkeypatch.setattr(cifarlab.data, "CIFAR_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+        monkeypatch.setattr(cifarlab.data.cifar10, "CIFAR_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     return fetched
 
 
@@ -250,7 +250,7 @@ def leftovers(root: Path) -> list[str]:
 def test_a_download_is_verified_extracted_and_installed(fake_cifar, tmp_path, monkeypatch):
     fetched = serve(monkeypatch, build_archive(fake_cifar, tmp_path / "a.tar.gz"))
     data = load_cifar10(tmp_path / "root")
-    assert fetched == [cifarlab.data.CIFAR_URL]
+    assert fetched == [cifarlab.data.cifar10.CIFAR_URL]
     assert data.train_images.shape == (1000, 3, 32, 32) and data.root == tmp_path / "root"
     assert leftovers(tmp_path / "root") == []  # neither the archive nor the temporary folder stays
 
@@ -260,7 +260,7 @@ def test_a_download_with_the_wrong_bytes_is_refused(fake_cifar, tmp_path, monkey
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "root")
     text = str(info.value)
-    assert "checksum mismatch" in text and cifarlab.data.CIFAR_MD5 in text and len(text.splitlines()) == 1
+    assert "checksum mismatch" in text and cifarlab.data.cifar10.CIFAR_MD5 in text and len(text.splitlines()) == 1
     assert not (tmp_path / "root").exists()  # nothing installed, no empty folder
 
 
@@ -294,7 +294,7 @@ def test_a_partial_folder_from_an_earlier_failure_is_replaced(fake_cifar, tmp_pa
     root = tmp_path / "root"
     (root / BATCH_DIR).mkdir(parents=True)
     shutil.copy(fake_cifar / BATCH_DIR / "data_batch_1", root / BATCH_DIR)  # extraction stopped early
-    stale = root / (cifarlab.data.DOWNLOAD_PREFIX + "killed")  # a download killed before its cleanup
+    stale = root / (cifarlab.data.cifar10.DOWNLOAD_PREFIX + "killed")  # a download killed before its cleanup
     stale.mkdir()
     (stale / "cifar-10-python.tar.gz").write_bytes(b"half an archive")
     with pytest.raises(DataError, match="missing CIFAR-10 file: .*data_batch_2"):
@@ -312,7 +312,7 @@ def test_an_interrupted_download_installs_nothing_and_the_next_one_works(fake_ci
         dest.write_bytes(archive.read_bytes()[:1000])
         raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", cut_off)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", cut_off)
     with pytest.raises(DataError, match="connection reset"):
         load_cifar10(tmp_path / "root")
     assert not (tmp_path / "root").exists()

@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from cifarlab import images
 from cifarlab.base.errors import CheckpointError, UsageError, escape
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
-from cifarlab.data import CLASSES
+from cifarlab.data import images
+from cifarlab.data.cifar10 import CLASSES
 from cifarlab.models.registry import build_model
 from cifarlab.predict import Result, load_image, render
 

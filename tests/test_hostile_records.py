@@ -448,7 +448,7 @@ def test_a_tensorboard_log_of_a_run_whose_class_names_hold_dollars_works(tmp_pat
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cifarlab.data import ImageData
+    from cifarlab.data.cifar10 import ImageData
 
     def no_math(*args, **kwargs):
         raise AssertionError("a name was parsed as math text")

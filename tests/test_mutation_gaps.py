@@ -27,7 +27,7 @@ import pytest
 import torch
 from torch import nn
 
-import cifarlab.data
+import cifarlab.data.cifar10
 from cifarlab.base.errors import CheckpointError, DataError
 from cifarlab.checkpoint import (
     describe_mismatch,
@@ -36,19 +36,9 @@ from cifarlab.checkpoint import (
     save_checkpoint,
     unwrap,
 )
-from cifarlab.data import (
-    BATCH_DIR,
-    CLASSES,
-    Batches,
-    balanced_subset,
-    fetch,
-    file_md5,
-    load_cifar10,
-    random_crop,
-    random_translate,
-    reflect_index,
-    stratified_split,
-)
+from cifarlab.data.batches import Batches, random_crop, random_translate, reflect_index
+from cifarlab.data.cifar10 import BATCH_DIR, CLASSES, fetch, file_md5, load_cifar10
+from cifarlab.data.split import balanced_subset, stratified_split
 from cifarlab.metrics import nll, per_class_accuracy, summarize, topk_accuracy, topk_hits, write_test_results
 from cifarlab.models.registry import MODELS, build_model
 
@@ -260,7 +250,7 @@ def test_a_complete_folder_is_read_without_downloading(fake_cifar, monkeypatch):
     def no_fetch(url, dest):
         raise AssertionError("a complete folder must not be downloaded again")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", no_fetch)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", no_fetch)
     assert len(load_cifar10(fake_cifar).train_labels) == 1000
 
 
@@ -284,8 +274,8 @@ def serve(monkeypatch, archive: Path) -> list[Path]:
         dests.append(dest)
         shutil.copyfile(archive, dest)
 
-    monkeypatch.setattr(cifarlab.data, "fetch", fake_fetch)
-    monkeypatch.setattr(cifarlab.data, "CIFAR_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", fake_fetch)
+    monkeypatch.setattr(cifarlab.data.cifar10, "CIFAR_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     return dests
 
 
@@ -308,7 +298,7 @@ def test_a_download_is_written_in_a_temporary_folder_inside_the_data_folder(smal
     assert len(load_cifar10(root).train_labels) == 50
     [dest] = dests
     assert dest.name == "cifar-10-python.tar.gz" and dest.parent.parent == root
-    assert dest.parent.name.startswith(cifarlab.data.DOWNLOAD_PREFIX) and not dest.parent.exists()
+    assert dest.parent.name.startswith(cifarlab.data.cifar10.DOWNLOAD_PREFIX) and not dest.parent.exists()
     assert sorted(p.name for p in root.iterdir()) == [BATCH_DIR]
 
 
@@ -336,7 +326,8 @@ def test_a_download_that_is_not_a_tar_gz_is_refused(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "root")
     assert (
-        str(info.value) == f"{cifarlab.data.CIFAR_URL}: the download is not a readable tar.gz archive (not a gzip file)"
+        str(info.value)
+        == f"{cifarlab.data.cifar10.CIFAR_URL}: the download is not a readable tar.gz archive (not a gzip file)"
     )
     assert not (tmp_path / "root").exists()
 
@@ -357,14 +348,14 @@ def test_an_archive_without_a_batch_file_is_refused(small_cifar, tmp_path, monke
     serve(monkeypatch, archive_of(small_cifar / BATCH_DIR, tmp_path / "a.tar.gz", leave_out="data_batch_5"))
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "root")
-    assert str(info.value) == f"{cifarlab.data.CIFAR_URL}: the archive has no {BATCH_DIR}/data_batch_5"
+    assert str(info.value) == f"{cifarlab.data.cifar10.CIFAR_URL}: the archive has no {BATCH_DIR}/data_batch_5"
 
 
 def test_a_failed_download_keeps_a_data_folder_that_existed_before(tmp_path, monkeypatch):
     def offline(url, dest):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(cifarlab.data, "fetch", offline)
+    monkeypatch.setattr(cifarlab.data.cifar10, "fetch", offline)
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(DataError) as info:
@@ -380,7 +371,7 @@ def test_a_failed_download_keeps_a_data_folder_that_existed_before(tmp_path, mon
 
 def test_a_checksum_mismatch_says_nothing_was_installed(small_cifar, tmp_path, monkeypatch):
     serve(monkeypatch, archive_of(small_cifar / BATCH_DIR, tmp_path / "a.tar.gz"))
-    monkeypatch.setattr(cifarlab.data, "CIFAR_MD5", "0" * 32)
+    monkeypatch.setattr(cifarlab.data.cifar10, "CIFAR_MD5", "0" * 32)
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "root")
     assert str(info.value).endswith(
@@ -415,7 +406,7 @@ def test_balanced_subset_spreads_the_remainder_over_the_first_classes_and_follow
 def test_channel_stats_are_exact_in_float64_even_without_bright_pixels():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 10, size=(30, 3, 8, 8), dtype=np.uint8)  # no value reaches 255
-    mean, std = cifarlab.data.channel_stats(torch.from_numpy(images))
+    mean, std = cifarlab.data.split.channel_stats(torch.from_numpy(images))
     x = images.astype(np.float64) / 255
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-12)
     np.testing.assert_allclose(std, x.std(axis=(0, 2, 3), ddof=1), rtol=1e-12)
@@ -937,7 +928,7 @@ def test_the_misclassified_grid_shows_the_misclassified_test_images_and_no_other
     for position, wrong in zip(index, y_pred != y_true, strict=True):
         images[position] = torch.tensor(RED if wrong else GREEN, dtype=torch.uint8).view(3, 1, 1)
     labels = torch.tensor([9, 9, *y_true.tolist()])
-    data = cifarlab.data.ImageData(images, labels, images, labels, list(CLASSES))
+    data = cifarlab.data.cifar10.ImageData(images, labels, images, labels, list(CLASSES))
 
     tracker = Tracker(tmp_path, {"model": "mycnn", "seed": 0}, tensorboard=False, mlflow_uri=None)
     grid = tracker.figures(tmp_path, data)["misclassified"].astype(int)

@@ -21,7 +21,7 @@ from torch import nn
 from cifarlab import analysis, plots, runfolder
 from cifarlab.base.errors import DataError
 from cifarlab.compare import build_comparison, comparison_markdown, group_key
-from cifarlab.data import CLASSES, ImageData
+from cifarlab.data.cifar10 import CLASSES, ImageData
 from cifarlab.gradcam import find_target_layer, grad_cam
 from cifarlab.report import report
 
@@ -245,7 +245,7 @@ def test_gradcam_of_a_checkpoint_that_does_not_fit_is_skipped_with_the_reason(hu
 
 
 def test_images_are_read_again_from_the_runs_dataset_record(hundred, monkeypatch, tmp_path):
-    import cifarlab.datasets
+    import cifarlab.data.loading
 
     run = hundred["run"]
     y = hundred_class_predictions()[0]
@@ -255,7 +255,7 @@ def test_images_are_read_again_from_the_runs_dataset_record(hundred, monkeypatch
         calls.append((record, data_dir, dataset))
         return image_data(run.parent, y)
 
-    monkeypatch.setattr(cifarlab.datasets, "reload", reload)
+    monkeypatch.setattr(cifarlab.data.loading, "reload", reload)
     pred = runfolder.load_predictions(run)
     images, reason = analysis.load_test_images(run, pred, data_dir=str(tmp_path / "cifar"), dataset="moved")
     assert reason is None and images.shape[-1] == SIZE
@@ -266,7 +266,7 @@ def test_images_are_read_again_from_the_runs_dataset_record(hundred, monkeypatch
     def refuse(record, data_dir=None, dataset=None):
         raise DataError("the images found are not the ones this run was trained on (their file list differs)")
 
-    monkeypatch.setattr(cifarlab.datasets, "reload", refuse)
+    monkeypatch.setattr(cifarlab.data.loading, "reload", refuse)
     images, reason = analysis.load_test_images(run, pred)
     assert images is None and "file list differs" in reason and "--dataset" in reason
 
@@ -274,7 +274,7 @@ def test_images_are_read_again_from_the_runs_dataset_record(hundred, monkeypatch
 def test_cli_analyze_takes_a_moved_image_folder(hundred, monkeypatch, tmp_path, capsys):
     import shutil
 
-    import cifarlab.datasets
+    import cifarlab.data.loading
     from cifarlab.cli import main
 
     run = Path(shutil.copytree(hundred["run"], tmp_path / "pets"))
@@ -285,7 +285,7 @@ def test_cli_analyze_takes_a_moved_image_folder(hundred, monkeypatch, tmp_path, 
         asked.append(dataset)
         return image_data(hundred["run"].parent, y)
 
-    monkeypatch.setattr(cifarlab.datasets, "reload", reload)
+    monkeypatch.setattr(cifarlab.data.loading, "reload", reload)
     assert main(["analyze", str(run), "--dataset", str(tmp_path / "moved")]) == 0
     assert asked == [str(tmp_path / "moved")] and (run / "analysis" / "misclassified.png").is_file()
     assert f"test images from {hundred['run'].parent / 'pictures'}" in capsys.readouterr().out

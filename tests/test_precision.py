@@ -118,7 +118,7 @@ def test_scoring_runs_in_bf16_only_when_asked_and_on_a_capable_cpu_and_returns_f
 @pytest.mark.parametrize("bf16", [True, False])
 def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypatch, bf16):
     """A checkpoint of a bf16 run is scored in bf16 (on a capable CPU) by evaluate and predict, as its test was."""
-    from cifarlab.data import ImageData
+    from cifarlab.data.cifar10 import ImageData
     from cifarlab.infer import evaluate_checkpoint
     from cifarlab.predict import classify
 

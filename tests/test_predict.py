@@ -14,7 +14,8 @@ from cifarlab import predict
 from cifarlab.base.errors import CheckpointError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
-from cifarlab.data import CLASSES, load_cifar10, normalize
+from cifarlab.data.cifar10 import CLASSES, load_cifar10
+from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model
 from cifarlab.predict import load_image, predict_files
 

@@ -11,7 +11,7 @@ import torch
 
 from cifarlab.config.scaling import MIN_BATCH, MIN_STEPS_PER_EPOCH, scale_to_data
 from cifarlab.config.train_config import RECIPES, make_config
-from cifarlab.data import class_quotas, stratified_split
+from cifarlab.data.split import class_quotas, stratified_split
 from cifarlab.transfer import apply_init, load_init, weights_sha256
 
 # --- scaling ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
-from cifarlab.data import load_cifar10
+from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.infer import evaluate_checkpoint
 from cifarlab.train import Stopwatch, train
 

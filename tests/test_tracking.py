@@ -81,7 +81,7 @@ def test_the_end_of_a_run_logs_its_confusion_matrix_and_misclassified_images(tmp
     import numpy as np
     import torch
 
-    from cifarlab.data import CLASSES, ImageData
+    from cifarlab.data.cifar10 import CLASSES, ImageData
 
     y_true = np.array([0, 1, 2, 3, 4, 5, 6, 7])
     y_pred = np.array([0, 1, 2, 3, 4, 9, 9, 1])

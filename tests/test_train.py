@@ -18,7 +18,8 @@ from cifarlab.base.progress import progress
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.config.train_config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
-from cifarlab.data import CLASSES, default_val_size, load_cifar10
+from cifarlab.data.cifar10 import CLASSES, load_cifar10
+from cifarlab.data.split import default_val_size
 from cifarlab.evaluate import evaluate
 from cifarlab.models.registry import build_model
 from cifarlab.runs.layout import METRICS_COLUMNS, read_metrics_csv

@@ -4,7 +4,7 @@ Nothing is retrained or re-evaluated: every number comes from ``RUN/test_predict
 softmax probabilities of the held-out test set), computed with torchmetrics so the same code can reduce
 across processes. Class names come from the run's dataset record (``run.json`` "dataset"), so any number of
 classes works; images for the galleries and Grad-CAM are read again from the run's dataset
-(:func:`cifarlab.datasets.reload`) and looked up by the saved ``index``, at the run's image size.
+(:func:`cifarlab.data.loading.reload`) and looked up by the saved ``index``, at the run's image size.
 Everything is written to ``RUN/analysis/`` (see ``docs/analysis.md`` for every file and column).
 
 Conventions, stated once:
@@ -268,8 +268,8 @@ def load_test_images(
     put the wrong pictures under a caption.
     """
     from cifarlab.base.progress import log
-    from cifarlab.data import resolve_data_dir
-    from cifarlab.datasets import reload
+    from cifarlab.data.cifar10 import resolve_data_dir
+    from cifarlab.data.loading import reload
 
     if data is None:
         record = recorded_dataset(run) or {"kind": "cifar10"}
@@ -406,7 +406,7 @@ def gradcam_analysis(
 
     from cifarlab import plots
     from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-    from cifarlab.data import normalize
+    from cifarlab.data.split import normalize
     from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
 
     checkpoint = "best.pt"
@@ -496,7 +496,7 @@ def analyze(
 ) -> dict[str, Any]:
     """Write the whole analysis of ``run`` into ``RUN/analysis/`` and return its summary.
 
-    ``data`` (a loaded :class:`cifarlab.data.ImageData`) saves reading the images again right after training;
+    ``data`` (a loaded :class:`cifarlab.data.cifar10.ImageData`) saves reading the images again right after training;
     otherwise they come from the run's dataset (``data_dir``: the CIFAR folder; ``dataset``: an image folder
     that has moved since training).
     With ``images=False`` (or when the test images cannot be found) galleries and Grad-CAM are skipped and

@@ -180,7 +180,8 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
     """Median images/s of each model with cifarlab's pipeline and the reference one, and a data-only row."""
     import torch
 
-    from cifarlab.data import Batches, channel_stats
+    from cifarlab.data.batches import Batches
+    from cifarlab.data.split import channel_stats
     from cifarlab.device import place_model
     from cifarlab.models.registry import build_model
 
@@ -269,7 +270,7 @@ def run_seed(
     """The seed recipe with the test set scored after each epoch; scoring time is taken off the clock."""
     import torch
 
-    from cifarlab.data import Batches
+    from cifarlab.data.batches import Batches
     from cifarlab.infer import infer
     from cifarlab.train import prepare_data, train
 
@@ -404,7 +405,7 @@ def benchmark(
 
     ``overrides`` go to every training config (tests use them to fit the fake data set); ``dataset``,
     ``image_size`` and ``labels`` choose the images, as ``cifarlab train`` does."""
-    from cifarlab.datasets import load_dataset
+    from cifarlab.data.loading import load_dataset
     from cifarlab.device import pick_device
     from cifarlab.models.registry import MODELS
 

@@ -34,7 +34,7 @@ import torch
 from cifarlab.base.errors import UsageError
 from cifarlab.config.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.config.train_config import TrainConfig
-from cifarlab.data import Batches
+from cifarlab.data.batches import Batches
 from cifarlab.device import autocast, place_model, synchronize
 from cifarlab.infer import tta_views
 from cifarlab.models.registry import build_model, count_macs

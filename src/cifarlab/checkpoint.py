@@ -3,7 +3,7 @@
 Keys: ``model`` (state dict), ``model_name``, ``model_kwargs`` (factory arguments, optional), ``optimizer``,
 ``scheduler``, ``epoch`` (epochs completed), ``config`` (the TrainConfig as a dict), ``mean``/``std``
 (training-split normalisation), ``classes``, ``image_size`` (pixels per side the model was trained at;
-absent means 32, CIFAR-10's), ``dataset`` (the run's dataset record, see :class:`cifarlab.data.ImageData`;
+absent means 32, CIFAR-10's), ``dataset`` (the run's dataset record, see :class:`cifarlab.data.cifar10.ImageData`;
 optional), ``rng`` (torch RNG states and the batch generator's state), ``best_val_top1``, ``history`` (metrics
 rows).
 Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` can read it:
@@ -29,7 +29,7 @@ from torch import nn
 
 from cifarlab.base.errors import CheckpointError
 from cifarlab.base.files import atomic_write
-from cifarlab.datachecks import (
+from cifarlab.data.checks import (
     DEFAULT_IMAGE_SIZE,
     classes_problems,
     dataset_problems,

@@ -93,7 +93,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.analysis import analyze_after_training
     from cifarlab.config.train_config import TrainConfig, make_config
-    from cifarlab.datasets import load_dataset
+    from cifarlab.data.loading import load_dataset
     from cifarlab.distributed import is_main_process
     from cifarlab.train import train
     from cifarlab.transfer import with_init_model
@@ -130,7 +130,7 @@ def resume_config(args: argparse.Namespace) -> Any:
     from cifarlab.base.progress import log
     from cifarlab.checkpoint import load_checkpoint
     from cifarlab.config.train_config import TrainConfig
-    from cifarlab.data import resolve_data_dir
+    from cifarlab.data.cifar10 import resolve_data_dir
 
     run = Path(args.resume)
     if not (run / "last.pt").is_file():

@@ -7,7 +7,7 @@ from typing import Any
 
 from cifarlab.base.errors import CheckpointError, UsageError
 from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
-from cifarlab.datasets import data_source, reload
+from cifarlab.data.loading import data_source, reload
 from cifarlab.device import pick_device
 from cifarlab.infer import evaluate_checkpoint
 from cifarlab.metrics import write_test_results

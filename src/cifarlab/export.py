@@ -141,8 +141,8 @@ def check_images(state: dict[str, Any], data_dir: str | None, dataset: str | Non
     run trained on."""
     from cifarlab.base.errors import DataError
     from cifarlab.checkpoint import checkpoint_image_size
-    from cifarlab.data import resolve_data_dir
-    from cifarlab.datasets import reload
+    from cifarlab.data.cifar10 import resolve_data_dir
+    from cifarlab.data.loading import reload
 
     size = checkpoint_image_size(state)
     record = state.get("dataset") or {"kind": "cifar10", "image_size": size}  # older checkpoints: CIFAR-10
@@ -168,7 +168,7 @@ def check_images(state: dict[str, Any], data_dir: str | None, dataset: str | Non
 
 def held_out_source(record: dict[str, Any], data_dir: str | None, dataset: str | None) -> str:
     """What the check images are, for the JSON and the message: e.g. 'CIFAR-10 test images in /data'."""
-    from cifarlab.data import resolve_data_dir
+    from cifarlab.data.cifar10 import resolve_data_dir
 
     kind = record.get("kind", "cifar10")
     if kind in KIND_NAMES:

@@ -16,7 +16,9 @@ from torch import nn
 
 from cifarlab import distributed
 from cifarlab.checkpoint import model_from_checkpoint
-from cifarlab.data import Batches, ImageData, stratified_split
+from cifarlab.data.batches import Batches
+from cifarlab.data.cifar10 import ImageData
+from cifarlab.data.split import stratified_split
 from cifarlab.device import autocast, place_model
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level

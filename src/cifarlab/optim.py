@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.data import Batches
+from cifarlab.data.batches import Batches
 from cifarlab.models.registry import head_name
 
 

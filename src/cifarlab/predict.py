@@ -1,6 +1,6 @@
 """``cifarlab predict``: classify the user's own images with a trained checkpoint.
 
-Each image is read by :mod:`cifarlab.images` (any format Pillow knows, upright by its EXIF orientation,
+Each image is read by :mod:`cifarlab.data.images` (any format Pillow knows, upright by its EXIF orientation,
 transparency flattened onto white, RGB, the largest centred square resized to the checkpoint's image size with
 Pillow's bilinear filter, in bounded memory) and normalised with the checkpoint's training-split mean and std,
 exactly as training normalised its data. A file that cannot be read gets an error line of its own; the others
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from cifarlab.base.errors import CheckpointError, UsageError, escape
-from cifarlab.images import IMAGE_SIZE, image_suffixes, load_image
+from cifarlab.data.images import IMAGE_SIZE, image_suffixes, load_image
 
 BATCH = 256
 MAX_IMAGE_SIZE = 512  # the largest image size a checkpoint may ask for (as --image-size)
@@ -80,7 +80,7 @@ def classify(
 
     ``tta`` and ``bf16`` are the run's own test-time augmentation level and precision, so predict scores an image
     as evaluate would."""
-    from cifarlab.data import Batches
+    from cifarlab.data.batches import Batches
     from cifarlab.infer import infer
 
     logits, _ = infer(

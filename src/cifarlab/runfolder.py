@@ -34,7 +34,7 @@ FORMAT_VERSION = 1  # of run.json; raise it (and teach migrate) when a field cha
 
 def cifar10_record() -> dict[str, Any]:
     """The dataset record of a run made before runs recorded their data: CIFAR-10 at 32 px, marked ``assumed``."""
-    from cifarlab.data import CLASSES
+    from cifarlab.data.cifar10 import CLASSES
 
     return {
         "kind": "cifar10",
@@ -135,7 +135,7 @@ class RunFolder:
     @property
     def classes(self) -> list[str]:
         """Class names in label order, from the run's dataset record (CIFAR-10's for the oldest runs)."""
-        from cifarlab.data import CLASSES
+        from cifarlab.data.cifar10 import CLASSES
 
         names = (self.info.get("dataset") or {}).get("classes")
         return list(names) if isinstance(names, list) else list(CLASSES)
@@ -260,7 +260,7 @@ def is_name_list(value: Any, length: int) -> bool:
 def class_names(run: Path, num_classes: int) -> list[str]:
     """Class names in label order: the run's dataset record, else the names saved with the test metrics (the
     checkpoint's), else CIFAR-10's for a run that predates dataset records, else 'class k'."""
-    from cifarlab.data import CLASSES
+    from cifarlab.data.cifar10 import CLASSES
 
     record = recorded_dataset(run)
     if is_name_list(record.get("classes"), num_classes):

@@ -16,7 +16,7 @@ from cifarlab.base.files import atomic_write, write_json
 from cifarlab.base.progress import log
 from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config.train_config import make_config
-from cifarlab.datasets import load_dataset
+from cifarlab.data.loading import load_dataset
 from cifarlab.distributed import is_main_process
 from cifarlab.report import report
 from cifarlab.train import train

@@ -1409,7 +1409,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
 
 def resolve_data_dir(data_dir: str | None) -> Path:
     """The data folder as an absolute path: every worker, wherever its working folder, finds the same one."""
-    from cifarlab.data import resolve_data_dir as resolve
+    from cifarlab.data.cifar10 import resolve_data_dir as resolve
 
     return resolve(data_dir).resolve()
 

@@ -154,7 +154,7 @@ def official_test_images(config: dict[str, Any], data: Any) -> np.ndarray | None
     """The run's test images as (N, 3, S, S) uint8, from ``data`` or read again as the run's config says; None if
     they cannot be read."""
     if data is None:
-        from cifarlab.datasets import load_dataset
+        from cifarlab.data.loading import load_dataset
 
         try:
             data = load_dataset(

@@ -33,8 +33,10 @@ from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.scaling import scale_to_data
 from cifarlab.config.train_config import TrainConfig, validate
-from cifarlab.data import Batches, ImageData, balanced_subset, channel_stats, normalize, stratified_split
-from cifarlab.datasets import load_dataset, run_record, validate_dataset
+from cifarlab.data.batches import Batches
+from cifarlab.data.cifar10 import ImageData
+from cifarlab.data.loading import load_dataset, run_record, validate_dataset
+from cifarlab.data.split import balanced_subset, channel_stats, normalize, stratified_split
 from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code

@@ -1,4 +1,4 @@
-"""CIFAR-10 as in-memory uint8 tensors: reading, validating, splitting, normalising and batching.
+"""CIFAR-10 as in-memory uint8 tensors: reading and validating the official files, and the download.
 
 The whole dataset is ~180 MB, so it is read once into tensors and every batch is cut, augmented and
 normalised as a tensor operation: no per-image PIL work and no DataLoader workers in the training loop.
@@ -13,7 +13,6 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from cifarlab.base.errors import DataError, escape
-from cifarlab.safe_pickle import load_restricted, one_line
+from cifarlab.data.safe_pickle import load_restricted, one_line
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -36,8 +35,6 @@ NUM_CLASSES = 10
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MAX_CLASS_NAME = 100  # characters in a class name, as image folders and checkpoints allow
 CHANNELS = ("red", "green", "blue")
-MIN_STD = 1 / 255  # a channel that varies less than one grey level over the training split is centred, not scaled
-FLAT_STD = 1.0  # the std such a channel is divided by (no real std of [0, 1] values reaches it)
 
 
 @dataclass
@@ -317,200 +314,3 @@ def files_fingerprint(root: Path, names: list[str]) -> str:
     for name in sorted(names):
         digest.update(f"{name}\0{(root / name).stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
-
-
-def class_quotas(counts: list[int], total: int) -> list[int]:
-    """Split ``total`` over classes in proportion to their sizes (largest remainders first; ties to lower
-    classes): ``total // C`` each when the classes are equally large, as in CIFAR. A class of two or more images
-    whose share rounds to none gets one, taken from the largest quota."""
-    n = sum(counts)
-    exact = [total * c / n for c in counts]
-    quotas = [int(e) for e in exact]
-    order = sorted(range(len(counts)), key=lambda c: (-(exact[c] - quotas[c]), c))
-    for c in order[: total - sum(quotas)]:
-        quotas[c] += 1
-    for c in range(len(counts)):  # a class too small for its share still gets one image, from the largest quota
-        if quotas[c] == 0 and counts[c] >= 2 and max(quotas) > 1:
-            quotas[quotas.index(max(quotas))] -= 1
-            quotas[c] = 1
-    return quotas
-
-
-def default_val_size(num_train: int) -> int:
-    """10% of the training images (5,000 on CIFAR), as in the course project."""
-    return num_train // 10
-
-
-def stratified_split(
-    labels: torch.Tensor, val_size: int | None, seed: int, num_classes: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a train/validation split holding out ``val_size`` images (None: 10%), each class in proportion.
-
-    Reproducible from the seed alone; both index tensors are sorted so the split is easy to compare and save.
-    """
-    num_classes = num_classes or (int(labels.max()) + 1 if len(labels) else 0)
-    val_size = default_val_size(len(labels)) if val_size is None else val_size
-    counts = [int((labels == c).sum()) for c in range(num_classes)]
-    if not len(labels):
-        raise DataError("no training images to split")
-    quotas = class_quotas(counts, val_size)
-    gen = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = [], []
-    for c in range(num_classes):
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        if len(idx) <= quotas[c]:
-            raise DataError(f"class {c} has only {len(idx)} images; cannot hold out {quotas[c]} for validation")
-        val_idx.append(idx[: quotas[c]])
-        train_idx.append(idx[quotas[c] :])
-    return torch.cat(train_idx).sort().values, torch.cat(val_idx).sort().values
-
-
-def balanced_subset(indices: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """A class-balanced random subset of ``indices`` with n images (n/C per class, remainder spread)."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    num_classes = int(labels.max()) + 1
-    chosen = []
-    for c in range(num_classes):
-        idx = indices[labels[indices] == c]
-        take = n // num_classes + (1 if c < n % num_classes else 0)
-        chosen.append(idx[torch.randperm(len(idx), generator=gen)[:take]])
-    return torch.cat(chosen).sort().values
-
-
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale. Computed on the training split only.
-
-    Exact, from a 256-bin histogram per channel: a float64 copy of the training split would take ~1.2 GB and
-    seconds that a --time-budget run would rather spend training. A channel (nearly) constant over the split, std
-    below MIN_STD, gets std FLAT_STD: it is only centred, where dividing by 0 would make every input NaN."""
-    counts = torch.stack([torch.bincount(images[:, c].reshape(-1), minlength=256) for c in range(images.shape[1])])
-    counts = counts.double()
-    values = torch.arange(256, dtype=torch.float64) / 255
-    n = counts.sum(1)
-    mean = (counts * values).sum(1) / n
-    var = (counts * (values - mean[:, None]) ** 2).sum(1) / (n - 1)  # unbiased, as torch.std
-    return mean.tolist(), [std if std >= MIN_STD else FLAT_STD for std in var.sqrt().tolist()]
-
-
-def flat_channels(std: list[float]) -> list[str]:
-    """The names of the channels :func:`channel_stats` found constant (centred only), e.g. ["blue"]."""
-    return [CHANNELS[c] if c < len(CHANNELS) else str(c) for c, value in enumerate(std) if value == FLAT_STD]
-
-
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised per channel."""
-    x = images.float().div_(255)
-    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
-
-
-def send(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Random numbers drawn on the CPU, sent to ``device``. To a GPU through pinned memory without waiting: a plain
-    copy would make the CPU wait for every queued step, twice per batch."""
-    if device.type == "cuda":
-        return values.pin_memory().to(device, non_blocking=True)
-    return values.to(device)
-
-
-def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Pad every image by ``padding`` zeros and cut a random 32x32 window from each, in one gather."""
-    n, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
-    dy = send(torch.randint(0, 2 * padding + 1, (n,), generator=gen), images.device)
-    dx = send(torch.randint(0, 2 * padding + 1, (n,), generator=gen), images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (n, h, 1)
-    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (n, 1, w)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
-
-
-def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    flip = send(torch.rand(len(images), generator=gen) < 0.5, images.device)
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
-
-
-def reflect_index(index: torch.Tensor, size: int) -> torch.Tensor:
-    """Map positions up to ``size - 1`` outside [0, size) back inside by mirroring at the edges (reflect padding)."""
-    index = index.abs()
-    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
-
-
-def random_translate(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``max_shift`` pixels each way, filling the edge by reflection, in one gather.
-
-    The result has channels-last strides (it is gathered in NHWC), which channels-last models take without a copy.
-    """
-    n, _, h, w = images.shape
-    dev = images.device
-    dy = send(torch.randint(-max_shift, max_shift + 1, (n,), generator=gen), dev)
-    dx = send(torch.randint(-max_shift, max_shift + 1, (n,), generator=gen), dev)
-    rows = reflect_index(dy[:, None] + torch.arange(h, device=dev), h)[:, :, None]  # (n, h, 1)
-    cols = reflect_index(dx[:, None] + torch.arange(w, device=dev), w)[:, None, :]  # (n, 1, w)
-    batch = torch.arange(n, device=dev)[:, None, None]
-    return images.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-class Batches:
-    """Iterate over (normalised float images, labels) batches cut from in-memory uint8 tensors.
-
-    Shuffling and augmentation draw from a CPU generator that lives with the object, so a seeded run
-    gives the same batches in the same order, and the generator's state can be checkpointed.
-    """
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        batch_size: int,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        shuffle: bool = False,
-        augment: str = "none",
-        crop_padding: int = 4,
-        seed: int = 0,
-        device: torch.device | str = "cpu",
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        self.images = images.to(device)
-        self.labels = labels.to(device)
-        self.batch_size = batch_size
-        self.mean = mean.to(device)
-        self.std = std.to(device)
-        self.shuffle = shuffle
-        self.augment = augment
-        self.crop_padding = crop_padding
-        self.generator = torch.Generator().manual_seed(seed)
-        self.rank = rank
-        self.world_size = world_size
-        # translate-altflip: each image gets a random flip in the first epoch and the opposite one in the next,
-        # so every pair of epochs sees both orientations (less redundant than independent flips).
-        self.epoch = 0  # passes started so far; its parity picks the flip (restored on resume)
-        if augment == "translate-altflip":
-            self.flip_first = (torch.rand(len(self.images), generator=self.generator) < 0.5).to(device)
-
-    def __len__(self) -> int:
-        n = len(self.images) // self.world_size
-        return (n + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.images)
-        # Every rank draws the same permutation (same seed), then keeps its own interleaved shard:
-        # no overlap between ranks, and the same number of batches on each.
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            order = order[: n - n % self.world_size][self.rank :: self.world_size]
-            n = len(order)
-        order = send(order, self.images.device)
-        odd_epoch = self.epoch % 2 == 1
-        self.epoch += 1
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            x, y = self.images[idx], self.labels[idx]
-            if self.augment == "crop-flip":
-                x = random_flip(random_crop(x, self.crop_padding, self.generator), self.generator)
-            elif self.augment == "translate-altflip":
-                x = random_translate(x, self.crop_padding, self.generator)
-                x = torch.where((self.flip_first[idx] ^ odd_epoch)[:, None, None, None], x.flip(3), x)
-            yield normalize(x, self.mean, self.std), y

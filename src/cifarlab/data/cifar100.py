@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cifarlab.base.errors import DataError, UsageError
-from cifarlab.data import (
+from cifarlab.data.cifar10 import (
     Archive,
     ImageData,
     check_class_names,
@@ -24,7 +24,7 @@ from cifarlab.data import (
     read_labels,
     resolve_data_dir,
 )
-from cifarlab.safe_pickle import load_restricted
+from cifarlab.data.safe_pickle import load_restricted
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

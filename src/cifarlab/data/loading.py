@@ -14,11 +14,12 @@ from typing import Any
 
 from cifarlab.base.errors import DataError, UsageError, escape
 from cifarlab.base.progress import log
-from cifarlab.cifar100 import LABELS, load_cifar100
-from cifarlab.data import ImageData, flat_channels, load_cifar10, resolve_data_dir
-from cifarlab.datachecks import data_problems, normalisation_problems
-from cifarlab.folders import load_folder
-from cifarlab.images import check_fits, resize_images
+from cifarlab.data.checks import data_problems, normalisation_problems
+from cifarlab.data.cifar10 import ImageData, load_cifar10, resolve_data_dir
+from cifarlab.data.cifar100 import LABELS, load_cifar100
+from cifarlab.data.folders import load_folder
+from cifarlab.data.images import check_fits, resize_images
+from cifarlab.data.split import flat_channels
 
 DATASETS = ("cifar10", "cifar100")  # built-in names; anything else is the path of an image folder
 CIFAR_SIZE = 32  # CIFAR's own image size, the default for CIFAR

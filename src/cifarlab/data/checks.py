@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from cifarlab.config.train_config import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
-from cifarlab.data import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
+from cifarlab.data.cifar10 import MAX_CLASS_NAME  # characters in one class name: one limit for every loader
 from cifarlab.models.registry import MAX_CLASSES, shorten
 
 DEFAULT_IMAGE_SIZE = 32  # checkpoints without an image size are CIFAR-10's

@@ -7,7 +7,7 @@ Class names are the sorted folder names, or readable names from ``PATH/classes.t
 Names starting with a dot (hidden files, ``.cifarlab-*``) are ignored; so are files whose extension is not an
 accepted image format's. Symbolic links that lead out of the dataset folder are not followed, and FIFOs, sockets
 and devices are never opened: each is left out and counted in one line. Every image is decoded by
-:mod:`cifarlab.images` (shorter side to S, centre crop, RGB), in worker processes; a worker that dies (the OOM
+:mod:`cifarlab.data.images` (shorter side to S, centre crop, RGB), in worker processes; a worker that dies (the OOM
 killer) stops the load with one line, never a hang.
 
 The decoded tensor is cached under ``$CIFARLAB_CACHE_DIR`` (else ``$XDG_CACHE_HOME/cifarlab``, else
@@ -42,8 +42,8 @@ from cifarlab.base.errors import CifarlabError, DataError, escape
 from cifarlab.base.files import TEMP_SUFFIX, atomic_write
 from cifarlab.base.progress import log, progress
 from cifarlab.base.records import loads_json, read_json
-from cifarlab.data import ImageData
-from cifarlab.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
+from cifarlab.data.cifar10 import ImageData
+from cifarlab.data.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
 
 CLASSES_TXT, CLASSES_JSON = "classes.txt", "classes.json"
 HELD_OUT = ("test", "val")  # held-out folders beside train/, in order of preference
@@ -563,7 +563,7 @@ def split_tensors(scan: Scan, images: np.ndarray, failures: list[tuple[int, str]
 
 
 def folder_record(scan: Scan, image_size: int, failures: list[tuple[int, str]]) -> dict[str, Any]:
-    """What a run saves about the folder (see :class:`cifarlab.data.ImageData`)."""
+    """What a run saves about the folder (see :class:`cifarlab.data.cifar10.ImageData`)."""
     record: dict[str, Any] = {
         "kind": "folder",
         "path": str(scan.root),
