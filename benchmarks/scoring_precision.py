@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.data.loading import reload
 from cifarlab.device import pick_device, uses_bf16
 from cifarlab.flags import positive_int
 from cifarlab.infer import evaluate_checkpoint, inference_model
+from cifarlab.runs.checkpoint import load_checkpoint
 
 
 def main() -> None:

@@ -28,11 +28,11 @@ from cifarlab.budget import (
     plan_budget,
     time_probe,
 )
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config.train_config import make_config
 from cifarlab.data.batches import Batches
 from cifarlab.models.registry import build_model, count_macs
 from cifarlab.optim import RunLength
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.train import train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py

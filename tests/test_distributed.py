@@ -23,10 +23,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.data.batches import Batches
 from cifarlab.data.split import normalize
 from cifarlab.evaluate import evaluate
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
 
 HELPER = '''

@@ -19,12 +19,12 @@ import cifarlab.budget as budget_module
 from cifarlab.base.errors import CifarlabError
 from cifarlab.base.files import FileLock, write_json
 from cifarlab.budget import Probe, time_probe
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.batches import Batches
 from cifarlab.interrupts import Stop, StopSignals, exit_code
 from cifarlab.optim import steps_per_epoch
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import RunLock, read_metrics_csv
 from cifarlab.train import train, train_step
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data.cifar10 import ImageData, load_cifar10
 from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model
+from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.required_in_ci  # the test extra installs the export extra: with CI=true a skip fails
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}

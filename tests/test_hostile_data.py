@@ -180,8 +180,8 @@ def test_evaluate_without_a_data_folder_never_reads_the_recorded_one(lured_run, 
 
 def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, reads, tmp_path, capsys):
     from cifarlab.analysis import analyze
-    from cifarlab.checkpoint import load_checkpoint
     from cifarlab.export import check_images
+    from cifarlab.runs.checkpoint import load_checkpoint
 
     run, marker = lured_run
     summary = analyze(run)
@@ -193,7 +193,7 @@ def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, r
 
 def test_analyze_says_which_folder_it_read(lured_run, fake_cifar, reads, capsys):
     from cifarlab.analysis import load_test_images
-    from cifarlab.runfolder import load_predictions
+    from cifarlab.runs.folder import load_predictions
 
     run, marker = lured_run
     images, reason = load_test_images(run, load_predictions(run), data_dir=str(fake_cifar))

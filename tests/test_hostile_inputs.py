@@ -25,12 +25,12 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from cifarlab.base.errors import CheckpointError, UsageError, escape
-from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.cli import main
 from cifarlab.data import images
 from cifarlab.data.cifar10 import CLASSES
 from cifarlab.models.registry import build_model
 from cifarlab.predict import Result, load_image, render
+from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
 ACCEPTED = " (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -262,7 +262,7 @@ def test_a_huge_claimed_model_is_refused_without_allocating_it(tmp_path):
         torch.save(state, tmp_path / f"claims-{width}.pt")
     script = (
         "import resource, sys\n"
-        "from cifarlab.checkpoint import load_checkpoint\n"
+        "from cifarlab.runs.checkpoint import load_checkpoint\n"
         "from cifarlab.base.errors import CheckpointError\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "for path in sys.argv[1:]:\n"

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from cifarlab.base.errors import UsageError
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config.train_config import make_config
 from cifarlab.models.registry import build_model
 from cifarlab.optim import MuonSGD, make_optimizer, orthogonalize
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py

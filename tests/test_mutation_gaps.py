@@ -29,18 +29,18 @@ from torch import nn
 
 import cifarlab.data.cifar10
 from cifarlab.base.errors import CheckpointError, DataError
-from cifarlab.checkpoint import (
+from cifarlab.data.batches import Batches, random_crop, random_translate, reflect_index
+from cifarlab.data.cifar10 import BATCH_DIR, CLASSES, fetch, file_md5, load_cifar10
+from cifarlab.data.split import balanced_subset, stratified_split
+from cifarlab.models.registry import MODELS, build_model
+from cifarlab.runs.checkpoint import (
     describe_mismatch,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
     unwrap,
 )
-from cifarlab.data.batches import Batches, random_crop, random_translate, reflect_index
-from cifarlab.data.cifar10 import BATCH_DIR, CLASSES, fetch, file_md5, load_cifar10
-from cifarlab.data.split import balanced_subset, stratified_split
-from cifarlab.metrics import nll, per_class_accuracy, summarize, topk_accuracy, topk_hits, write_test_results
-from cifarlab.models.registry import MODELS, build_model
+from cifarlab.runs.metrics import nll, per_class_accuracy, summarize, topk_accuracy, topk_hits, write_test_results
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics: counted by hand on 7 samples of 4 classes (ranks of the true class: 1, 2, 3, 1, 2, 2, 4)

@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarlab import analysis, plots, runfolder
+from cifarlab import analysis, plots
 from cifarlab.base.errors import DataError
 from cifarlab.compare import build_comparison, comparison_markdown, group_key
 from cifarlab.data.cifar10 import CLASSES, ImageData
 from cifarlab.gradcam import find_target_layer, grad_cam
 from cifarlab.report import report
+from cifarlab.runs import folder as runfolder
 
 N_CLASSES, PER_CLASS, SIZE = 100, 5, 64
 CONFUSED = (7, 3)  # true class 7 is mostly predicted as class 3

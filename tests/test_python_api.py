@@ -13,7 +13,7 @@ import pytest
 
 from cifarlab import api as lab
 from cifarlab.base.errors import CifarlabError
-from cifarlab.runfolder import FORMAT_VERSION, RunFolder, migrate
+from cifarlab.runs.folder import FORMAT_VERSION, RunFolder, migrate
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.checkpoint import load_checkpoint
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.train import train
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cifarlab.base.errors import CheckpointError
-from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 class Payload:
@@ -192,7 +192,7 @@ def recorded(tiny_run: Path, **changes) -> dict:
 
 
 def test_a_checkpoint_without_an_image_size_or_dataset_is_a_32px_cifar10_one(tiny_run, tmp_path):
-    from cifarlab.checkpoint import checkpoint_image_size
+    from cifarlab.runs.checkpoint import checkpoint_image_size
 
     path = tmp_path / "old.pt"
     torch.save(recorded(tiny_run, image_size=None, dataset=None), path)
@@ -202,7 +202,7 @@ def test_a_checkpoint_without_an_image_size_or_dataset_is_a_32px_cifar10_one(tin
 
 @pytest.mark.parametrize("kind, size", [("cifar10", 32), ("cifar100", 16), ("folder", 512)])
 def test_a_recorded_image_size_and_dataset_are_accepted(kind, size, tiny_run, tmp_path):
-    from cifarlab.checkpoint import checkpoint_image_size
+    from cifarlab.runs.checkpoint import checkpoint_image_size
 
     path = tmp_path / "new.pt"
     changes = {"image_size": size, "dataset.image_size": size, "dataset.kind": kind}

@@ -10,11 +10,11 @@ import torch
 
 import cifarlab.train as train_module
 from cifarlab.base.errors import CifarlabError, UsageError
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.infer import evaluate_checkpoint
+from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.train import Stopwatch, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py

@@ -29,7 +29,7 @@ import numpy as np
 
 from cifarlab.base.errors import CifarlabError
 from cifarlab.base.files import atomic_write, read_json, write_csv, write_json
-from cifarlab.runfolder import Predictions, dataset_of, load_predictions, recorded_dataset, require_run, run_title
+from cifarlab.runs.folder import Predictions, dataset_of, load_predictions, recorded_dataset, require_run, run_title
 from cifarlab.runs.layout import read_metrics_csv
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `cifarlab --help` stays fast
@@ -82,7 +82,7 @@ def row_normalize(counts: np.ndarray) -> np.ndarray:
 def per_class_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
     """Precision, recall, F1, support and accuracy of each class; ``None`` where a value is 0/0.
 
-    torchmetrics counts true/false positives and false negatives per class (as ``cifarlab.metrics`` does);
+    torchmetrics counts true/false positives and false negatives per class (as ``cifarlab.runs.metrics`` does);
     the ratios are taken here in float64, so 9/20 is written as 0.45 and matches any recomputation exactly.
     """
     import torch
@@ -189,7 +189,7 @@ def headline(pred: Predictions) -> dict[str, Any]:
     """Top-1, top-3 and loss, with the same code that wrote ``test_metrics.json``."""
     import torch
 
-    from cifarlab.metrics import summarize
+    from cifarlab.runs.metrics import summarize
 
     s = summarize(torch.as_tensor(pred.probs), torch.as_tensor(pred.y_true), pred.classes)
     return {"n": s["n"], "top1": s["top1"], "top3": s["top3"], "loss": s["loss"]}
@@ -405,9 +405,9 @@ def gradcam_analysis(
     import torch
 
     from cifarlab import plots
-    from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
     from cifarlab.data.split import normalize
     from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
+    from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
     checkpoint = "best.pt"
     if (run / "test_metrics.json").is_file():

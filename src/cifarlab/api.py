@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.config.train_config import TrainConfig, make_config
-from cifarlab.runfolder import RunFolder
+from cifarlab.runs.folder import RunFolder
 
 __all__ = ["RunFolder", "TrainConfig", "analyze", "compare", "load_run", "predict", "recipe", "report", "train"]
 

@@ -128,9 +128,9 @@ def resume_config(args: argparse.Namespace) -> Any:
     The data folder is never the one recorded in the run: it is --data-dir, else $CIFARLAB_DATA_DIR, else ./data.
     """
     from cifarlab.base.progress import log
-    from cifarlab.checkpoint import load_checkpoint
     from cifarlab.config.train_config import TrainConfig
     from cifarlab.data.cifar10 import resolve_data_dir
+    from cifarlab.runs.checkpoint import load_checkpoint
 
     run = Path(args.resume)
     if not (run / "last.pt").is_file():

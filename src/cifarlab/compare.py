@@ -34,7 +34,7 @@ import numpy as np
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import atomic_write, write_json
 from cifarlab.config.train_config import TrainConfig
-from cifarlab.runfolder import RunFolder
+from cifarlab.runs.folder import RunFolder
 
 GROUP_IGNORES = ("seed", "name", "out")
 # Config fields a run made before they existed lacks, with the values such a run used: every field added to
@@ -169,7 +169,7 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
 def load_record(run: str | Path) -> RunRecord:
     """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
     from cifarlab.analysis import compute_metrics
-    from cifarlab.runfolder import dataset_of, require_run
+    from cifarlab.runs.folder import dataset_of, require_run
 
     path = require_run(run)
     for needed in ("run.json", "config.json"):
@@ -395,7 +395,7 @@ def data_note(comp: Comparison) -> list[tuple[str, str]]:
     first = comp.groups[0].runs[0].dataset
     if all(not dataset_differences(g.runs[0].dataset, first) for g in comp.groups):
         return []
-    from cifarlab.runfolder import dataset_line
+    from cifarlab.runs.folder import dataset_line
 
     return [(g.label, dataset_line(g.runs[0].dataset)) for g in comp.groups]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.base.errors import CheckpointError, UsageError
-from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.data.loading import data_source, reload
 from cifarlab.device import pick_device
 from cifarlab.infer import evaluate_checkpoint
-from cifarlab.metrics import write_test_results
+from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.runs.metrics import write_test_results
 
 
 def evaluate(

@@ -140,9 +140,9 @@ def check_images(state: dict[str, Any], data_dir: str | None, dataset: str | Non
     anyone); an image folder from ``dataset``, else the recorded path, and only if its file list is the one the
     run trained on."""
     from cifarlab.base.errors import DataError
-    from cifarlab.checkpoint import checkpoint_image_size
     from cifarlab.data.cifar10 import resolve_data_dir
     from cifarlab.data.loading import reload
+    from cifarlab.runs.checkpoint import checkpoint_image_size
 
     size = checkpoint_image_size(state)
     record = state.get("dataset") or {"kind": "cifar10", "image_size": size}  # older checkpoints: CIFAR-10
@@ -186,7 +186,7 @@ def export(
     """Write the exported model and ``out.json``; returns what was written into the JSON. ``data_dir`` is the
     CIFAR folder, ``dataset`` an image folder that has moved since training (the check images come from them)."""
     from cifarlab.base.files import atomic_write
-    from cifarlab.checkpoint import load_checkpoint, model_from_checkpoint
+    from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
     out = Path(out)
     fmt = pick_format(fmt, out)
@@ -227,7 +227,7 @@ def sidecar(out: Path) -> Path:
 
 def embedded_metadata(state: dict[str, Any]) -> dict[str, str]:
     """What the exported file carries about itself (strings only, as ONNX metadata properties must be)."""
-    from cifarlab.checkpoint import checkpoint_image_size
+    from cifarlab.runs.checkpoint import checkpoint_image_size
 
     size = checkpoint_image_size(state)
     return {
@@ -240,7 +240,7 @@ def embedded_metadata(state: dict[str, Any]) -> dict[str, str]:
 
 def export_record(state: dict[str, Any], fmt: str, out: Path, source: str, diff: float) -> dict[str, Any]:
     """Everything a user of the exported file needs, without cifarlab."""
-    from cifarlab.checkpoint import checkpoint_image_size
+    from cifarlab.runs.checkpoint import checkpoint_image_size
 
     size = checkpoint_image_size(state)
     return {

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab import distributed
-from cifarlab.checkpoint import model_from_checkpoint
 from cifarlab.data.batches import Batches
 from cifarlab.data.cifar10 import ImageData
 from cifarlab.data.split import stratified_split
 from cifarlab.device import autocast, place_model
+from cifarlab.runs.checkpoint import model_from_checkpoint
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level
 
@@ -73,7 +73,7 @@ def score(
     model: nn.Module, batches: Batches, dist: distributed.DistInfo, device: torch.device, bf16: bool = False
 ) -> dict[str, float]:
     """Loss, top-1 and top-3 over a split (forward passes in bf16 as :func:`infer` says); each process scores its
-    shard and the sums are reduced. Top-3 of 3 classes or fewer counts every image, as in :mod:`cifarlab.metrics`.
+    shard and the sums are reduced. Top-3 of 3 classes or fewer counts every image, as in :mod:`cifarlab.runs.metrics`.
 
     Under DDP every process first takes rank 0's BatchNorm statistics (the ones its checkpoint saves), then
     scores with the plain model, so no collective runs per batch and shards may differ in size.

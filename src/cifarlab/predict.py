@@ -105,9 +105,9 @@ def predict_files(
     ``top_k`` is capped at the number of classes (the default 3 on a 2-class model gives both classes). Images
     are decoded, scored and let go :data:`BATCH` at a time, so a folder of any number of images takes the memory
     of one batch."""
-    from cifarlab.checkpoint import load_checkpoint
     from cifarlab.device import pick_device
     from cifarlab.infer import inference_model, scoring_options
+    from cifarlab.runs.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     classes = list(state["classes"])

@@ -166,14 +166,14 @@ class RunView:
 
     @property
     def title(self) -> str:
-        from cifarlab.runfolder import run_title
+        from cifarlab.runs.folder import run_title
 
         return run_title(self.name, self.info.get("model"))
 
     @property
     def dataset(self) -> dict[str, Any]:
         """The run's dataset record (CIFAR-10 at 32 px, marked assumed, for a run that predates records)."""
-        from cifarlab.runfolder import dataset_or_cifar10
+        from cifarlab.runs.folder import dataset_or_cifar10
 
         return dataset_or_cifar10(self.info.get("dataset"))
 
@@ -195,7 +195,7 @@ def json_object(path: Path, data: Any) -> dict[str, Any]:
 def load_view(run: Path, data_dir: str | None) -> RunView:
     """A run with an up-to-date analysis (computed now if missing or older than the predictions)."""
     from cifarlab.analysis import ensure_analysis
-    from cifarlab.runfolder import RunFolder
+    from cifarlab.runs.folder import RunFolder
 
     summary = json_object(run / "analysis" / "summary.json", ensure_analysis(run, data_dir))
     folder = RunFolder(run)
@@ -761,7 +761,7 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
 
 def data_line(v: RunView) -> str:
     """The run's data in one line for report.md: kind, image size, classes, and where its test images come from."""
-    from cifarlab.runfolder import dataset_line
+    from cifarlab.runs.folder import dataset_line
 
     return f"{dataset_line(v.dataset)}; test images: {shown(v.dataset.get('test'))}"
 
@@ -785,7 +785,7 @@ def per_class_note(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
     """Write the HTML report and report.md for ``runs``; returns the HTML path."""
     from cifarlab.compare import build_comparison, write_comparison
-    from cifarlab.runfolder import require_run
+    from cifarlab.runs.folder import require_run
 
     if not runs:
         raise UsageError("give at least one run folder")

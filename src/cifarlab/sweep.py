@@ -54,7 +54,7 @@ from cifarlab.base.files import FileLock, read_json, write_json
 from cifarlab.base.records import kind_of, loads_toml, loads_yaml, read_bounded_text
 from cifarlab.config.train_config import RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.flags import non_negative_int, positive_float, positive_int
-from cifarlab.runfolder import RunFolder
+from cifarlab.runs.folder import RunFolder
 
 try:
     import fcntl
@@ -467,7 +467,7 @@ def last_error(log_path: Path) -> str:
 def resumed_epoch(run_dir: Path) -> int | None:
     """The epoch a partial run will continue after: the one its last.pt holds (read safely), None if unreadable
     (then ``cifarlab train --resume`` says why)."""
-    from cifarlab.checkpoint import load_checkpoint
+    from cifarlab.runs.checkpoint import load_checkpoint
 
     try:
         return int(load_checkpoint(run_dir, "last.pt")["epoch"])

@@ -29,7 +29,6 @@ from cifarlab.base.errors import CifarlabError, DataError, UsageError
 from cifarlab.base.files import remove_stale_temp_files, write_json
 from cifarlab.base.progress import log, progress
 from cifarlab.budget import BudgetPlan, Pacer, apply_plan, plan_budget
-from cifarlab.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.scaling import scale_to_data
 from cifarlab.config.train_config import TrainConfig, validate
@@ -40,7 +39,6 @@ from cifarlab.data.split import balanced_subset, channel_stats, normalize, strat
 from cifarlab.device import autocast, pick_device, place_model, synchronize, uses_bf16
 from cifarlab.infer import evaluate_checkpoint, score
 from cifarlab.interrupts import StopSignals, exit_code
-from cifarlab.metrics import write_test_results
 from cifarlab.models.fastcnn import WHITEN_IMAGES, init_whitening
 from cifarlab.models.registry import build_model, count_macs, count_params
 from cifarlab.optim import (
@@ -51,8 +49,10 @@ from cifarlab.optim import (
     per_batch_schedule,
     steps_per_epoch,
 )
-from cifarlab.runfolder import FORMAT_VERSION
+from cifarlab.runs.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from cifarlab.runs.folder import FORMAT_VERSION
 from cifarlab.runs.layout import RunLock, check_writable, new_run_dir, write_metrics_csv
+from cifarlab.runs.metrics import write_test_results
 from cifarlab.tracking import NullTracker, Tracker, open_tracker
 from cifarlab.transfer import apply_init, check_fits, init_record, load_init
 

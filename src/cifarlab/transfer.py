@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from cifarlab.base.errors import UsageError
-from cifarlab.checkpoint import load_checkpoint
 from cifarlab.config.fast import config_fields, model_kwargs
 from cifarlab.models.registry import head_name
+from cifarlab.runs.checkpoint import load_checkpoint
 
 
 def load_init(path: str | Path) -> dict[str, Any]:
