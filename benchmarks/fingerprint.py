@@ -37,7 +37,7 @@ STOP_AFTER_EPOCH_1 = """
 import sys
 from cifarlab.config.train_config import make_config
 from cifarlab.base.errors import CifarlabError
-from cifarlab.train import train
+from cifarlab.engine.train import train
 
 data_dir, out, name = sys.argv[1:4]
 config = make_config("fast", epochs=3, limit_train=5000, seed=0, device="cpu", data_dir=data_dir, out=out,

@@ -22,7 +22,7 @@ from pathlib import Path
 from cifarlab.base.errors import CifarlabError
 from cifarlab.config.train_config import make_config, parse_overrides
 from cifarlab.data.cifar10 import load_cifar10
-from cifarlab.train import train
+from cifarlab.engine.train import train
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cifarlab.config.train_config import make_config
 from cifarlab.data.cifar10 import load_cifar10
-from cifarlab.train import train
+from cifarlab.engine.train import train
 
 
 def main() -> None:

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.budget import PROBE_STEPS, PROBE_WIDTH, time_probe
 from cifarlab.config.train_config import make_config
 from cifarlab.data.cifar10 import load_cifar10
-from cifarlab.train import prepare_data, probe_batches, train_step
+from cifarlab.engine.budget import PROBE_STEPS, PROBE_WIDTH, time_probe
+from cifarlab.engine.build import prepare_data, probe_batches
+from cifarlab.engine.train import train_step
 
 
 def main() -> int:

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from cifarlab.data.loading import reload
-from cifarlab.device import pick_device, uses_bf16
+from cifarlab.engine.device import pick_device, uses_bf16
+from cifarlab.engine.infer import evaluate_checkpoint, inference_model
 from cifarlab.flags import positive_int
-from cifarlab.infer import evaluate_checkpoint, inference_model
 from cifarlab.runs.checkpoint import load_checkpoint
 
 

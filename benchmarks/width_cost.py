@@ -25,11 +25,11 @@ import torch
 
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.train_config import make_config
-from cifarlab.device import place_model
+from cifarlab.engine.device import place_model
+from cifarlab.engine.optim import make_optimizer
+from cifarlab.engine.train import train_step
 from cifarlab.flags import positive_int
 from cifarlab.models.registry import build_model, count_macs
-from cifarlab.optim import make_optimizer
-from cifarlab.train import train_step
 
 
 def precision(bf16: bool) -> contextlib.AbstractContextManager:

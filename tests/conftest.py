@@ -63,7 +63,14 @@ CACHE_ENV = "CIFARLAB_CACHE_DIR"  # where decoded image folders are cached: a fr
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: any download through it fails at once
 
 # Where the engine's internals live, for the few tests that must reach or replace one (``engine``, ``engine_patch``).
-ENGINE_MODULES = ("cifarlab.train", "cifarlab.budget", "cifarlab.device", "cifarlab.optim", "cifarlab.infer")
+ENGINE_MODULES = (
+    "cifarlab.engine.train",
+    "cifarlab.engine.build",
+    "cifarlab.engine.budget",
+    "cifarlab.engine.device",
+    "cifarlab.engine.optim",
+    "cifarlab.engine.infer",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------

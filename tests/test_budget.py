@@ -9,9 +9,11 @@ import json
 import pytest
 import torch
 
-import cifarlab.budget as budget_module
+import cifarlab.engine.budget as budget_module
 from cifarlab.base.errors import UsageError
-from cifarlab.budget import (
+from cifarlab.config.train_config import make_config
+from cifarlab.data.batches import Batches
+from cifarlab.engine.budget import (
     MARGIN,
     PROBE_MAX_STEPS,
     PROBE_STEPS,
@@ -28,12 +30,10 @@ from cifarlab.budget import (
     plan_budget,
     time_probe,
 )
-from cifarlab.config.train_config import make_config
-from cifarlab.data.batches import Batches
+from cifarlab.engine.optim import RunLength
+from cifarlab.engine.train import train, train_step
 from cifarlab.models.registry import build_model, count_macs
-from cifarlab.optim import RunLength
 from cifarlab.runs.checkpoint import load_checkpoint
-from cifarlab.train import train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 

@@ -20,9 +20,9 @@ from cifarlab.cli import main
 from cifarlab.data.cifar10 import ImageData, load_cifar10
 from cifarlab.data.loading import load_dataset, validate_dataset
 from cifarlab.data.split import FLAT_STD, channel_stats, flat_channels
+from cifarlab.engine.train import train
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.metrics import summarize, topk_accuracy
-from cifarlab.train import train
 
 QUICK = ["--recipe", "seed", "--epochs", "1", "--image-size", "16", "--device", "cpu"]
 

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import cifarlab.budget as budget_module
+import cifarlab.engine.budget as budget_module
 from cifarlab.base.errors import CifarlabError
 from cifarlab.base.files import FileLock, write_json
-from cifarlab.budget import Probe, time_probe
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.batches import Batches
-from cifarlab.interrupts import Stop, StopSignals, exit_code
-from cifarlab.optim import steps_per_epoch
+from cifarlab.engine.budget import Probe, time_probe
+from cifarlab.engine.interrupts import Stop, StopSignals, exit_code
+from cifarlab.engine.optim import steps_per_epoch
+from cifarlab.engine.train import train, train_step
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import RunLock, read_metrics_csv
-from cifarlab.train import train, train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
@@ -196,11 +196,11 @@ PAUSING_CLI = """
 import sys, time
 from pathlib import Path
 
-import cifarlab.train
+import cifarlab.engine.train
 from cifarlab.cli import main
 
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
-real_train = cifarlab.train.train
+real_train = cifarlab.engine.train.train
 
 
 def pause_after_epoch_1(epoch, model):
@@ -210,7 +210,7 @@ def pause_after_epoch_1(epoch, model):
             time.sleep(0.02)
 
 
-cifarlab.train.train = lambda config, **kwargs: real_train(config, on_epoch=pause_after_epoch_1, **kwargs)
+cifarlab.engine.train.train = lambda config, **kwargs: real_train(config, on_epoch=pause_after_epoch_1, **kwargs)
 sys.exit(main(sys.argv[3:]))
 """
 

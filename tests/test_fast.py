@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.averaging import WeightAverager
 from cifarlab.base.errors import UsageError
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.train_config import RECIPES, TrainConfig, make_config
 from cifarlab.data.batches import Batches
 from cifarlab.data.cifar10 import load_cifar10
-from cifarlab.infer import tta_logits
+from cifarlab.engine.averaging import WeightAverager
+from cifarlab.engine.infer import tta_logits
+from cifarlab.engine.optim import RunLength, param_groups
 from cifarlab.models.fastcnn import init_whitening, patch_whitening
 from cifarlab.models.registry import build_model
-from cifarlab.optim import RunLength, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 
@@ -288,9 +288,9 @@ def test_cli_rejects_width_for_models_without_one(capsys):
 
 
 def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
+    from cifarlab.engine.train import train
     from cifarlab.evaluate import evaluate
     from cifarlab.runs.checkpoint import load_checkpoint
-    from cifarlab.train import train
 
     config = make_config(
         "fast",

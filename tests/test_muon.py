@@ -10,10 +10,10 @@ from torch import nn
 
 from cifarlab.base.errors import UsageError
 from cifarlab.config.train_config import make_config
+from cifarlab.engine.optim import MuonSGD, make_optimizer, orthogonalize
+from cifarlab.engine.train import train
 from cifarlab.models.registry import build_model
-from cifarlab.optim import MuonSGD, make_optimizer, orthogonalize
 from cifarlab.runs.checkpoint import load_checkpoint
-from cifarlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 

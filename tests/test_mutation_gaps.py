@@ -912,7 +912,7 @@ RED, GREEN = (255, 0, 0), (0, 255, 0)
 def test_the_misclassified_grid_shows_the_misclassified_test_images_and_no_others(tmp_path):
     """Correctly classified test images are pure green, misclassified ones pure red: the drawn grid holds red
     pixels and not one green one."""
-    from cifarlab.tracking import Tracker
+    from cifarlab.engine.tracking import Tracker
 
     y_true = np.array([0, 1, 2, 3, 4, 5, 6, 7])
     y_pred = np.array([0, 1, 2, 3, 4, 9, 9, 1])  # the last 3 are wrong
@@ -945,7 +945,7 @@ def test_the_seed_recipe_trains_and_tests_in_fp32_even_on_a_bf16_cpu(small_confi
     """bf16 is opt-in (the fast recipes ask for it): the seed recipe, and a config written before bf16 existed,
     train in fp32 on a CPU that computes bf16 in hardware."""
     from cifarlab.config.train_config import TrainConfig
-    from cifarlab.train import train
+    from cifarlab.engine.train import train
 
     engine_patch("cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs, whatever runs the test
     config = small_config(out=tmp_path, epochs=1, limit_train=100)
@@ -968,7 +968,7 @@ class FakeClock:
 
 def slow_final_test(monkeypatch: pytest.MonkeyPatch, clock: Any, seconds: float) -> list[float]:
     """The final test takes ``seconds`` on ``clock``; returns the list of clock readings at its start."""
-    import cifarlab.train as train_module
+    import cifarlab.engine.train as train_module
 
     real, started = train_module.evaluate_checkpoint, []
 
@@ -985,7 +985,7 @@ def slow_final_test(monkeypatch: pytest.MonkeyPatch, clock: Any, seconds: float)
 def test_the_final_test_counts_in_the_seconds_used(small_config, tmp_path, monkeypatch, timed):
     """Only the final test takes time on the fake clock: seconds_used is exactly its time, for an untimed run and
     for a timed one (whose clock stops for validation and checkpoints, never for the test)."""
-    from cifarlab.train import train
+    from cifarlab.engine.train import train
 
     clock = FakeClock()
     started = slow_final_test(monkeypatch, clock, 7.0)
@@ -999,11 +999,11 @@ def test_a_time_budget_run_ends_inside_its_budget_with_a_final_test_that_takes_i
 ):
     """Probes replaced by fixed costs; the clock moves 0.5 s per reading and the final test takes the time the
     planner reserved for its pass: the run uses the budget and ends inside it, the test included."""
-    import cifarlab.budget as budget_module
-    from cifarlab.budget import Probe
+    import cifarlab.engine.budget as budget_module
     from cifarlab.config.train_config import make_config
-    from cifarlab.infer import tta_views
-    from cifarlab.train import train
+    from cifarlab.engine.budget import Probe
+    from cifarlab.engine.infer import tta_views
+    from cifarlab.engine.train import train
 
     probe = Probe(8, step_seconds=0.5, eval_image_seconds=0.005, save_seconds=0.01, probe_seconds=0.0)
     monkeypatch.setattr(budget_module, "time_probe", lambda *args, **kwargs: probe)

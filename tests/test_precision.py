@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cifarlab import device as device_module
-from cifarlab.device import autocast, cpu_has_fast_bf16, uses_bf16
-from cifarlab.train import train_step
+from cifarlab.engine import device as device_module
+from cifarlab.engine.device import autocast, cpu_has_fast_bf16, uses_bf16
+from cifarlab.engine.train import train_step
 
 CPU = torch.device("cpu")
 
@@ -97,7 +97,7 @@ class DtypeSpy(nn.Module):
 @pytest.mark.parametrize("capable", [True, False])
 @pytest.mark.parametrize("tta", [0, 2])
 def test_scoring_runs_in_bf16_only_when_asked_and_on_a_capable_cpu_and_returns_fp32(monkeypatch, capable, tta):
-    from cifarlab.infer import infer
+    from cifarlab.engine.infer import infer
 
     monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: capable)
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def test_scoring_runs_in_bf16_only_when_asked_and_on_a_capable_cpu_and_returns_f
 def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypatch, bf16):
     """A checkpoint of a bf16 run is scored in bf16 (on a capable CPU) by evaluate and predict, as its test was."""
     from cifarlab.data.cifar10 import ImageData
-    from cifarlab.infer import evaluate_checkpoint
+    from cifarlab.engine.infer import evaluate_checkpoint
     from cifarlab.predict import classify
 
     monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: True)
@@ -137,7 +137,7 @@ def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypa
 
 
 def test_scoring_options_follow_the_saved_config_and_take_bf16_only_from_a_literal_true():
-    from cifarlab.infer import scoring_options
+    from cifarlab.engine.infer import scoring_options
 
     assert scoring_options({"tta": 2, "bf16": True}) == {"tta": 2, "bf16": True}
     assert scoring_options({"tta": 1, "bf16": "yes"}) == {"tta": 1, "bf16": False}  # a crafted config stays fp32

@@ -178,7 +178,7 @@ def test_a_top_k_over_the_class_count_gives_every_class_once(tiny_run, tmp_path)
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_predict_applies_the_runs_test_time_augmentation(tiny_run, tmp_path, level):
     """README: predict scores an image as the run's own test did, with its TTA level (0, mirror, or shifts too)."""
-    from cifarlab.infer import tta_logits
+    from cifarlab.engine.infer import tta_logits
 
     state = torch.load(tiny_run / "best.pt", weights_only=True)
     state["config"]["tta"] = level

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from cifarlab.base.errors import CifarlabError
+from cifarlab.engine.train import train
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
-from cifarlab.train import train
 
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 EPOCHS = 3

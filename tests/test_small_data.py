@@ -12,7 +12,7 @@ import torch
 from cifarlab.config.scaling import MIN_BATCH, MIN_STEPS_PER_EPOCH, scale_to_data
 from cifarlab.config.train_config import RECIPES, make_config
 from cifarlab.data.split import class_quotas, stratified_split
-from cifarlab.transfer import apply_init, load_init, weights_sha256
+from cifarlab.engine.transfer import apply_init, load_init, weights_sha256
 
 # --- scaling ---------------------------------------------------------------------------------------------------
 
@@ -158,8 +158,8 @@ def other_folder(tmp_path_factory, make_image_folder):
 
 
 def test_freeze_epochs_hold_the_body_and_the_run_records_its_init(source_run, other_folder, tmp_path):
-    from cifarlab.train import train
-    from cifarlab.transfer import with_init_model
+    from cifarlab.engine.train import train
+    from cifarlab.engine.transfer import with_init_model
 
     init = load_init(source_run)
     snapshots = {}

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from cifarlab import sweep as sweep_module
-from cifarlab import tracking
 from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
+from cifarlab.engine import tracking
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.sweep import SweepSpec, expand, parse_seeds, parse_set, split_values

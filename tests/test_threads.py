@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from cifarlab import device
 from cifarlab.base.cores import cgroup_cpu_limit
+from cifarlab.engine import device
 
 
 def import_and_report(env: dict[str, str]) -> str:

@@ -8,14 +8,15 @@ import json
 import pytest
 import torch
 
-import cifarlab.train as train_module
+import cifarlab.engine.train as train_module
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.cifar10 import load_cifar10
-from cifarlab.infer import evaluate_checkpoint
+from cifarlab.engine.build import Stopwatch
+from cifarlab.engine.infer import evaluate_checkpoint
+from cifarlab.engine.train import train
 from cifarlab.runs.checkpoint import load_checkpoint
-from cifarlab.train import Stopwatch, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 

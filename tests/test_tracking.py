@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab import tracking
 from cifarlab.base.errors import UsageError
 from cifarlab.cli import main
 from cifarlab.config.train_config import make_config
+from cifarlab.engine import tracking
+from cifarlab.engine.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 from cifarlab.runs.layout import read_metrics_csv
-from cifarlab.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 
 
 # The test extra installs both: these skip only on a developer's machine without them (with CI=true, a failure).

@@ -41,7 +41,7 @@ def recipe(name: str = "seed", /, **overrides: Any) -> TrainConfig:
 def train(config: TrainConfig) -> RunFolder:
     """Train as ``config`` says, test the chosen checkpoint once, and return the run folder (no analysis:
     call :func:`analyze`)."""
-    from cifarlab.train import train as train_run
+    from cifarlab.engine.train import train as train_run
 
     return RunFolder(train_run(config))
 

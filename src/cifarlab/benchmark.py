@@ -154,8 +154,8 @@ def images_per_second(
     threads together) does not, so it shows what the pipeline costs."""
     import torch
 
-    from cifarlab.device import synchronize
-    from cifarlab.train import train_step
+    from cifarlab.engine.device import synchronize
+    from cifarlab.engine.train import train_step
 
     stream = endless(batches)
     optimizer = None if model is None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -182,7 +182,7 @@ def throughput(data: Any, settings: Settings, device: torch.device, log: Callabl
 
     from cifarlab.data.batches import Batches
     from cifarlab.data.split import channel_stats
-    from cifarlab.device import place_model
+    from cifarlab.engine.device import place_model
     from cifarlab.models.registry import build_model
 
     images, labels = data.train_images, data.train_labels
@@ -238,7 +238,7 @@ def first_reaching(curve: list[tuple[float, float]], threshold: float) -> float 
 
 
 def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log: Callable[[str], None]) -> dict:
-    from cifarlab.train import train
+    from cifarlab.engine.train import train
 
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
     run = train(config, data=data)
@@ -271,8 +271,9 @@ def run_seed(
     import torch
 
     from cifarlab.data.batches import Batches
-    from cifarlab.infer import infer
-    from cifarlab.train import prepare_data, train
+    from cifarlab.engine.build import prepare_data
+    from cifarlab.engine.infer import infer
+    from cifarlab.engine.train import train
 
     values = dict(overrides)
     if settings.seed_epochs is not None:
@@ -406,7 +407,7 @@ def benchmark(
     ``overrides`` go to every training config (tests use them to fit the fake data set); ``dataset``,
     ``image_size`` and ``labels`` choose the images, as ``cifarlab train`` does."""
     from cifarlab.data.loading import load_dataset
-    from cifarlab.device import pick_device
+    from cifarlab.engine.device import pick_device
     from cifarlab.models.registry import MODELS
 
     settings = settings or Settings()

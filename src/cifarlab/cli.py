@@ -94,9 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.analysis import analyze_after_training
     from cifarlab.config.train_config import TrainConfig, make_config
     from cifarlab.data.loading import load_dataset
-    from cifarlab.distributed import is_main_process
-    from cifarlab.train import train
-    from cifarlab.transfer import with_init_model
+    from cifarlab.engine.distributed import is_main_process
+    from cifarlab.engine.train import train
+    from cifarlab.engine.transfer import with_init_model
 
     resume = None
     if args.resume:

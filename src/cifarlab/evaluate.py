@@ -7,8 +7,8 @@ from typing import Any
 
 from cifarlab.base.errors import CheckpointError, UsageError
 from cifarlab.data.loading import data_source, reload
-from cifarlab.device import pick_device
-from cifarlab.infer import evaluate_checkpoint
+from cifarlab.engine.device import pick_device
+from cifarlab.engine.infer import evaluate_checkpoint
 from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.runs.metrics import write_test_results
 

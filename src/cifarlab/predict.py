@@ -81,7 +81,7 @@ def classify(
     ``tta`` and ``bf16`` are the run's own test-time augmentation level and precision, so predict scores an image
     as evaluate would."""
     from cifarlab.data.batches import Batches
-    from cifarlab.infer import infer
+    from cifarlab.engine.infer import infer
 
     logits, _ = infer(
         model, Batches(images, torch.zeros(len(images), dtype=torch.long), BATCH, mean, std, device=device), tta, bf16
@@ -105,8 +105,8 @@ def predict_files(
     ``top_k`` is capped at the number of classes (the default 3 on a 2-class model gives both classes). Images
     are decoded, scored and let go :data:`BATCH` at a time, so a folder of any number of images takes the memory
     of one batch."""
-    from cifarlab.device import pick_device
-    from cifarlab.infer import inference_model, scoring_options
+    from cifarlab.engine.device import pick_device
+    from cifarlab.engine.infer import inference_model, scoring_options
     from cifarlab.runs.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)

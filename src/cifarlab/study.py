@@ -17,9 +17,9 @@ from cifarlab.base.progress import log
 from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config.train_config import make_config
 from cifarlab.data.loading import load_dataset
-from cifarlab.distributed import is_main_process
+from cifarlab.engine.distributed import is_main_process
+from cifarlab.engine.train import train
 from cifarlab.report import report
-from cifarlab.train import train
 
 STUDY_MODELS = ("mycnn", "resnet18")
 # --quick: a class-balanced slice and a few epochs, so the whole study runs in minutes on 2 CPU cores.

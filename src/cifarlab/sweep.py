@@ -1062,7 +1062,7 @@ def absolute_mlflow_uri(uri: str) -> str:
 def reopen_mlflow(sweep: Sweep, client: Any) -> bool:
     """Reopen the sweep's MLflow run that sweep.json names; False (with a note) when that id is not this sweep's
     run in this store (forged, deleted, another run's): a fresh one is made instead."""
-    from cifarlab.tracking import reopen_reason
+    from cifarlab.engine.tracking import reopen_reason
 
     run_id = sweep.mlflow["run_id"]
     reason = reopen_reason(client, run_id, f"sweep {sweep.spec.name}")
@@ -1078,7 +1078,7 @@ def reopen_mlflow(sweep: Sweep, client: Any) -> bool:
 
 def start_mlflow(sweep: Sweep) -> dict[str, str]:
     """The sweep's parent MLflow run (reopened on a rerun), and the environment that nests each run under it."""
-    from cifarlab.tracking import log_params, mlflow_client, mlflow_experiment
+    from cifarlab.engine.tracking import log_params, mlflow_client, mlflow_experiment
 
     uri = absolute_mlflow_uri(sweep.options.mlflow or "")
     client = mlflow_client(uri)
@@ -1321,7 +1321,7 @@ def compare_and_report(sweep: Sweep, data_dir: str | None) -> str:
 
 def finish_mlflow(sweep: Sweep) -> None:
     """Log the comparison, report and sweep.json to the sweep's MLflow run, and each group's mean test top-1."""
-    from cifarlab.tracking import log_metrics, mlflow_client
+    from cifarlab.engine.tracking import log_metrics, mlflow_client
 
     client = mlflow_client(sweep.mlflow["uri"])
     run_id = sweep.mlflow["run_id"]
@@ -1344,7 +1344,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
     """Train every run of the grid not yet done, then compare and report. Returns the sweep folder."""
     options = resolve_options(options)
     if options.mlflow:
-        from cifarlab.tracking import require_mlflow
+        from cifarlab.engine.tracking import require_mlflow
 
         require_mlflow()
     data_dir = str(resolve_data_dir(data_dir))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.optim import RunLength
+from cifarlab.engine.optim import RunLength
 
 
 class WeightAverager:
@@ -17,7 +17,7 @@ class WeightAverager:
     At an update with decay d: ``average = d * average + (1 - d) * weights`` for every float tensor of the state
     dict (parameters and BatchNorm statistics; counters are copied). d ramps in as ``decay**every *
     (step / total_steps)**3``: close to 0 early, when the weights move fast and averaging would only lag.
-    ``total_steps`` is read from the run's :class:`~cifarlab.optim.RunLength`, which a time-budget run re-plans.
+    ``total_steps`` is read from the run's :class:`~cifarlab.engine.optim.RunLength`, which a time-budget run re-plans.
 
     * ``ema``: training ignores the average; validation, checkpoints and the test use it.
     * ``lookahead``: after each update the weights are reset to the average (the slow weights pull the fast ones

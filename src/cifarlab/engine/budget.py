@@ -35,10 +35,10 @@ from cifarlab.base.errors import UsageError
 from cifarlab.config.fast import WIDTH_MODELS, model_kwargs
 from cifarlab.config.train_config import TrainConfig
 from cifarlab.data.batches import Batches
-from cifarlab.device import autocast, place_model, synchronize
-from cifarlab.infer import tta_views
+from cifarlab.engine.device import autocast, place_model, synchronize
+from cifarlab.engine.infer import tta_views
+from cifarlab.engine.optim import RunLength, make_optimizer, steps_per_epoch
 from cifarlab.models.registry import build_model, count_macs
-from cifarlab.optim import RunLength, make_optimizer, steps_per_epoch
 
 WIDTHS = (16, 24, 32, 48, 64, 96, 128)  # fastcnn widths the planner chooses from (why from 16: docs/benchmarks.md)
 PROBE_WIDTH = 16  # cheap width timed first to gauge the machine when the planner chooses the width

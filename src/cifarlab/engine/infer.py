@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab import distributed
 from cifarlab.data.batches import Batches
 from cifarlab.data.cifar10 import ImageData
 from cifarlab.data.split import stratified_split
-from cifarlab.device import autocast, place_model
+from cifarlab.engine import distributed
+from cifarlab.engine.device import autocast, place_model
 from cifarlab.runs.checkpoint import model_from_checkpoint
 
 TTA_VIEWS = {0: 1, 1: 2, 2: 6}  # forward passes per image at each TTA level
@@ -58,7 +58,7 @@ def infer(
     """Float32 logits and the labels of every image of ``batches``, in order, on the CPU (eval mode, no gradients).
 
     ``tta`` averages the logits over mirrored (1) and also 1-pixel-shifted (2) views of each image; ``bf16``
-    computes the forward passes in bf16 where :func:`cifarlab.device.uses_bf16` says it pays, as training did."""
+    computes the forward passes in bf16 where :func:`cifarlab.engine.device.uses_bf16` says it pays, as training did."""
     model.eval()
     all_logits, all_labels = [], []
     for x, y in batches:
