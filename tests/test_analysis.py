@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarlab import analysis
 from cifarlab.base.errors import CifarlabError
 from cifarlab.cli import main
-from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
 from cifarlab.models.registry import MODELS, build_model
+from cifarlab.results import analysis
+from cifarlab.results.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
 from cifarlab.runs import folder as runfolder
 
 SHIP, TRUCK, CAT, DOG = 8, 9, 3, 5

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.compare import build_comparison, group_key
 from cifarlab.config.train_config import TrainConfig
+from cifarlab.results.compare import build_comparison, group_key
 
 
 def accuracy(run: Path) -> float:

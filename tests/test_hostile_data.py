@@ -179,8 +179,8 @@ def test_evaluate_without_a_data_folder_never_reads_the_recorded_one(lured_run, 
 
 
 def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, reads, tmp_path, capsys):
-    from cifarlab.analysis import analyze
     from cifarlab.export import check_images
+    from cifarlab.results.analysis import analyze
     from cifarlab.runs.checkpoint import load_checkpoint
 
     run, marker = lured_run
@@ -192,7 +192,7 @@ def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, r
 
 
 def test_analyze_says_which_folder_it_read(lured_run, fake_cifar, reads, capsys):
-    from cifarlab.analysis import load_test_images
+    from cifarlab.results.analysis import load_test_images
     from cifarlab.runs.folder import load_predictions
 
     run, marker = lured_run

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cifarlab import analysis, plots
 from cifarlab.base.errors import DataError
-from cifarlab.compare import build_comparison, comparison_markdown, group_key
 from cifarlab.data.cifar10 import CLASSES, ImageData
-from cifarlab.gradcam import find_target_layer, grad_cam
-from cifarlab.report import report
+from cifarlab.results import analysis, plots
+from cifarlab.results.compare import build_comparison, comparison_markdown, group_key
+from cifarlab.results.gradcam import find_target_layer, grad_cam
+from cifarlab.results.report import report
 from cifarlab.runs import folder as runfolder
 
 N_CLASSES, PER_CLASS, SIZE = 100, 5, 64
@@ -359,7 +359,7 @@ def test_report_per_class_tables_are_worst_first(hundred):
 
 
 def analysis_markdown(name: str) -> str:
-    from cifarlab.compare import markdown_text
+    from cifarlab.results.compare import markdown_text
 
     return markdown_text(name)
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import analysis
 from cifarlab.base import figures
 from cifarlab.cli import main
-from cifarlab.report import SECTIONS, data_uri, esc, report
+from cifarlab.results import analysis
+from cifarlab.results.report import SECTIONS, data_uri, esc, report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

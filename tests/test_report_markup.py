@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cifarlab import analysis, plots
 from cifarlab.cli import main
-from cifarlab.compare import build_comparison, comparison_markdown, markdown_text
-from cifarlab.report import RunView, read_csv_rows, render_html, render_markdown
+from cifarlab.results import analysis, plots
+from cifarlab.results.compare import build_comparison, comparison_markdown, markdown_text
+from cifarlab.results.report import RunView, read_csv_rows, render_html, render_markdown
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
@@ -204,7 +204,7 @@ def test_every_figure_is_drawn_and_embedded(hostile_report, hostile_runs):
 
 
 def test_markdown_text_leaves_nothing_for_gfm_to_autolink():
-    from cifarlab.compare import markdown_text
+    from cifarlab.results.compare import markdown_text
 
     text = markdown_text("see http://x.org/a, www.x.org and me@x.org")
     assert text == "see http\\://x.org/a, www\\.x.org and me\\@x.org"  # shown the same, linked never
@@ -277,7 +277,7 @@ NAMES = st.text(
 @pytest.fixture(scope="module")
 def plain_view(hostile_runs) -> tuple[RunView, object]:
     """A run's files as the report reads them (the second hostile run, analysed by the report)."""
-    from cifarlab.report import load_view
+    from cifarlab.results.report import load_view
 
     run = hostile_runs[1]
     return load_view(run, None), build_comparison([run])

@@ -54,7 +54,7 @@ def load_run(path: str | Path) -> RunFolder:
 def analyze(run: RunLike, images: bool = True, data_dir: str | None = None) -> dict[str, Any]:
     """Write ``RUN/analysis/`` (tables, figures, galleries and Grad-CAM unless ``images=False``) and return
     its summary (top-1, top-3, ECE, the most confused pair, ...)."""
-    from cifarlab.analysis import analyze as analyze_run
+    from cifarlab.results.analysis import analyze as analyze_run
 
     return analyze_run(path_of(run), data_dir=data_dir, images=images)
 
@@ -62,7 +62,7 @@ def analyze(run: RunLike, images: bool = True, data_dir: str | None = None) -> d
 def compare(runs: Sequence[RunLike], out: str | Path = "comparison") -> Any:
     """Compare finished runs (seeds of one setup grouped as mean ± std) and write the files into ``out``;
     returns the comparison (its ``groups`` hold the numbers)."""
-    from cifarlab.compare import compare as compare_runs
+    from cifarlab.results.compare import compare as compare_runs
 
     return compare_runs([path_of(r) for r in runs], out)
 
@@ -77,6 +77,6 @@ def predict(run: RunLike, images: Sequence[str | Path], top_k: int = 3) -> list[
 
 def report(runs: Sequence[RunLike], out: str | Path | None = None, data_dir: str | None = None) -> Path:
     """Write the self-contained HTML report (and report.md beside it) for ``runs``; returns the HTML path."""
-    from cifarlab.report import report as write_report
+    from cifarlab.results.report import report as write_report
 
     return write_report([path_of(r) for r in runs], out, data_dir=data_dir)

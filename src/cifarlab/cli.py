@@ -10,13 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cifarlab.analysis import register_analyze
 from cifarlab.base.errors import CheckpointError, CifarlabError, UsageError, escape
 from cifarlab.benchmark import register_benchmark
-from cifarlab.compare import register_compare
 from cifarlab.config.train_config import COMPILE_MODES, OPTIMIZERS
 from cifarlab.flags import add_data_flags, non_negative_int, positive_float, positive_int, seed_int
-from cifarlab.report import register_report
+from cifarlab.results.analysis import register_analyze
+from cifarlab.results.compare import register_compare
+from cifarlab.results.report import register_report
 from cifarlab.sweep import register_sweep
 
 # What last.pt must hold, and of which type, for training to continue where it stopped.
@@ -91,12 +91,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifarlab.analysis import analyze_after_training
     from cifarlab.config.train_config import TrainConfig, make_config
     from cifarlab.data.loading import load_dataset
     from cifarlab.engine.distributed import is_main_process
     from cifarlab.engine.train import train
     from cifarlab.engine.transfer import with_init_model
+    from cifarlab.results.analysis import analyze_after_training
 
     resume = None
     if args.resume:

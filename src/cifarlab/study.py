@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarlab.analysis import analyze_after_training
 from cifarlab.base.files import atomic_write, write_json
 from cifarlab.base.progress import log
-from cifarlab.compare import compare, comparison_markdown
 from cifarlab.config.train_config import make_config
 from cifarlab.data.loading import load_dataset
 from cifarlab.engine.distributed import is_main_process
 from cifarlab.engine.train import train
-from cifarlab.report import report
+from cifarlab.results.analysis import analyze_after_training
+from cifarlab.results.compare import compare, comparison_markdown
+from cifarlab.results.report import report
 
 STUDY_MODELS = ("mycnn", "resnet18")
 # --quick: a class-balanced slice and a few epochs, so the whole study runs in minutes on 2 CPU cores.

@@ -1292,8 +1292,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 def compare_and_report(sweep: Sweep, data_dir: str | None) -> str:
     """compare and report over the finished runs of the grid; the groups go into sweep.json."""
     from cifarlab.base.files import atomic_write
-    from cifarlab.compare import build_comparison, comparison_markdown, write_comparison
-    from cifarlab.report import report
+    from cifarlab.results.compare import build_comparison, comparison_markdown, write_comparison
+    from cifarlab.results.report import report
 
     done = [sweep.folder / r.name for r in sweep.planned if sweep.runs[r.name]["state"] == "done"]
     if not done:

@@ -330,7 +330,7 @@ def draw_metric_figures(
 
     With more than ``MAX_HEATMAP_CLASSES`` classes the heatmaps show the most confused ones (the title says
     so); the normalised one keeps each row's share of the whole true class."""
-    from cifarlab import plots
+    from cifarlab.results import plots
 
     counts = metrics["confusion"]
     keep = most_confused_classes(counts)
@@ -373,7 +373,7 @@ def draw_galleries(out: Path, pred: Predictions, images: torch.Tensor, seed: int
     """The misclassified gallery (a seeded sample) and the top-losses gallery."""
     import torch
 
-    from cifarlab import plots
+    from cifarlab.results import plots
 
     files = []
     for name, positions, heading, with_p in [
@@ -404,9 +404,9 @@ def gradcam_analysis(
     """
     import torch
 
-    from cifarlab import plots
     from cifarlab.data.split import normalize
-    from cifarlab.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
+    from cifarlab.results import plots
+    from cifarlab.results.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
     from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 
     checkpoint = "best.pt"

@@ -6,8 +6,8 @@ print stylesheet keeps figures and tables whole on paper. ``report.md`` (beside 
 table, the generated reading and links to the figure files, for pasting into a README or an assignment.
 
 The report is built from the runs' files: their analyses are (re)computed when missing or stale, and
-several runs are compared with :mod:`cifarlab.compare`. Both files are rendered from the Jinja2 templates in
-``cifarlab/templates``; everything read from the runs' files (numbers, CSV cells, run, class and layer names,
+several runs are compared with :mod:`cifarlab.results.compare`. Both files are rendered from the Jinja2 templates in
+``cifarlab/results/templates``; everything read from the runs' files (numbers, CSV cells, run, class and layer names,
 config values, paths) reaches them as data and is escaped there (HTML autoescaping; literal Markdown text),
 and a field that should hold a number but does not is shown as the text it holds.
 """
@@ -194,7 +194,7 @@ def json_object(path: Path, data: Any) -> dict[str, Any]:
 
 def load_view(run: Path, data_dir: str | None) -> RunView:
     """A run with an up-to-date analysis (computed now if missing or older than the predictions)."""
-    from cifarlab.analysis import ensure_analysis
+    from cifarlab.results.analysis import ensure_analysis
     from cifarlab.runs.folder import RunFolder
 
     summary = json_object(run / "analysis" / "summary.json", ensure_analysis(run, data_dir))
@@ -427,7 +427,7 @@ def split_sizes(run: Path) -> tuple[str, str]:
 
 def setup_table(views: Sequence[RunView]) -> dict[str, Any]:
     """Data, split, recipe, hardware and versions of every run, in one table (a column per run)."""
-    from cifarlab.compare import describe_init, describe_scaling
+    from cifarlab.results.compare import describe_init, describe_scaling
 
     def row(label: str, get: Callable[[RunView], str]) -> list[str]:
         return [label] + [get(v) for v in views]
@@ -637,7 +637,7 @@ def reading(views: Sequence[RunView], comp: Any) -> list[tuple[str, str]]:
 
 def html_context(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> dict[str, Any]:
     """Everything the HTML template shows."""
-    from cifarlab.compare import disagreement_items, table_cells
+    from cifarlab.results.compare import disagreement_items, table_cells
 
     header, rows = table_cells(comp.groups)
     comparison = None
@@ -683,7 +683,7 @@ def html_value(value: Any) -> Markup:
 
 def markdown_value(value: Any) -> str:
     """How the Markdown template writes a value: literal text, unless Verbatim."""
-    from cifarlab.compare import markdown_text
+    from cifarlab.results.compare import markdown_text
 
     if isinstance(value, Verbatim):
         return value
@@ -693,7 +693,7 @@ def markdown_value(value: Any) -> str:
 @functools.cache
 def environment(markdown: bool) -> Environment:
     """The Jinja2 environment of the HTML template (autoescaping) or of the Markdown one (its own escaping)."""
-    loader = PackageLoader("cifarlab", "templates")
+    loader = PackageLoader("cifarlab.results", "templates")
     if markdown:
         return Environment(
             loader=loader,
@@ -727,7 +727,7 @@ def figure_links(files: Sequence[tuple[Path, str]], md_path: Path) -> list[dict[
 
 def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, md_path: Path) -> str:
     """report.md: table, generated reading and links to the figure files (relative to the .md file)."""
-    from cifarlab.compare import markdown_table
+    from cifarlab.results.compare import markdown_table
 
     comparison = (
         []
@@ -784,7 +784,7 @@ def per_class_note(v: RunView, limit: int = MD_CLASS_ROWS) -> str:
 
 def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: str | None = None) -> Path:
     """Write the HTML report and report.md for ``runs``; returns the HTML path."""
-    from cifarlab.compare import build_comparison, write_comparison
+    from cifarlab.results.compare import build_comparison, write_comparison
     from cifarlab.runs.folder import require_run
 
     if not runs:

@@ -168,7 +168,7 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
 
 def load_record(run: str | Path) -> RunRecord:
     """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
-    from cifarlab.analysis import compute_metrics
+    from cifarlab.results.analysis import compute_metrics
     from cifarlab.runs.folder import dataset_of, require_run
 
     path = require_run(run)
@@ -453,8 +453,8 @@ def comparison_markdown(comp: Comparison) -> str:
 
 def write_comparison(comp: Comparison, out: Path) -> list[Path]:
     """comparison.md/.csv/.json, runs.csv, disagreements.csv and the two figures, into ``out``."""
-    from cifarlab import plots
     from cifarlab.base.files import write_csv
+    from cifarlab.results import plots
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "comparison.md", lambda f: f.write(comparison_markdown(comp)), binary=False)
