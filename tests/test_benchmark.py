@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.benchmark import THRESHOLDS, Settings, benchmark, first_reaching
 from cifarlab.cli import main
-from cifarlab.evaluate import evaluate
+from cifarlab.tools.benchmark import THRESHOLDS, Settings, benchmark, first_reaching
+from cifarlab.tools.evaluate import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # fixtures in conftest.py
 

@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 
 from cifarlab.data.batches import Batches
 from cifarlab.data.split import normalize
-from cifarlab.evaluate import evaluate
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
+from cifarlab.tools.evaluate import evaluate
 
 HELPER = '''
 import sys

@@ -136,7 +136,7 @@ def test_the_format_follows_the_file_name(tiny_run, fake_cifar, tmp_path, capsys
 
 
 def test_a_mismatch_is_an_error_and_nothing_is_written(tiny_run, fake_cifar, tmp_path, monkeypatch):
-    import cifarlab.export as export_module
+    import cifarlab.tools.export as export_module
 
     make, _ = export_module.EXPORTERS["torchscript"]
     monkeypatch.setitem(export_module.EXPORTERS, "torchscript", (make, lambda data, x: np.zeros((len(x), 10))))
@@ -220,7 +220,7 @@ def test_the_torchscript_file_carries_its_classes_and_size(folder_checkpoint, tm
 
 def test_the_check_runs_on_the_held_out_images_the_record_reloads(folder_checkpoint, tmp_path, monkeypatch):
     import cifarlab.data.loading
-    from cifarlab.export import check_images
+    from cifarlab.tools.export import check_images
 
     held_out = torch.randint(0, 256, (30, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     calls = []
@@ -240,7 +240,7 @@ def test_the_check_runs_on_the_held_out_images_the_record_reloads(folder_checkpo
 
 def test_the_check_never_reads_a_cifar_folder_named_in_the_checkpoint(tiny_run, fake_cifar, tmp_path, monkeypatch):
     """A CIFAR record's path is ignored: the images come from --data-dir (here: nowhere, so random ones)."""
-    from cifarlab.export import check_images
+    from cifarlab.tools.export import check_images
 
     state = load_checkpoint(tiny_run)
     state["dataset"] = {"kind": "cifar10", "path": str(fake_cifar), "classes": state["classes"], "image_size": 32}
@@ -254,6 +254,6 @@ def test_the_check_never_reads_a_cifar_folder_named_in_the_checkpoint(tiny_run, 
 
 @pytest.mark.parametrize("size, count", [(32, 100), (64, 100), (96, 44), (224, 8), (512, 8)])
 def test_fewer_check_images_at_larger_sizes(size, count):
-    from cifarlab.export import check_count
+    from cifarlab.tools.export import check_count
 
     assert check_count(size) == count

@@ -289,8 +289,8 @@ def test_cli_rejects_width_for_models_without_one(capsys):
 
 def test_fast_recipe_trains_and_tests_with_tta_and_ema(fake_cifar, tmp_path):
     from cifarlab.engine.train import train
-    from cifarlab.evaluate import evaluate
     from cifarlab.runs.checkpoint import load_checkpoint
+    from cifarlab.tools.evaluate import evaluate
 
     config = make_config(
         "fast",

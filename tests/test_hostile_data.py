@@ -179,9 +179,9 @@ def test_evaluate_without_a_data_folder_never_reads_the_recorded_one(lured_run, 
 
 
 def test_analyze_and_export_never_read_the_recorded_folder(lured_run, nowhere, reads, tmp_path, capsys):
-    from cifarlab.export import check_images
     from cifarlab.results.analysis import analyze
     from cifarlab.runs.checkpoint import load_checkpoint
+    from cifarlab.tools.export import check_images
 
     run, marker = lured_run
     summary = analyze(run)

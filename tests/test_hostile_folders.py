@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab import predict
 from cifarlab.base.errors import DataError
 from cifarlab.data import folders, images
 from cifarlab.data.folders import CACHE_SUBDIR, load_folder, scan_folder
-from cifarlab.predict import predict_files
+from cifarlab.tools import predict
+from cifarlab.tools.predict import predict_files
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 

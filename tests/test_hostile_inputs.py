@@ -29,8 +29,8 @@ from cifarlab.cli import main
 from cifarlab.data import images
 from cifarlab.data.cifar10 import CLASSES
 from cifarlab.models.registry import build_model
-from cifarlab.predict import Result, load_image, render
 from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.tools.predict import Result, load_image, render
 
 ACCEPTED = " (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -120,7 +120,7 @@ def test_evaluate_and_predict_score_in_the_precision_the_run_trained_in(monkeypa
     """A checkpoint of a bf16 run is scored in bf16 (on a capable CPU) by evaluate and predict, as its test was."""
     from cifarlab.data.cifar10 import ImageData
     from cifarlab.engine.infer import evaluate_checkpoint
-    from cifarlab.predict import classify
+    from cifarlab.tools.predict import classify
 
     monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: True)
     torch.manual_seed(0)

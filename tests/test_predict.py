@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab import predict
 from cifarlab.base.errors import CheckpointError
 from cifarlab.cli import main
 from cifarlab.data.cifar10 import CLASSES, load_cifar10
 from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model
-from cifarlab.predict import load_image, predict_files
 from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.tools import predict
+from cifarlab.tools.predict import load_image, predict_files
 
 NOT_AN_IMAGE = "not an image in an accepted format (PNG, JPEG, BMP, GIF, TIFF, WebP...; never EPS or PDF)"
 

@@ -173,7 +173,7 @@ def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
     """`cifarlab study --quick`: both models get one config (seed, split, recipe) but the model, and one loaded
     data set; --quick is a 5,000-image slice (class-balanced: see test_train) for 3 epochs. Training itself is
     replaced by copies of analysed runs; what is tested is what the study asks for and how it ends."""
-    import cifarlab.study as study_module
+    import cifarlab.tools.study as study_module
 
     calls = []
 

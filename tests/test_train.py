@@ -20,10 +20,10 @@ from cifarlab.config.train_config import RECIPE_HELP, RECIPES, TrainConfig, make
 from cifarlab.data.cifar10 import CLASSES, load_cifar10
 from cifarlab.data.split import default_val_size
 from cifarlab.engine.train import train
-from cifarlab.evaluate import evaluate
 from cifarlab.models.registry import build_model
 from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
 from cifarlab.runs.layout import METRICS_COLUMNS, read_metrics_csv
+from cifarlab.tools.evaluate import evaluate
 
 RUN_FILES = [
     "config.json",

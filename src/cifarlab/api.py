@@ -70,7 +70,7 @@ def compare(runs: Sequence[RunLike], out: str | Path = "comparison") -> Any:
 def predict(run: RunLike, images: Sequence[str | Path], top_k: int = 3) -> list[tuple[str, Any]]:
     """Classify image files (or folders of them) with the run's checkpoint, as ``cifarlab predict`` does:
     ``[(file, [(class, probability), ...])]``, or ``(file, "error message")`` for a file that cannot be read."""
-    from cifarlab.predict import predict_files
+    from cifarlab.tools.predict import predict_files
 
     return [(r.file, r.error if r.error is not None else r.top) for r in predict_files(path_of(run), images, top_k)]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarlab.base.errors import CheckpointError, CifarlabError, UsageError, escape
-from cifarlab.benchmark import register_benchmark
 from cifarlab.config.train_config import COMPILE_MODES, OPTIMIZERS
 from cifarlab.flags import add_data_flags, non_negative_int, positive_float, positive_int, seed_int
 from cifarlab.results.analysis import register_analyze
 from cifarlab.results.compare import register_compare
 from cifarlab.results.report import register_report
 from cifarlab.sweep import register_sweep
+from cifarlab.tools.benchmark import register_benchmark
 
 # What last.pt must hold, and of which type, for training to continue where it stopped.
 RESUME_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -172,7 +172,7 @@ def check_resumable(state: dict[str, Any], model: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifarlab.evaluate import evaluate
+    from cifarlab.tools.evaluate import evaluate
 
     metrics = evaluate(
         args.run,
@@ -191,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from cifarlab.study import study
+    from cifarlab.tools.study import study
 
     overrides = overrides_from(args)
     study(
@@ -331,7 +331,7 @@ def register_recipes(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cifarlab.predict import predict_files, render
+    from cifarlab.tools.predict import predict_files, render
 
     results = predict_files(args.checkpoint, args.images, top_k=args.top_k, device=args.device or "cpu")
     print(render(results, args.json))
@@ -355,7 +355,7 @@ def register_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cifarlab.export import export, sidecar
+    from cifarlab.tools.export import export, sidecar
 
     info = export(args.run, args.out, fmt=args.format, data_dir=args.data_dir, dataset=args.dataset)
     check, size = info["check"], info["image_size"]
