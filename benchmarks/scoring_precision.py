@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from cifarlab.cli.flags import positive_int
 from cifarlab.data.loading import reload
 from cifarlab.engine.device import pick_device, uses_bf16
 from cifarlab.engine.infer import evaluate_checkpoint, inference_model
-from cifarlab.flags import positive_int
 from cifarlab.runs.checkpoint import load_checkpoint
 
 

@@ -22,7 +22,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from cifarlab.flags import positive_int
+from cifarlab.cli.flags import positive_int
 from cifarlab.models.fastcnn import FastCNN, FastConvGroup
 from cifarlab.models.registry import count_macs
 

@@ -23,12 +23,12 @@ import time
 
 import torch
 
+from cifarlab.cli.flags import positive_int
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.train_config import make_config
 from cifarlab.engine.device import place_model
 from cifarlab.engine.optim import make_optimizer
 from cifarlab.engine.train import train_step
-from cifarlab.flags import positive_int
 from cifarlab.models.registry import build_model, count_macs
 
 

@@ -389,7 +389,7 @@ def small_config(fake_cifar: Path) -> SmallConfig:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, small_config: SmallConfig) -> Any:
     """A finished 2-epoch mycnn run on the generated data (every run file, no analysis), made with
     ``cifarlab train --config ... --no-analysis``. Read-only: copy it to change anything."""
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     work = tmp_path_factory.mktemp("tiny")
     config = small_config.write(work / "config.json")
@@ -528,7 +528,7 @@ def child() -> Child:
 def cli_error(capsys: pytest.CaptureFixture) -> Callable[..., str]:
     """``cli_error(*args, code=2)``: run ``cifarlab ARGS`` in this process; it must refuse with exit code
     ``code`` and one line ``cifarlab: error: ...`` on stderr, no traceback. Returns that line."""
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     def refuse(*args: str, code: int = 2, one_line: bool = True) -> str:
         capsys.readouterr()

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.models.registry import MODELS, build_model
 from cifarlab.results import analysis
 from cifarlab.results.gradcam import centre_share, find_target_layer, grad_cam, scale_maps

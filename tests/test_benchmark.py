@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.tools.benchmark import THRESHOLDS, Settings, benchmark, first_reaching
 from cifarlab.tools.evaluate import evaluate
 

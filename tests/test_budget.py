@@ -347,7 +347,7 @@ def test_time_budget_needs_a_per_step_schedule():
 
 
 def test_cli_time_budget_must_be_positive(capsys):
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "--recipe", "fast", "--time-budget", "0"])

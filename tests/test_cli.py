@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.cli import OneLineParser, build_parser, main
+from cifarlab.cli.main import OneLineParser, build_parser, main
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 
 pytestmark = pytest.mark.slow
 TINY = ["--model", "mycnn", "--recipe", "seed", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]

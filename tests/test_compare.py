@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import TrainConfig
 from cifarlab.results.compare import build_comparison, group_key
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import cifarlab.data.cifar10
 from cifarlab.base.errors import UsageError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import FIELD_KINDS, MAX_SEED, TrainConfig, make_config, validate
 
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cifarlab.base.errors import DataError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.data.cifar10 import ImageData, load_cifar10
 from cifarlab.data.loading import load_dataset, validate_dataset
 from cifarlab.data.split import FLAT_STD, channel_stats, flat_channels

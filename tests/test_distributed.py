@@ -42,7 +42,7 @@ def tiny_nobn(num_classes: int = 10) -> nn.Module:
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
 
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 
 sys.exit(main(sys.argv[1:]))
 '''

@@ -18,7 +18,7 @@ import torch
 import cifarlab.engine.budget as budget_module
 from cifarlab.base.errors import CifarlabError
 from cifarlab.base.files import FileLock, write_json
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.batches import Batches
 from cifarlab.engine.budget import Probe, time_probe
@@ -197,7 +197,7 @@ import sys, time
 from pathlib import Path
 
 import cifarlab.engine.train
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 real_train = cifarlab.engine.train.train

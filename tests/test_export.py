@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from cifarlab.base.errors import CifarlabError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.data.cifar10 import ImageData, load_cifar10
 from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model

@@ -281,7 +281,7 @@ def test_bad_fast_settings_are_one_line_usage_errors(overrides, message):
 
 
 def test_cli_rejects_width_for_models_without_one(capsys):
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     assert main(["train", "--model", "mycnn", "--width", "8", "--epochs", "1"]) == 2
     assert "only apply to fastcnn" in capsys.readouterr().err

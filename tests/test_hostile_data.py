@@ -18,7 +18,8 @@ import torch
 
 import cifarlab.data.cifar10
 from cifarlab.base.errors import DataError
-from cifarlab.cli import build_parser, main, resume_config
+from cifarlab.cli.main import build_parser, main
+from cifarlab.cli.train import resume_config
 from cifarlab.data.cifar10 import BATCH_DIR, load_cifar10
 from cifarlab.data.safe_pickle import load_restricted
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from cifarlab.base.errors import CheckpointError, UsageError, escape
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.data import images
 from cifarlab.data.cifar10 import CLASSES
 from cifarlab.models.registry import build_model

@@ -17,7 +17,7 @@ import pytest
 from cifarlab import sweep as sweep_module
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import read_json
-from cifarlab.cli import build_parser, main
+from cifarlab.cli.main import build_parser, main
 from cifarlab.config.train_config import TrainConfig, parse_overrides
 from cifarlab.engine import tracking
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder

@@ -106,7 +106,7 @@ def test_muon_settings_are_checked():
 
 def test_the_command_line_chooses_the_optimizer(small_config, fake_cifar, tmp_path, cli_error):
     """``--optimizer muon`` replaces the recipe's optimizer (the saved config and the optimizer state say so)."""
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     config = small_config.write(tmp_path / "config.json", limit_train=100, epochs=1, model="fastcnn", model_width=8)
     args = ["train", "--config", str(config), "--data-dir", str(fake_cifar), "--out", str(tmp_path), "--no-analysis"]

@@ -276,7 +276,7 @@ def test_cli_analyze_takes_a_moved_image_folder(hundred, monkeypatch, tmp_path, 
     import shutil
 
     import cifarlab.data.loading
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     run = Path(shutil.copytree(hundred["run"], tmp_path / "pets"))
     y = hundred_class_predictions()[0]

@@ -67,7 +67,7 @@ def test_a_training_step_runs_its_forward_pass_in_bf16_only_on_a_capable_cpu(mon
 
 @pytest.mark.parametrize("capable", [True, False])
 def test_run_json_says_which_precision_trained(monkeypatch, small_config, fake_cifar, tmp_path, capable):
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     monkeypatch.setattr(device_module, "cpu_has_fast_bf16", lambda: capable)
     config = small_config.write(

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cifarlab.base.errors import CheckpointError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.data.cifar10 import CLASSES, load_cifar10
 from cifarlab.data.split import normalize
 from cifarlab.models.registry import build_model

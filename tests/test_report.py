@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from cifarlab.base import figures
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.results import analysis
 from cifarlab.results.report import SECTIONS, data_uri, esc, report
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.results import analysis, plots
 from cifarlab.results.compare import build_comparison, comparison_markdown, markdown_text
 from cifarlab.results.report import RunView, read_csv_rows, render_html, render_markdown

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 
 run = Path(sys.argv[1])
 ready = run.with_name(run.name + ".ready")

@@ -99,7 +99,7 @@ def small_folder(tmp_path_factory, make_image_folder):
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, small_folder):
     """A finished fast-recipe run (width 16) on the small folder, scaled to it: the init of the tests below."""
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     out = tmp_path_factory.mktemp("source")
     args = ["train", "--dataset", str(small_folder), "--recipe", "fast", "--epochs", "3", "--image-size", "32"]
@@ -120,7 +120,7 @@ def test_a_short_run_on_a_few_hundred_images_scales_and_learns(source_run):
 
 
 def test_the_scaling_is_printed_at_the_start(small_folder, tmp_path, capsys):
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     args = ["train", "--dataset", str(small_folder), "--recipe", "seed", "--epochs", "1", "--image-size", "16"]
     main([*args, "--limit-train", "40", "--out", str(tmp_path), "--no-analysis", "--device", "cpu"])
@@ -193,7 +193,7 @@ def build_like(state):
 
 
 def test_report_and_compare_show_where_a_run_started(source_run, other_folder, tmp_path):
-    from cifarlab.cli import main
+    from cifarlab.cli.main import main
 
     args = ["train", "--dataset", str(other_folder), "--recipe", "finetune", "--init-from", str(source_run)]
     args += ["--epochs", "2", "--freeze-epochs", "1", "--out", str(tmp_path), "--name", "ft", "--no-analysis"]

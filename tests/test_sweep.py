@@ -20,7 +20,7 @@ import torch
 
 from cifarlab import sweep as sweep_module
 from cifarlab.base.errors import UsageError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.engine import tracking
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv

@@ -10,7 +10,7 @@ import torch
 
 import cifarlab.engine.train as train_module
 from cifarlab.base.errors import CifarlabError, UsageError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import make_config
 from cifarlab.data.cifar10 import load_cifar10
 from cifarlab.engine.build import Stopwatch

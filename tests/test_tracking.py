@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cifarlab.base.errors import UsageError
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import make_config
 from cifarlab.engine import tracking
 from cifarlab.engine.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from cifarlab.base.errors import UsageError
 from cifarlab.base.progress import progress
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 from cifarlab.config.train_config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
 from cifarlab.data.cifar10 import CLASSES, load_cifar10
 from cifarlab.data.split import default_val_size

@@ -1,6 +1,6 @@
 """Allows ``python -m cifarlab`` (and ``torchrun -m cifarlab``)."""
 
-from cifarlab.cli import main
+from cifarlab.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -52,8 +52,8 @@ from cifarlab.base.cores import usable_cores
 from cifarlab.base.errors import CifarlabError, UsageError, escape
 from cifarlab.base.files import FileLock, read_json, write_json
 from cifarlab.base.records import kind_of, loads_toml, loads_yaml, read_bounded_text
+from cifarlab.cli.flags import non_negative_int, positive_float, positive_int
 from cifarlab.config.train_config import RECIPES, TrainConfig, make_config, parse_overrides
-from cifarlab.flags import non_negative_int, positive_float, positive_int
 from cifarlab.runs.folder import RunFolder
 
 try:

@@ -18,7 +18,6 @@ Conventions, stated once:
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -570,34 +569,3 @@ def analyze_after_training(run_dir: Path, data: Any) -> None:
         log(f"analysis not written ({type(exc).__name__}: {exc}); retry with: cifarlab analyze {run_dir}")
         return
     log(summary_text(summary, run_dir / ANALYSIS_DIR))
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    summary = analyze(args.run, data_dir=args.data_dir, images=not args.no_images, dataset=args.dataset)
-    print(summary_text(summary, Path(args.run) / ANALYSIS_DIR))
-    return 0
-
-
-def register_analyze(sub: argparse._SubParsersAction) -> None:
-    """Add ``cifarlab analyze`` to the command line."""
-    p = sub.add_parser(
-        "analyze",
-        help="error analysis of a finished run (confusions, calibration, Grad-CAM)",
-        description="Write RUN/analysis/: confusion matrix, per-class metrics, confused pairs, "
-        "galleries, learning curves, calibration and Grad-CAM, from the run's saved "
-        "test predictions (nothing is retrained).",
-    )
-    p.add_argument("run", metavar="RUN", help="a finished run folder (holding test_predictions.npz)")
-    p.add_argument(
-        "--data-dir",
-        help="CIFAR runs: the folder holding the CIFAR batches, for the images "
-        "(default: $CIFARLAB_DATA_DIR, else ./data)",
-    )
-    p.add_argument(
-        "--dataset",
-        metavar="FOLDER",
-        help="runs on an image folder: where that folder is now, if it moved (default: the folder the run recorded; "
-        "its files must be the ones the run was trained on)",
-    )
-    p.add_argument("--no-images", action="store_true", help="numbers and plots only: no galleries or Grad-CAM")
-    p.set_defaults(func=cmd_analyze)

@@ -19,7 +19,6 @@ surprising than being told. A run made before runs recorded their dataset counts
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -551,24 +550,3 @@ def compare(runs: Sequence[str | Path], out: str | Path = "comparison") -> Compa
     comp = build_comparison(runs)
     write_comparison(comp, Path(out))
     return comp
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    comp = compare(args.runs, args.out)
-    print(comparison_markdown(comp), end="")
-    print(f"\nwritten to {args.out}/ (comparison.csv, runs.csv, figures)")
-    return 0
-
-
-def register_compare(sub: argparse._SubParsersAction) -> None:
-    """Add ``cifarlab compare`` to the command line."""
-    p = sub.add_parser(
-        "compare",
-        help="finished runs side by side (seeds of one setup as mean ± std)",
-        description="Compare finished runs: a table on stdout (Markdown) and CSV, overlaid "
-        "learning curves, per-class accuracy and the classes where runs disagree. "
-        "Runs with the same config except seed are grouped as mean ± std (n).",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
-    p.add_argument("--out", default="comparison", help="folder for the CSV files and figures (default: comparison)")
-    p.set_defaults(func=cmd_compare)

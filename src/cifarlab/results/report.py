@@ -14,7 +14,6 @@ and a field that should hold a number but does not is shown as the text it holds
 
 from __future__ import annotations
 
-import argparse
 import base64
 import functools
 import html
@@ -803,28 +802,3 @@ def report(runs: Sequence[str | Path], out: str | Path | None = None, data_dir: 
     md = render_markdown(views, comp, comp_dir, md_path)
     atomic_write(md_path, lambda f: f.write(md), binary=False)
     return html_path
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    path = report(args.runs, args.out, args.data_dir)
-    print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained) and {path.with_suffix('.md')}")
-    return 0
-
-
-def register_report(sub: argparse._SubParsersAction) -> None:
-    """Add ``cifarlab report`` to the command line."""
-    p = sub.add_parser(
-        "report",
-        help="one self-contained HTML report (and report.md) for one or more runs",
-        description="Write a self-contained HTML report (every figure embedded, no network "
-        "needed) and a Markdown summary beside it, for one or more finished runs.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
-    p.add_argument(
-        "--out",
-        metavar="FILE.html",
-        help="the HTML file (default: RUN/report.html for one run, "
-        "./report.html for several); report.md goes beside it",
-    )
-    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, if an analysis must be made")
-    p.set_defaults(func=cmd_report)

@@ -17,7 +17,6 @@ Two measurements, written as ``benchmark.json`` and ``benchmark.md`` with a desc
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -31,7 +30,6 @@ from cifarlab.base.errors import UsageError
 from cifarlab.base.files import read_json, write_json
 from cifarlab.base.progress import log
 from cifarlab.config.train_config import make_config
-from cifarlab.flags import add_data_flags
 
 # cli.py imports this module to register the command: torch and the engine are imported inside the functions that
 # run a benchmark, so that `cifarlab --help` stays quick.
@@ -451,100 +449,3 @@ def benchmark(
     (out / "benchmark.md").write_text(markdown(result) + "\n")
     log(f"benchmark written to {out / 'benchmark.md'} and {out / 'benchmark.json'}")
     return result
-
-
-def parse_list(text: str, kind: Callable[[str], Any]) -> tuple:
-    try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("the list is empty")
-    return values
-
-
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    settings = Settings.quick() if args.quick else Settings()
-    if args.models:
-        settings.models = args.models
-    for key in ("batch_size", "steps", "repeats", "seed_epochs"):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            raise UsageError(f"--{key.replace('_', '-')} must be at least 1 (got {getattr(args, key)})")
-    for key in ("batch_size", "steps", "repeats", "budgets", "seed_epochs"):
-        if getattr(args, key) is not None:
-            setattr(settings, key, getattr(args, key))
-    settings.seed = not args.no_seed
-    if any(b <= 0 for b in settings.budgets):
-        raise UsageError("--budgets must be positive numbers of seconds")
-    benchmark(
-        args.out,
-        settings,
-        args.data_dir,
-        args.device or "auto",
-        args.throughput_only,
-        args.accuracy_only,
-        command=command_line(args),
-        dataset=args.dataset or "cifar10",
-        image_size=args.image_size,
-        labels=args.labels or "fine",
-        strict=bool(args.strict),
-    )
-    return 0
-
-
-def command_line(args: argparse.Namespace) -> str:
-    """The command as typed, rebuilt from the parsed flags (for the record in the results)."""
-    parts = ["cifarlab benchmark"]
-    for key, value in sorted(vars(args).items()):
-        if key in ("func", "command") or value in (None, False):
-            continue
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, tuple):
-            parts.append(f"{flag} {','.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}")
-        elif not (key == "out" and value == "benchmarks/results"):
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
-
-
-def register_benchmark(sub: argparse._SubParsersAction) -> None:
-    """Add ``cifarlab benchmark`` to the command line."""
-
-    def budgets(text: str) -> tuple:
-        return parse_list(text, float)
-
-    def models(text: str) -> tuple:
-        return parse_list(text, str)
-
-    p = sub.add_parser(
-        "benchmark",
-        help="throughput vs a PIL+DataLoader pipeline, and time to accuracy",
-        description="Measure training throughput of each model with cifarlab's pipeline and with "
-        "the common PIL + DataLoader one, and the time the fast and seed recipes take "
-        "to reach 75-94%% test accuracy. Writes OUT/benchmark.json and OUT/benchmark.md.",
-    )
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="small settings that finish in minutes (batch 32, 2 steps x 2 repeats, one 60 s budget, "
-        "seed recipe for 2 epochs on 10,000 images)",
-    )
-    p.add_argument("--out", default="benchmarks/results", help="folder for the results (default benchmarks/results)")
-    p.add_argument("--models", type=models, help="comma-separated models to time (default: all registered)")
-    p.add_argument("--batch-size", type=int, help="batch size for the throughput runs (default 128)")
-    p.add_argument("--steps", type=int, help="timed steps per repeat (default 5)")
-    p.add_argument("--repeats", type=int, help="repeats per measurement; the median is kept (default 3)")
-    p.add_argument(
-        "--budgets",
-        type=budgets,
-        metavar="S1,S2,...",
-        help="time budgets in seconds for the fast recipe (default 150,240,600)",
-    )
-    p.add_argument("--seed-epochs", type=int, help="epochs of the seed recipe (default: its 20)")
-    p.add_argument("--no-seed", action="store_true", help="leave the seed recipe out of the time-to-accuracy runs")
-    p.add_argument("--throughput-only", action="store_true", help="skip the time-to-accuracy runs")
-    p.add_argument("--accuracy-only", action="store_true", help="skip the throughput measurements")
-    add_data_flags(p)
-    p.add_argument("--device", help="auto (default), cpu, cuda or mps")
-    p.set_defaults(func=cmd_benchmark)
