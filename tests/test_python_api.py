@@ -63,6 +63,22 @@ def test_the_api_module_loads_no_torch_until_training():
     }
 
 
+def test_import_cifarlab_is_the_index_of_the_api_and_loads_neither_torch_nor_the_api():
+    code = (
+        "import sys, cifarlab; before = ('torch' in sys.modules, 'cifarlab.api' in sys.modules); "
+        "f = cifarlab.train; print(*before, 'cifarlab.api' in sys.modules, 'torch' in sys.modules, "
+        "sorted(set(cifarlab.API) - set(dir(cifarlab))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == ["False", "False", "True", "False", "[]"]  # the API loads when asked for; torch only to train
+    import cifarlab
+
+    assert set(cifarlab.API) == set(lab.__all__)
+    assert all(getattr(cifarlab, name) is getattr(lab, name) for name in cifarlab.API)
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        cifarlab.trian  # noqa: B018 - a typo is an AttributeError, not a silent import
+
+
 def test_a_run_from_before_format_version_is_read_as_a_cifar10_fp32_run():
     old = migrate({"model": "mycnn", "test_top1": 0.8}, "run.json")
     assert old["format_version"] == FORMAT_VERSION and old["precision"] == "fp32" and old["init"] is None

@@ -1,6 +1,8 @@
 """The Python API, for notebooks and scripts: the same steps as the commands, returning objects, not exit codes.
 
-    from cifarlab import api as lab
+``import cifarlab`` gives these names (the package's ``__init__`` reads them from here on first use)::
+
+    import cifarlab as lab
     config = lab.recipe("seed", epochs=2, limit_train=5000)
     run = lab.train(config)          # a RunFolder; shown as a one-line summary in a notebook
     lab.analyze(run)                 # RUN/analysis/, returns its summary dict
