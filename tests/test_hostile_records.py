@@ -14,13 +14,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlab import sweep as sweep_module
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import read_json
 from cifarlab.cli.main import build_parser, main
 from cifarlab.config.train_config import TrainConfig, parse_overrides
 from cifarlab.engine import tracking
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder
+from cifarlab.sweep import command as sweep_command
+from cifarlab.sweep import driver as sweep_driver
+from cifarlab.sweep import mlflow_log as sweep_mlflow
+from cifarlab.sweep import pools as sweep_pools
+from cifarlab.sweep import progress as sweep_progress
+from cifarlab.sweep import record as sweep_record
+from cifarlab.sweep.worker import Job
 
 
 def needs(available: bool, extra: str):
@@ -138,12 +144,12 @@ def test_a_sweep_headline_from_a_forged_run_json_fails_that_run_only(tmp_path):
     for run, text in zip(planned, ("[1]", json.dumps({"test_top1": "high", "epochs": True})), strict=True):
         (spec.folder / run.name).mkdir(parents=True)
         (spec.folder / run.name / "run.json").write_text(text)
-    sweep = sweep_module.Sweep(spec, SweepOptions(workers=1), planned)
+    sweep = sweep_driver.Sweep(spec, SweepOptions(workers=1), planned)
     first, second = (sweep.runs[r.name] for r in planned)
     assert first["state"] == "failed" and "holds a list" in first["message"]
     assert second["state"] == "done" and second["headline"]["test_top1"] is None  # a string is no number
     assert second["headline"]["epochs"] is None  # nor is true
-    assert sweep_module.finished_line(second, "").startswith("done")
+    assert sweep_driver.finished_line(second, "").startswith("done")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def test_a_forged_sweep_json_is_one_line_when_the_sweep_runs_again(tmp_path, fak
 
 def resume_settings(folder: Path, *flags: str) -> tuple[SweepSpec, SweepOptions]:
     args = build_parser().parse_args(["sweep", "--resume", str(folder), *flags])
-    return sweep_module.settings_from_args(args)
+    return sweep_command.settings_from_args(args)
 
 
 def test_resume_does_not_obey_the_recorded_mlflow_uri_and_ray_address(tmp_path, capsys):
@@ -393,8 +399,8 @@ def test_a_gathered_blob_replaces_only_the_run_it_was_asked_for(sweep_folder, tm
 def test_the_driver_fails_a_run_whose_blob_is_forged_and_the_sweep_goes_on(tmp_path, capsys):
     spec = SweepSpec(name="gather", models=["mycnn"], seeds=[0, 1], out=str(tmp_path))
     planned = expand(spec)
-    sweep = sweep_module.Sweep(spec, SweepOptions(workers=1, ray="local", gather=True), planned)
-    (sweep.folder / sweep_module.LOG_DIR).mkdir(parents=True)
+    sweep = sweep_driver.Sweep(spec, SweepOptions(workers=1, ray="local", gather=True), planned)
+    (sweep.folder / sweep_record.LOG_DIR).mkdir(parents=True)
     mine, other = (r.name for r in planned)
     (sweep.folder / other).mkdir()
     (sweep.folder / other / "run.json").write_text("{}")
@@ -402,7 +408,7 @@ def test_the_driver_fails_a_run_whose_blob_is_forged_and_the_sweep_goes_on(tmp_p
     for run in sweep.runs.values():
         run.update(state="running", attempts=1)
     result = {"name": mine, "state": "done", "blob": blob, "seconds": "fast", "headline": {"test_top1": 0.9}}
-    sweep_module.handle_result(sweep, result, deque(), sweep_module.Progress(2, 0, "gather"), [])
+    sweep_driver.handle_result(sweep, result, deque(), sweep_progress.Progress(2, 0, "gather"), [])
     assert sweep.runs[mine]["state"] == "failed" and "does not hold that run's folder" in sweep.runs[mine]["message"]
     assert (sweep.folder / other / "run.json").read_text() == "{}"
     assert "FAILED" in capsys.readouterr().out
@@ -410,10 +416,10 @@ def test_the_driver_fails_a_run_whose_blob_is_forged_and_the_sweep_goes_on(tmp_p
 
 def test_the_pools_name_a_result_by_the_run_they_were_given(tmp_path, monkeypatch):
     """A worker's result that names another run is recorded for the run the worker was handed."""
-    monkeypatch.setattr(sweep_module, "execute_run", lambda job, cancel, on_start: {"name": "other", "state": "done"})
-    pool = sweep_module.LocalPool(1)
+    monkeypatch.setattr(sweep_pools, "execute_run", lambda job, cancel, on_start: {"name": "other", "state": "done"})
+    pool = sweep_pools.LocalPool(1)
     try:
-        pool.submit({"name": "mine"})
+        pool.submit(Job(name="mine", config={}, sweep_dir=str(tmp_path), threads=1))
         results = []
         while not results:
             results = pool.results(5)
@@ -514,17 +520,17 @@ def test_a_tracking_json_that_is_not_a_record_gives_a_fresh_run_with_a_note(tmp_
 
 @needs_mlflow
 def test_a_sweep_json_with_a_forged_mlflow_run_id_gets_a_fresh_parent_run(tmp_path, capsys):
-    uri = sweep_module.absolute_mlflow_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    uri = sweep_mlflow.absolute_mlflow_uri(f"sqlite:///{tmp_path}/mlflow.db")
     spec = SweepSpec(name="tracked", models=["mycnn"], seeds=[0], out=str(tmp_path))
     folder = spec.folder
     folder.mkdir()
     record = {"uri": uri, "run_id": "0" * 32, "experiment": "tracked"}
     (folder / "sweep.json").write_text(json.dumps({"name": "tracked", "mlflow": record, "runs": []}))
-    sweep = sweep_module.Sweep(spec, SweepOptions(workers=1, mlflow=uri), expand(spec))
-    env = sweep_module.start_mlflow(sweep)
+    sweep = sweep_driver.Sweep(spec, SweepOptions(workers=1, mlflow=uri), expand(spec))
+    env = sweep_mlflow.start_mlflow(sweep)
     assert "which cannot be found in this store" in capsys.readouterr().err
     assert env["CIFARLAB_MLFLOW_PARENT_RUN"] == sweep.mlflow["run_id"] != "0" * 32
-    reopened = sweep_module.Sweep(spec, SweepOptions(workers=1, mlflow=uri), expand(spec))
+    reopened = sweep_driver.Sweep(spec, SweepOptions(workers=1, mlflow=uri), expand(spec))
     reopened.mlflow = dict(sweep.mlflow)
-    assert sweep_module.start_mlflow(reopened)["CIFARLAB_MLFLOW_PARENT_RUN"] == sweep.mlflow["run_id"]
+    assert sweep_mlflow.start_mlflow(reopened)["CIFARLAB_MLFLOW_PARENT_RUN"] == sweep.mlflow["run_id"]
     assert "note" not in capsys.readouterr().err

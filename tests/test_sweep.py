@@ -18,13 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab import sweep as sweep_module
 from cifarlab.base.errors import UsageError
 from cifarlab.cli.main import main
 from cifarlab.engine import tracking
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.sweep import SweepSpec, expand, parse_seeds, parse_set, split_values
+from cifarlab.sweep import driver as sweep_driver
+from cifarlab.sweep import grid as sweep_grid
+from cifarlab.sweep import progress as sweep_progress
+from cifarlab.sweep import worker as sweep_worker
 
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 
@@ -242,14 +245,14 @@ def test_without_ray_installed_ray_says_how_to_install_it(tmp_path, monkeypatch,
 
 def test_time_left_counts_part_done_runs_by_their_epochs_and_scales_a_resumed_attempt(tmp_path):
     spec = SweepSpec(name="eta", models=["mycnn"], grid={"epochs": [20]}, seeds=[0, 1, 2, 3], out=str(tmp_path))
-    sweep = sweep_module.Sweep(spec, sweep_module.SweepOptions(workers=2), expand(spec))
+    sweep = sweep_driver.Sweep(spec, sweep_grid.SweepOptions(workers=2), expand(spec))
     names = list(sweep.runs)
     run0 = sweep.runs[names[0]]
     # a run resumed after epoch 19 of 20 that took 150 s costs 3,000 s whole; a fresh one is taken as it is
-    assert sweep_module.whole_run_seconds(run0, {"seconds": 150.0, "resumed_from": 19}) == pytest.approx(3000.0)
-    assert sweep_module.whole_run_seconds(run0, {"seconds": 2800.0, "resumed_from": None}) == 2800.0
-    assert sweep_module.whole_run_seconds(run0, {"seconds": 5.0, "resumed_from": 20}) is None  # only tested
-    assert sweep_module.eta(sweep, 2, []) is None
+    assert sweep_driver.whole_run_seconds(run0, {"seconds": 150.0, "resumed_from": 19}) == pytest.approx(3000.0)
+    assert sweep_driver.whole_run_seconds(run0, {"seconds": 2800.0, "resumed_from": None}) == 2800.0
+    assert sweep_driver.whole_run_seconds(run0, {"seconds": 5.0, "resumed_from": 20}) is None  # only tested
+    assert sweep_driver.eta(sweep, 2, []) is None
     sweep.runs[names[0]]["state"] = "done"
     sweep.runs[names[1]]["state"] = "running"  # 15 of 20 epochs in its metrics.csv: a quarter left
     (sweep.folder / names[1]).mkdir(parents=True)
@@ -257,8 +260,8 @@ def test_time_left_counts_part_done_runs_by_their_epochs_and_scales_a_resumed_at
     (sweep.folder / names[1] / "metrics.csv").write_text("epoch,train_loss\n" + rows)
     sweep.runs[names[2]]["state"] = "interrupted"  # no epoch finished: all of it left
     # 0.25 + 1 + 1 (the pending one) = 2.25 runs of 3,000 s, two at a time
-    assert sweep_module.eta(sweep, 2, [3000.0]) == pytest.approx(2.25 * 3000.0 / 2)
-    assert sweep_module.eta(sweep, 1, [2000.0, 4000.0]) == pytest.approx(2.25 * 3000.0)
+    assert sweep_driver.eta(sweep, 2, [3000.0]) == pytest.approx(2.25 * 3000.0 / 2)
+    assert sweep_driver.eta(sweep, 1, [2000.0, 4000.0]) == pytest.approx(2.25 * 3000.0)
 
 
 class InstantPool:
@@ -272,8 +275,8 @@ class InstantPool:
     def has_room(self) -> bool:
         return len(self.running) < self.slots
 
-    def submit(self, job: dict) -> None:
-        self.running.append(job["name"])
+    def submit(self, job: sweep_worker.Job) -> None:
+        self.running.append(job.name)
 
     def pids(self) -> list:
         return []
@@ -285,9 +288,9 @@ class InstantPool:
 
 def test_a_freed_worker_starts_the_next_run_before_the_status_line_is_printed(tmp_path, capsys):
     spec = SweepSpec(name="order", models=["mycnn"], seeds=[0, 1, 2, 3], out=str(tmp_path))
-    sweep = sweep_module.Sweep(spec, sweep_module.SweepOptions(workers=2), expand(spec))
+    sweep = sweep_driver.Sweep(spec, sweep_grid.SweepOptions(workers=2), expand(spec))
     sweep.folder.mkdir(parents=True)
-    sweep_module.drive(sweep, InstantPool(), {}, sweep_module.Progress(4, 0, "order"))
+    sweep_driver.drive(sweep, InstantPool(), {}, sweep_progress.Progress(4, 0, "order"))
     status = [line.strip() for line in capsys.readouterr().out.splitlines() if "finished," in line]
     assert status[0].startswith("1/4 finished, 2 running")  # the third run already took the freed worker
     assert status[1].startswith("2/4 finished, 2 running")
@@ -297,18 +300,18 @@ def test_a_freed_worker_starts_the_next_run_before_the_status_line_is_printed(tm
 
 def test_a_run_folder_left_by_a_worker_is_classified_for_resuming(tmp_path):
     run = tmp_path / "run"
-    assert sweep_module.folder_state(run) == "missing"
+    assert sweep_worker.folder_state(run) == "missing"
     run.mkdir()
-    assert sweep_module.folder_state(run) == "empty"  # killed before its first checkpoint: start afresh
+    assert sweep_worker.folder_state(run) == "empty"  # killed before its first checkpoint: start afresh
     (run / "last.pt").write_bytes(b"")
-    assert sweep_module.folder_state(run) == "partial"
+    assert sweep_worker.folder_state(run) == "partial"
     (run / "run.json").write_text("{}")
-    assert sweep_module.folder_state(run) == "done"
+    assert sweep_worker.folder_state(run) == "done"
     log = tmp_path / "x.log"
     log.write_text("epoch 1\ncifarlab: error: training stopped: the loss became nan at epoch 2\n")
-    assert sweep_module.classify(1, run / "nope", log) == ("failed", "training stopped: the loss became nan at epoch 2")
-    assert sweep_module.classify(-9, run, log) == ("died", "the worker was killed (SIGKILL)")
-    assert sweep_module.classify(130, run, log)[0] == "interrupted"
+    assert sweep_worker.classify(1, run / "nope", log) == ("failed", "training stopped: the loss became nan at epoch 2")
+    assert sweep_worker.classify(-9, run, log) == ("died", "the worker was killed (SIGKILL)")
+    assert sweep_worker.classify(130, run, log)[0] == "interrupted"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,19 +469,20 @@ def test_gather_mode_trains_in_a_scratch_folder_and_sends_the_run_back(fake_cifa
         grid={"epochs": [1], "batch_size": [50], "limit_train": [200], "val_size": [100], "device": ["cpu"]},
     )
     (planned,) = expand(spec, str(fake_cifar))
-    job = {
-        "name": planned.name,
-        "config": planned.config,
-        "sweep_dir": "/nonexistent/on/this/node",
-        "threads": 1,
-        "env": {},
-        "gather": True,
-        "analysis": "none",
-    }
-    result = sweep_module.execute_run(job)
+    assert planned.config is not None
+    job = sweep_worker.Job(
+        name=planned.name,
+        config=planned.config,
+        sweep_dir="/nonexistent/on/this/node",
+        threads=1,
+        env={},
+        gather=True,
+        analysis="none",
+    )
+    result = sweep_worker.execute_run(job)
     assert result["state"] == "done", result
     assert "$ " in result["log"] and "test (best.pt" in result["log"]
-    sweep_module.unpack_folder(result["blob"], tmp_path / "driver" / "gathered", planned.name)
+    sweep_worker.unpack_folder(result["blob"], tmp_path / "driver" / "gathered", planned.name)
     run = tmp_path / "driver" / "gathered" / planned.name
     assert json.loads((run / "run.json").read_text())["test_top1"] == result["headline"]["test_top1"]
     scratch = Path(json.loads((run / "config.json").read_text())["out"])
