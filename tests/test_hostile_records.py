@@ -16,11 +16,11 @@ import pytest
 
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.base.files import read_json
+from cifarlab.cli import sweep as sweep_command
 from cifarlab.cli.main import build_parser, main
 from cifarlab.config.train_config import TrainConfig, parse_overrides
 from cifarlab.engine import tracking
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder
-from cifarlab.sweep import command as sweep_command
 from cifarlab.sweep import driver as sweep_driver
 from cifarlab.sweep import mlflow_log as sweep_mlflow
 from cifarlab.sweep import pools as sweep_pools

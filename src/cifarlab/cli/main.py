@@ -11,9 +11,9 @@ from typing import NoReturn
 from cifarlab.base.errors import CifarlabError, escape
 from cifarlab.cli.catalog import register_models, register_recipes
 from cifarlab.cli.results import register_analyze, register_compare, register_report
+from cifarlab.cli.sweep import register_sweep
 from cifarlab.cli.tools import register_benchmark, register_evaluate, register_export, register_predict, register_study
 from cifarlab.cli.train import register_train
-from cifarlab.sweep.command import register_sweep
 
 
 class OneLineParser(argparse.ArgumentParser):

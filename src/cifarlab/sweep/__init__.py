@@ -1,6 +1,6 @@
 """``cifarlab sweep``: a grid of runs (models x recipes x config values x seeds) on a local pool or on Ray.
 
-Its modules, each importing only those listed above it (command.py, on top, is imported by cli.py only):
+Its modules, each importing only those listed above it (its command line is cli/sweep.py):
 
 - ``grid.py``: what a sweep trains and how it runs (SweepSpec, SweepOptions), --set and --seeds, the runs it plans
   (expand), and sweep files (TOML or YAML);
@@ -11,7 +11,6 @@ Its modules, each importing only those listed above it (command.py, on top, is i
 - ``mlflow_log.py``: the sweep's parent MLflow run and what is logged to it;
 - ``driver.py``: the driver (Sweep, the state written to sweep.json; handing out runs, retries, Ctrl-C, the
   comparison and report at the end; run_sweep);
-- ``command.py``: the command line (flags, settings over a sweep file or sweep.json, --dry-run, cmd_sweep).
 """
 
 from cifarlab.sweep.driver import run_sweep

@@ -1,6 +1,6 @@
 """``cifarlab sweep`` on the command line: its flags, the settings they give (over a sweep file, or a sweep's
-saved sweep.json with --resume), their checks, --dry-run's plan, and the command itself. The only sweep module
-that uses argparse and cifarlab.cli.flags."""
+saved sweep.json with --resume), their checks, --dry-run's plan, and the command itself. The only module
+of the sweep that uses argparse and cifarlab.cli.flags."""
 
 from __future__ import annotations
 
