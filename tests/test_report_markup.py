@@ -24,7 +24,8 @@ from PIL import Image
 from cifarlab.cli.main import main
 from cifarlab.results import analysis, plots
 from cifarlab.results.compare import build_comparison, comparison_markdown, markdown_text
-from cifarlab.results.report import RunView, read_csv_rows, render_html, render_markdown
+from cifarlab.results.report import render_html, render_markdown
+from cifarlab.results.report_runs import RunView, read_csv_rows
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
@@ -275,9 +276,10 @@ NAMES = st.text(
 
 
 @pytest.fixture(scope="module")
-def plain_view(hostile_runs) -> tuple[RunView, object]:
-    """A run's files as the report reads them (the second hostile run, analysed by the report)."""
-    from cifarlab.results.report import load_view
+def plain_view(hostile_runs, hostile_report) -> tuple[RunView, object]:
+    """A run's files as the report reads them (the second hostile run, analysed by the report: hostile_report
+    first, whatever the test order, or load_view would analyse it here, without the test images)."""
+    from cifarlab.results.report_runs import load_view
 
     run = hostile_runs[1]
     return load_view(run, None), build_comparison([run])
