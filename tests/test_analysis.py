@@ -15,7 +15,7 @@ from torch import nn
 from cifarlab.base.errors import CifarlabError
 from cifarlab.cli.main import main
 from cifarlab.models.registry import MODELS, build_model
-from cifarlab.results import analysis
+from cifarlab.results import analysis, analysis_metrics
 from cifarlab.results.gradcam import centre_share, find_target_layer, grad_cam, scale_maps
 from cifarlab.runs import folder as runfolder
 
@@ -102,15 +102,15 @@ def probs_for(pred: np.ndarray, c: int = 4) -> np.ndarray:
 
 
 def test_confusion_matrix_on_known_input():
-    counts = analysis.confusion_counts(probs_for(PRED), Y)
+    counts = analysis_metrics.confusion_counts(probs_for(PRED), Y)
     assert counts.tolist() == [[2, 1, 0, 0], [0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0]]
-    normalized = analysis.row_normalize(counts)
+    normalized = analysis_metrics.row_normalize(counts)
     assert np.allclose(normalized[0], [2 / 3, 1 / 3, 0, 0])
     assert np.isnan(normalized[3]).all()  # class 3 never occurs: its row is undefined, not zero
 
 
 def test_per_class_metrics_by_hand_with_never_predicted_and_never_occurring_classes():
-    rows = analysis.per_class_metrics(probs_for(PRED), Y, ["a", "b", "c", "d"])
+    rows = analysis_metrics.per_class_metrics(probs_for(PRED), Y, ["a", "b", "c", "d"])
     by = {r["class"]: r for r in rows}
     assert by["a"]["precision"] == pytest.approx(2 / 3) and by["a"]["recall"] == pytest.approx(2 / 3)
     assert by["a"]["f1"] == pytest.approx(2 / 3)
@@ -129,7 +129,7 @@ def test_per_class_metrics_match_numpy_on_random_input():
     y[y == 4] = 0  # class 4 never occurs
     probs = rng.dirichlet(np.ones(6), size=300).astype(np.float32)
     probs[:, 5] = 0  # class 5 never predicted
-    rows = analysis.per_class_metrics(probs, y, [str(k) for k in range(6)])
+    rows = analysis_metrics.per_class_metrics(probs, y, [str(k) for k in range(6)])
     ref = np_per_class(y, probs.argmax(1), 6)
     for key in ("precision", "recall", "f1"):
         got = np.array([np.nan if r[key] is None else r[key] for r in rows])
@@ -140,7 +140,7 @@ def test_per_class_metrics_match_numpy_on_random_input():
 def test_ece_by_hand():
     # confidences 0.9 (right), 0.6 (wrong), 0.5 (wrong), one per bin: ECE = (0.1 + 0.6 + 0.5) / 3
     probs = np.array([[0.9, 0.1, 0, 0], [0.6, 0.4, 0, 0], [0.5, 0.3, 0.2, 0]], dtype=np.float32)
-    cal = analysis.calibration(probs, np.array([0, 1, 2]))
+    cal = analysis_metrics.calibration(probs, np.array([0, 1, 2]))
     assert cal["ece"] == pytest.approx(1.2 / 3, abs=1e-6)
     assert sum(b["count"] for b in cal["bins"]) == 3 and len(cal["bins"]) == 15
 
@@ -149,7 +149,7 @@ def test_ece_puts_confidence_one_in_the_fifteenth_bin():
     # A wrong answer at confidence 1.0 and a right one at 0.95 share the bin [14/15, 1]:
     # |accuracy 0.5 - confidence 0.975| * 2/2 = 0.475 (a 16th bin for 1.0 alone would give 0.525).
     probs = np.array([[1.0, 0, 0], [0.95, 0.05, 0]], dtype=np.float32)
-    cal = analysis.calibration(probs, np.array([1, 0]))
+    cal = analysis_metrics.calibration(probs, np.array([1, 0]))
     assert cal["ece"] == pytest.approx(0.475, abs=1e-6)
     assert cal["bins"][-1]["count"] == 2
 
@@ -159,14 +159,14 @@ def test_ece_matches_numpy_on_random_input():
     probs = rng.dirichlet(np.full(10, 0.3), size=2000)
     probs[:100] = np.eye(10)[rng.integers(0, 10, 100)]  # confidence exactly 1
     y = np.where(rng.random(2000) < 0.7, probs.argmax(1), rng.integers(0, 10, 2000))
-    assert analysis.calibration(probs.astype(np.float32), y)["ece"] == pytest.approx(
+    assert analysis_metrics.calibration(probs.astype(np.float32), y)["ece"] == pytest.approx(
         np_ece(probs.astype(np.float32), y), abs=1e-6
     )
 
 
 def test_confused_pairs_are_ordered_by_count_then_class_order():
     counts = np.array([[5, 3, 1], [3, 4, 0], [0, 7, 2]])
-    pairs = analysis.confused_pairs(counts, ["a", "b", "c"], top=3)
+    pairs = analysis_metrics.confused_pairs(counts, ["a", "b", "c"], top=3)
     assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [("c", "b", 7), ("a", "b", 3), ("b", "a", 3)]
     assert pairs[0]["share_of_true"] == pytest.approx(7 / 9)
 
@@ -235,7 +235,7 @@ def test_macro_averages_skip_undefined_values(analysed):
     for key, cls in (("precision", TRUCK), ("recall", SHIP)):  # truck is never predicted, ship never occurs
         assert np.isnan(ref[key][cls])
         assert summary[f"macro_{key}"] > np.nan_to_num(ref[key]).mean() + 1e-6  # counting 0/0 as 0 gives less
-    assert analysis.nanmean([0.5, None, 1.0]) == 0.75 and analysis.nanmean([None, None]) is None
+    assert analysis_metrics.nanmean([0.5, None, 1.0]) == 0.75 and analysis_metrics.nanmean([None, None]) is None
 
 
 def test_calibration_json_matches_recomputation(analysed):

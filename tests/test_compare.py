@@ -12,7 +12,8 @@ from PIL import Image
 
 from cifarlab.cli.main import main
 from cifarlab.config.train_config import TrainConfig
-from cifarlab.results.compare import build_comparison, group_key
+from cifarlab.results.compare import build_comparison
+from cifarlab.results.compare_groups import group_key
 
 
 def accuracy(run: Path) -> float:

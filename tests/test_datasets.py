@@ -19,7 +19,7 @@ from PIL import Image
 
 import cifarlab.data.cifar10
 from cifarlab.base.errors import DataError, UsageError
-from cifarlab.data import cifar100, folders, images
+from cifarlab.data import cifar100, folder_cache, folders, images
 from cifarlab.data.loading import load_dataset, reload, run_record
 
 # --- image folders: layouts ------------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_a_damaged_cache_is_rebuilt(image_folder, capsys, damage):
     again = load_dataset(str(image_folder), image_size=16)
     assert "are damaged" in capsys.readouterr().out
     assert torch.equal(again.train_images, first.train_images) and torch.equal(again.test_images, first.test_images)
-    images_now, _ = folders.read_cache(array.stem, 33, 16)  # rewritten whole
+    images_now, _ = folder_cache.read_cache(array.stem, 33, 16)  # rewritten whole
     assert torch.equal(torch.from_numpy(images_now), torch.cat([first.train_images, first.test_images]))
 
 
@@ -298,13 +298,13 @@ def test_an_unwritable_cache_folder_is_a_warning(image_folder, monkeypatch, tmp_
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CIFARLAB_CACHE_DIR", str(tmp_path / "c"))
-    assert folders.cache_dir() == tmp_path / "c"
+    assert folder_cache.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("CIFARLAB_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert folders.cache_dir() == tmp_path / "xdg" / "cifarlab"
+    assert folder_cache.cache_dir() == tmp_path / "xdg" / "cifarlab"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert folders.cache_dir() == tmp_path / "home" / ".cache" / "cifarlab"
+    assert folder_cache.cache_dir() == tmp_path / "home" / ".cache" / "cifarlab"
 
 
 def test_decoding_in_worker_processes_gives_the_same_images(image_folder, monkeypatch):

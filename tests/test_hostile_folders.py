@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from cifarlab.base.errors import DataError
-from cifarlab.data import folders, images
-from cifarlab.data.folders import CACHE_SUBDIR, load_folder, scan_folder
+from cifarlab.data import folder_cache, folders, images
+from cifarlab.data.folder_cache import CACHE_SUBDIR
+from cifarlab.data.folders import load_folder, scan_folder
 from cifarlab.tools import predict
 from cifarlab.tools.predict import predict_files
 
@@ -181,7 +182,7 @@ def test_temporary_files_a_killed_writer_left_are_removed_at_the_next_load(folde
     stale, fresh = cache / ".0123.npy.abcd.tmp", cache / ".4567.npy.efgh.tmp"
     stale.write_bytes(b"half an array")
     fresh.write_bytes(b"a writer still at work")
-    old = time.time() - 2 * folders.STALE_TEMP_SECONDS
+    old = time.time() - 2 * folder_cache.STALE_TEMP_SECONDS
     os.utime(stale, (old, old))
     load_folder(folder, image_size=16)
     assert not stale.exists() and fresh.exists()

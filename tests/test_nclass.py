@@ -20,8 +20,9 @@ from torch import nn
 
 from cifarlab.base.errors import DataError
 from cifarlab.data.cifar10 import CLASSES, ImageData
-from cifarlab.results import analysis, plots
-from cifarlab.results.compare import build_comparison, comparison_markdown, group_key
+from cifarlab.results import analysis, analysis_metrics, plots
+from cifarlab.results.compare import build_comparison, comparison_markdown
+from cifarlab.results.compare_groups import group_key
 from cifarlab.results.gradcam import find_target_layer, grad_cam
 from cifarlab.results.report import report
 from cifarlab.runs import folder as runfolder
@@ -206,9 +207,9 @@ def test_most_confused_classes_rule():
     counts = np.diag([5, 5, 5, 5])
     counts[0, 3] = 2  # class 0 and 3 share two mistakes; class 1 has one; class 2 none
     counts[1, 2] = 1
-    assert analysis.most_confused_classes(counts, limit=2).tolist() == [0, 3]
-    assert analysis.most_confused_classes(counts, limit=3).tolist() == [0, 1, 3]  # 1 and 2 tie: earlier label
-    assert analysis.most_confused_classes(counts, limit=4).tolist() == [0, 1, 2, 3]
+    assert analysis_metrics.most_confused_classes(counts, limit=2).tolist() == [0, 3]
+    assert analysis_metrics.most_confused_classes(counts, limit=3).tolist() == [0, 1, 3]  # 1 and 2 tie: earlier label
+    assert analysis_metrics.most_confused_classes(counts, limit=4).tolist() == [0, 1, 2, 3]
 
 
 def test_per_class_table_sorted_by_accuracy_worst_first(hundred):
@@ -225,7 +226,7 @@ def test_per_class_table_sorted_by_accuracy_worst_first(hundred):
 
 def test_by_accuracy_puts_undefined_last_and_keeps_label_order_for_ties():
     rows = [{"class": c, "accuracy": a} for c, a in [("a", 0.5), ("b", None), ("c", 0.2), ("d", 0.5)]]
-    assert [r["class"] for r in analysis.by_accuracy(rows)] == ["c", "a", "d", "b"]
+    assert [r["class"] for r in analysis_metrics.by_accuracy(rows)] == ["c", "a", "d", "b"]
 
 
 def test_galleries_show_the_images_at_the_runs_size(hundred):

@@ -20,7 +20,9 @@ from PIL import Image
 from cifarlab.base import figures
 from cifarlab.cli.main import main
 from cifarlab.results import analysis
-from cifarlab.results.report import SECTIONS, data_uri, esc, report
+from cifarlab.results.report import report
+from cifarlab.results.report_format import data_uri, esc
+from cifarlab.results.report_view import SECTIONS
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -13,7 +13,7 @@ import pytest
 from cifarlab.base.errors import UsageError
 from cifarlab.cli.main import main
 from cifarlab.config.train_config import make_config
-from cifarlab.engine import tracking
+from cifarlab.engine import mlflow_run, tracking
 from cifarlab.engine.tracking import SCALAR_TAGS, TB_DIR, NullTracker, Tracker, open_tracker
 from cifarlab.runs.layout import read_metrics_csv
 
@@ -26,7 +26,7 @@ def needs_tensorboard(test):
 
 def needs_mlflow(test):
     return pytest.mark.required_in_ci(
-        pytest.mark.skipif(not tracking.mlflow_available(), reason="mlflow not installed")(test)
+        pytest.mark.skipif(not mlflow_run.mlflow_available(), reason="mlflow not installed")(test)
     )
 
 
@@ -173,15 +173,15 @@ def test_tracking_is_off_without_tensorboard_unless_asked(tmp_path, monkeypatch)
 
 
 def test_mlflow_asked_for_but_missing_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(tracking, "mlflow_available", lambda: False)
+    monkeypatch.setattr(mlflow_run, "mlflow_available", lambda: False)  # what require_mlflow asks
     monkeypatch.setenv("CIFARLAB_TENSORBOARD", "0")
     with pytest.raises(UsageError, match=r"pip install 'cifarlab\[mlflow\]'"):
         open_tracker(tmp_path, {"model": "mycnn"}, mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
 
 def test_mlflow_artifacts_of_a_local_store_stay_beside_it(tmp_path):
-    assert tracking.artifact_root(f"sqlite:///{tmp_path}/m.db") == (tmp_path / "mlflow-artifacts").as_uri()
-    assert tracking.artifact_root("http://tracking.example:5000") is None
+    assert mlflow_run.artifact_root(f"sqlite:///{tmp_path}/m.db") == (tmp_path / "mlflow-artifacts").as_uri()
+    assert mlflow_run.artifact_root("http://tracking.example:5000") is None
 
 
 @needs_mlflow
@@ -222,7 +222,7 @@ def test_a_training_run_logs_params_metrics_and_figures_to_mlflow(fake_cifar, tm
         == 0
     )
     run = tmp_path / "runs" / "tracked"
-    saved = json.loads((run / tracking.TRACKING_FILE).read_text())
+    saved = json.loads((run / mlflow_run.TRACKING_FILE).read_text())
     assert saved["mlflow_uri"] == uri
 
     client = MlflowClient(tracking_uri=uri)

@@ -169,6 +169,27 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         help="plan steps (and width) so training + the final test fit in SECONDS (recipes fast, "
         "resnet18-cifar; docs/fast.md)",
     )
+    add_transfer_flags(p)
+    p.add_argument(
+        "--no-scale",
+        dest="scale_to_data",
+        action="store_false",
+        default=None,
+        help="keep the recipe's validation size, batch size, LR and schedule as written, even on a small dataset "
+        "(by default they adapt to it, and run.json's scaling says how)",
+    )
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="skip the error analysis written after the test (figures, Grad-CAM; slow on a CPU): "
+        "`cifarlab analyze RUN` writes it later",
+    )
+    add_speed_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def add_transfer_flags(p: argparse.ArgumentParser) -> None:
+    """``train``'s flags for starting from a trained model: where from, the head-only epochs, the body's LR."""
     p.add_argument(
         "--init-from",
         metavar="RUN_OR_CHECKPOINT",
@@ -187,20 +208,10 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="with --init-from: the LR of everything but the head is F x the LR (recipe default; finetune: 0.3)",
     )
-    p.add_argument(
-        "--no-scale",
-        dest="scale_to_data",
-        action="store_false",
-        default=None,
-        help="keep the recipe's validation size, batch size, LR and schedule as written, even on a small dataset "
-        "(by default they adapt to it, and run.json's scaling says how)",
-    )
-    p.add_argument(
-        "--no-analysis",
-        action="store_true",
-        help="skip the error analysis written after the test (figures, Grad-CAM; slow on a CPU): "
-        "`cifarlab analyze RUN` writes it later",
-    )
+
+
+def add_speed_flags(p: argparse.ArgumentParser) -> None:
+    """``train``'s flags for how the model runs: its width, torch.compile, and timing as airbench does."""
     p.add_argument(
         "--width",
         dest="model_width",
@@ -224,4 +235,3 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         help="time as airbench does: per-epoch validation and checkpoints off the clock (run.json's "
         "seconds_used), no per-step GPU syncs (docs/fast.md)",
     )
-    p.set_defaults(func=cmd_train)

@@ -4,6 +4,7 @@
 - ``cifar10``: CIFAR-10 read from the official files (and downloaded), :class:`ImageData`;
 - ``cifar100``: CIFAR-100, fine or coarse labels;
 - ``images``: the one image decoder (bounded memory, an allow-list of formats) and resizing;
+- ``folder_cache``: the on-disk cache of decoded image folders (``.npy`` and JSON, checked before use);
 - ``folders``: a folder of the user's images, decoded once on every core and cached;
 - ``split``: the stratified validation split, balanced slices, per-channel normalisation;
 - ``batches``: batches cut, augmented and normalised as tensor operations;

@@ -21,7 +21,6 @@ killed writer left are removed at the next load. The dataset folder itself is on
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -38,11 +37,20 @@ import numpy as np
 import torch
 
 from cifarlab.base.cores import usable_cores
-from cifarlab.base.errors import CifarlabError, DataError, escape
-from cifarlab.base.files import TEMP_SUFFIX, atomic_write
+from cifarlab.base.errors import DataError, escape
 from cifarlab.base.progress import log, progress
-from cifarlab.base.records import loads_json, read_json
+from cifarlab.base.records import loads_json
 from cifarlab.data.cifar10 import ImageData
+from cifarlab.data.folder_cache import (
+    CACHE_FORMAT,
+    CACHE_SUBDIR,
+    cache_dir,
+    cache_paths,
+    content_digest,
+    read_cache,
+    remove_stale_temporaries,
+    write_cache,
+)
 from cifarlab.data.images import DECODER_VERSION, check_fits, decode_file, image_suffixes
 
 CLASSES_TXT, CLASSES_JSON = "classes.txt", "classes.json"
@@ -53,10 +61,6 @@ MAX_NAME = 100  # characters in a class name (as checkpoints allow)
 SHOWN = 5  # unreadable files named in a message
 POOL_MIN = 256  # fewer images are decoded in this process: starting workers would cost more than it saves
 CHUNK = 64  # images per task sent to a worker (and per step of the progress bar)
-CACHE_FORMAT = 1  # layout of the cache files; part of the key
-CACHE_SUBDIR = "images"
-CONTENT_BLOCK = 1 << 16  # bytes hashed at each end of a file for the cache key
-STALE_TEMP_SECONDS = 3600  # a cache temporary file older than this was left by a killed writer: removed
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,7 @@ def class_names(root: Path, folders: list[str]) -> list[str]:
     return names
 
 
-# --- fingerprints and cache ------------------------------------------------------------------------------------
+# --- fingerprints ----------------------------------------------------------------------------------------------
 
 
 def file_list_fingerprint(entries: list[Entry]) -> str:
@@ -300,21 +304,6 @@ def file_list_fingerprint(entries: list[Entry]) -> str:
     return digest.hexdigest()[:16]
 
 
-def content_digest(path: Path, size: int) -> str:
-    """SHA-256 of a file's first and last :data:`CONTENT_BLOCK` bytes (all of a small file); '' if unreadable
-    (the decoder then reports it)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            digest.update(f.read(CONTENT_BLOCK))
-            if size > 2 * CONTENT_BLOCK:
-                f.seek(size - CONTENT_BLOCK)
-            digest.update(f.read(CONTENT_BLOCK))
-    except OSError:
-        return ""
-    return digest.hexdigest()
-
-
 def cache_key(entries: list[Entry], image_size: int, root: Path) -> str:
     """The decoded tensor's key: the files in their order (path, size, mtime and content), the size and the
     decoder; the content makes two folders whose names, sizes and times agree but whose pixels differ two keys."""
@@ -323,107 +312,6 @@ def cache_key(entries: list[Entry], image_size: int, root: Path) -> str:
         digest.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\0".encode("utf-8", "surrogateescape"))
         digest.update(f"{content_digest(root / e.rel, e.size)}\n".encode())
     return digest.hexdigest()[:32]
-
-
-def cache_dir() -> Path:
-    """$CIFARLAB_CACHE_DIR, else $XDG_CACHE_HOME/cifarlab, else ~/.cache/cifarlab."""
-    if os.environ.get("CIFARLAB_CACHE_DIR"):
-        return Path(os.environ["CIFARLAB_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cifarlab"
-
-
-def cache_paths(key: str) -> tuple[Path, Path]:
-    folder = cache_dir() / CACHE_SUBDIR
-    return folder / f"{key}.npy", folder / f"{key}.json"
-
-
-def valid_meta(meta: Any, count: int, image_size: int) -> bool:
-    """The cache's JSON describes ``count`` files at this size, with a well-formed list of skipped ones."""
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or meta.get("image_size") != image_size:
-        return False
-    skipped = meta.get("skipped")
-    if meta.get("files") != count or not isinstance(skipped, list):
-        return False
-    if not all(isinstance(s, list) and len(s) == 2 and type(s[0]) is int and isinstance(s[1], str) for s in skipped):
-        return False
-    indices = [s[0] for s in skipped]
-    return len(set(indices)) == len(indices) and all(0 <= i < count for i in indices)
-
-
-def check_npy_header(path: Path, shape: tuple[int, ...]) -> None:
-    """Read a ``.npy`` file's header only and refuse it (ValueError) unless it holds uint8 of ``shape``, in C
-    order, and the file is large enough for it: a planted header claiming a terabyte is refused unread."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            found, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            found, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"npy format version {version} is not one cifarlab writes")
-        data_start = f.tell()
-    if dtype != np.uint8 or fortran or tuple(found) != shape:
-        raise ValueError(f"array of {dtype} {tuple(found)}, expected uint8 {shape}")
-    if os.path.getsize(path) < data_start + math.prod(shape):
-        raise ValueError("the file is shorter than its header says")
-
-
-def read_cache(key: str, count: int, image_size: int) -> tuple[np.ndarray, list[tuple[int, str]]] | None:
-    """The cached images and skipped files (index, reason), or None when absent; a damaged entry is said and
-    ignored (it is rebuilt). The JSON is read bounded; the array's header is checked before any pixel is read."""
-    array_path, meta_path = cache_paths(key)
-    if not meta_path.is_file():
-        return None
-    try:
-        meta = read_json(meta_path, DataError)
-        if not valid_meta(meta, count, image_size):
-            raise ValueError("its description does not match the files")
-        kept = count - len(meta["skipped"])
-        check_npy_header(array_path, (kept, 3, image_size, image_size))
-        images = np.load(array_path, allow_pickle=False)
-        if images.dtype != np.uint8 or images.shape != (kept, 3, image_size, image_size):
-            raise ValueError(
-                f"array of {images.dtype} {images.shape}, expected uint8 {(kept, 3, image_size, image_size)}"
-            )
-    except (OSError, ValueError, EOFError, DataError) as exc:
-        log(f"cifarlab: the cached images {array_path} are damaged ({exc}); decoding again")
-        return None
-    return images, [(i, reason) for i, reason in meta["skipped"]]
-
-
-def write_cache(key: str, images: np.ndarray, skipped: list[tuple[int, str]], count: int, image_size: int) -> None:
-    """Save the decoded images (array first, then the JSON that makes the entry valid), atomically; a cache
-    folder that cannot be written is a warning, not an error."""
-    array_path, meta_path = cache_paths(key)
-    meta = {"format": CACHE_FORMAT, "image_size": image_size, "files": count, "skipped": [list(s) for s in skipped]}
-    try:
-        array_path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(array_path, lambda f: np.save(f, images, allow_pickle=False))
-        atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))  # the entry is valid from here
-    except (OSError, CifarlabError) as exc:
-        text = str(exc) if isinstance(exc, CifarlabError) else f"{array_path.parent}: {exc.strerror or exc}"
-        log(f"cifarlab: warning: could not cache the decoded images ({text}); the next run decodes them again")
-
-
-def remove_stale_temporaries(folder: Path, now: float | None = None) -> int:
-    """Delete the temporary files (``.<name>.<random>.tmp``) that writers killed mid-write left in the cache
-    folder, once older than :data:`STALE_TEMP_SECONDS` (a younger one may belong to a writer still at work);
-    returns how many were removed."""
-    now = time.time() if now is None else now
-    removed = 0
-    try:
-        candidates = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)]
-    except OSError:
-        return 0
-    for entry in candidates:
-        try:
-            if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > STALE_TEMP_SECONDS:
-                os.unlink(entry.path)
-                removed += 1
-        except OSError:
-            continue
-    return removed
 
 
 # --- decoding --------------------------------------------------------------------------------------------------

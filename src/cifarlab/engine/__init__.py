@@ -8,6 +8,7 @@
 - ``infer``: logits over a stream of batches, with test-time views;
 - ``budget``: training to a time budget (time a few steps, plan the rest);
 - ``transfer``: starting from a trained model (``--init-from``);
+- ``mlflow_run``: one run's MLflow run (the store's client, params and metrics, reopened on resume);
 - ``tracking``: TensorBoard and MLflow;
 - ``build``: a run before its first epoch (device, data, plan, model, batches, optimiser, folder), or resumed;
 - ``train``: the run itself: ``train``, ``train_one_epoch``, ``train_step`` (forward, loss, backward, step), the test.

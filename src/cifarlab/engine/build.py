@@ -175,33 +175,11 @@ def build_run(
     device, the data and its split, the time-budget plan, model, batches, optimiser, schedule, weight averaging,
     then the run folder (a new one, or the resumed one with every state restored from last.pt). ``step`` is the
     training step (``train.train_step``) that a time budget times."""
-    validate(config)
-    init = None
-    if config.init_from is not None and resume is None:  # read and checked before anything else is done
-        init = load_init(config.init_from)
-        check_fits(config, init)
-    device, dist = start_processes(config)
-    if resume is not None and dist.is_main:
-        claim_folder(Path(resume), cleanup)
-    if resume is None and config.name and (Path(config.out) / config.name).exists():
-        raise UsageError(
-            f"run folder {Path(config.out) / config.name} already exists; choose another --name "
-            "(runs are never overwritten)"
-        )
+    init, device, dist = start_run(config, resume, cleanup)
     torch.manual_seed(config.seed)
-    t_load = time.perf_counter()
-    data = (
-        data
-        if data is not None
-        else load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
-    )
-    load_seconds = time.perf_counter() - t_load
-    scaling: dict[str, Any] = {}
-    if resume is None:  # a resumed run's config.json holds the scaled values already
-        config, scaled = scale_to_data(config, len(data.train_labels), len(data.classes))
-        scaling = scaled.record()
-        if scaled.message():
-            log(scaled.message(), dist.is_main)
+    data, load_seconds = read_data(config, data)
+    # a resumed run's config.json holds the scaled values already
+    config, scaling = scale_config(config, data, dist) if resume is None else (config, {})
     if config.timed:
         clock = Stopwatch(clock, device)
     budget_start = clock()  # a --time-budget covers everything from here to the test's end
@@ -212,18 +190,10 @@ def build_run(
         plan, config = plan_run(config, data, prep, device, dist, budget_start, clock, step)
     model, params, macs, head_kept = make_model(config, data, prep, device, init)
     train_batches, val_batches = make_batches(config, data, prep, device, dist)
-    length = RunLength.of(config, steps_per_epoch(train_batches))
-    if config.train_steps is not None:  # whole epochs to run; the last one stops at train_steps
-        config = replace(config, epochs=length.epochs)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, length)
-    averager = make_averager(model, config, length)
+    config, length, optimizer, scheduler, averager = make_training(config, model, train_batches)
     pacer = None if plan is None else Pacer(plan, length, budget_start, clock)  # keeps a budget run on time
     model = wrap_model(model, config, device, dist)
-    if resume is None:
-        folder, config = create_folder(config, data, prep, dist, cleanup)
-    else:
-        folder = Path(resume)
+    folder, config = create_folder(config, data, prep, dist, cleanup) if resume is None else (Path(resume), config)
     run = Run(
         config,
         data,
@@ -249,10 +219,75 @@ def build_run(
         init=None if init is None else init_record(init, head_kept),
         body=body_parameters(unwrap(model)) if config.freeze_epochs else [],
     )
+    open_folder(run, resume, head_kept)
+    return run
+
+
+def start_run(
+    config: TrainConfig, resume: str | Path | None, cleanup: contextlib.ExitStack
+) -> tuple[dict[str, Any] | None, torch.device, distributed.DistInfo]:
+    """The checks before anything is done: the config, the checkpoint ``--init-from`` names (read and checked
+    first; None without one), then the processes and device, the resumed folder claimed, a new one's name free."""
+    validate(config)
+    init = None
+    if config.init_from is not None and resume is None:  # read and checked before anything else is done
+        init = load_init(config.init_from)
+        check_fits(config, init)
+    device, dist = start_processes(config)
+    if resume is not None and dist.is_main:
+        claim_folder(Path(resume), cleanup)
+    if resume is None and config.name and (Path(config.out) / config.name).exists():
+        raise UsageError(
+            f"run folder {Path(config.out) / config.name} already exists; choose another --name "
+            "(runs are never overwritten)"
+        )
+    return init, device, dist
+
+
+def read_data(config: TrainConfig, data: ImageData | None) -> tuple[ImageData, float]:
+    """The run's dataset (``data`` when given, else loaded as the config says) and the seconds loading took."""
+    t_load = time.perf_counter()
+    data = (
+        data
+        if data is not None
+        else load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
+    )
+    return data, time.perf_counter() - t_load
+
+
+def scale_config(
+    config: TrainConfig, data: ImageData, dist: distributed.DistInfo
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """The recipe scaled for the dataset's size and classes (said in one line when it changed), and the record of
+    what changed."""
+    config, scaled = scale_to_data(config, len(data.train_labels), len(data.classes))
+    if scaled.message():
+        log(scaled.message(), dist.is_main)
+    return config, scaled.record()
+
+
+def make_training(
+    config: TrainConfig, model: nn.Module, train_batches: Batches
+) -> tuple[TrainConfig, RunLength, torch.optim.Optimizer, Any, WeightAverager | None]:
+    """The run's length in steps (a ``train_steps`` run's config gets the whole epochs to run), optimiser,
+    learning-rate schedule and weight averaging."""
+    length = RunLength.of(config, steps_per_epoch(train_batches))
+    if config.train_steps is not None:  # whole epochs to run; the last one stops at train_steps
+        config = replace(config, epochs=length.epochs)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, length)
+    averager = make_averager(model, config, length)
+    return config, length, optimizer, scheduler, averager
+
+
+def open_folder(run: Run, resume: str | Path | None, head_kept: bool) -> None:
+    """The run's first lines, and its folder made resumable: a resumed run's states restored from last.pt, a new
+    run's last.pt written before any epoch (so even an early Ctrl-C can be resumed)."""
+    config, dist, folder = run.config, run.dist, run.folder
     if run.init is not None:
         log(
             f"starting from {run.init['path']} ({run.init['model']}, epoch {run.init['epoch']}; "
-            f"{'head kept' if head_kept else 'new head for ' + str(len(data.classes)) + ' classes'})",
+            f"{'head kept' if head_kept else 'new head for ' + str(len(run.data.classes)) + ' classes'})",
             dist.is_main,
         )
     if resume is not None:
@@ -261,12 +296,11 @@ def build_run(
         with off_the_clock(run):
             save_checkpoint(checkpoint_state(run, 0), folder / "last.pt")  # so even an early Ctrl-C can be resumed
     log(
-        f"run {folder}: {config.model} ({params:,} parameters), recipe {config.recipe}, "
-        f"{len(prep.train_idx)} train / {len(prep.val_idx)} val images, device {device}"
+        f"run {folder}: {config.model} ({run.params:,} parameters), recipe {config.recipe}, "
+        f"{len(run.prep.train_idx)} train / {len(run.prep.val_idx)} val images, device {run.device}"
         + (f" x {dist.world_size} processes" if dist.enabled else ""),
         dist.is_main,
     )
-    return run
 
 
 def start_processes(config: TrainConfig) -> tuple[torch.device, distributed.DistInfo]:

@@ -322,12 +322,19 @@ def fmt_seconds(seconds: float | None) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    """benchmark.md: the command, the machine, and the throughput and time-to-accuracy tables (those measured)."""
+    lines = ["# cifarlab benchmark", "", f"Command: `{result['command']}`", "", machine_line(result), ""]
+    if result["throughput"]:
+        lines += throughput_lines(result)
+    if result["accuracy"]:
+        lines += accuracy_lines(result)
+    return "\n".join(lines)
+
+
+def machine_line(result: dict[str, Any]) -> str:
+    """The machine in one line: CPU, cores and threads, torch, device (and GPU), load, OMP policy, start time."""
     m = result["machine"]
-    lines = [
-        "# cifarlab benchmark",
-        "",
-        f"Command: `{result['command']}`",
-        "",
+    return (
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), torch {m['torch']}, "
         f"device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "")
@@ -336,54 +343,57 @@ def markdown(result: dict[str, Any]) -> str:
             if "load_average_at_start" in m
             else ""
         )
-        + f"; OMP_WAIT_POLICY {m['omp_wait_policy']}. Started {result['started']}.",
+        + f"; OMP_WAIT_POLICY {m['omp_wait_policy']}. Started {result['started']}."
+    )
+
+
+def throughput_lines(result: dict[str, Any]) -> list[str]:
+    """The training-throughput section: a row per model, both pipelines, per wall second and per CPU second."""
+    s = result["settings"]
+    lines = [
+        f"## Training throughput (images/s; median of {s['repeats']} repeats of {s['steps']} steps, "
+        f"batch {s['batch_size']}, random crop + flip)",
+        "",
+        "| model | cifarlab pipeline | reference pipeline (PIL + DataLoader) | ratio | "
+        "cifarlab per CPU-s | reference per CPU-s | ratio per CPU-s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result["throughput"]:
+        lines.append(
+            f"| {row['model']} | {row['cifarlab']:,.0f} | {row['reference']:,.0f} | "
+            f"{row['ratio']:.2f}x | {row['cifarlab_cpu']:,.0f} | {row['reference_cpu']:,.0f} | "
+            f"{row['ratio_cpu']:.2f}x |"
+        )
+    return lines + [
+        "",
+        "Images per second of wall time, and per second of CPU time of the benchmark process (all "
+        "threads). On a machine shared with other jobs only the second is independent of the share of "
+        "the CPU the benchmark got.",
         "",
     ]
-    s = result["settings"]
-    if result["throughput"]:
-        lines += [
-            f"## Training throughput (images/s; median of {s['repeats']} repeats of {s['steps']} steps, "
-            f"batch {s['batch_size']}, random crop + flip)",
-            "",
-            "| model | cifarlab pipeline | reference pipeline (PIL + DataLoader) | ratio | "
-            "cifarlab per CPU-s | reference per CPU-s | ratio per CPU-s |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for row in result["throughput"]:
-            lines.append(
-                f"| {row['model']} | {row['cifarlab']:,.0f} | {row['reference']:,.0f} | "
-                f"{row['ratio']:.2f}x | {row['cifarlab_cpu']:,.0f} | {row['reference_cpu']:,.0f} | "
-                f"{row['ratio_cpu']:.2f}x |"
-            )
-        lines += [
-            "",
-            "Images per second of wall time, and per second of CPU time of the benchmark process (all "
-            "threads). On a machine shared with other jobs only the second is independent of the share of "
-            "the CPU the benchmark got.",
-            "",
-        ]
-    if result["accuracy"]:
-        heads = " | ".join(f"{100 * t:.0f}%" for t in THRESHOLDS)
-        lines += [
-            "## Time to accuracy (test top-1; seconds from data in memory to the end of the test)",
-            "",
-            f"| run | time used | test top-1 | {heads} |",
-            "| --- | ---: | ---: | " + " | ".join("---:" for _ in THRESHOLDS) + " |",
-        ]
-        for row in result["accuracy"]:
-            reached = " | ".join(fmt_seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS)
-            lines.append(
-                f"| {row['run']} | {fmt_seconds(row['seconds'])} | {100 * row['test_top1']:.2f}% | {reached} |"
-            )
-        fast = [r for r in result["accuracy"] if r["recipe"] == "fast"]
-        if fast:
-            best = []
-            for t in THRESHOLDS:
-                times = [r["reached"][f"{t:.2f}"] for r in fast if r["reached"][f"{t:.2f}"] is not None]
-                best.append(fmt_seconds(min(times)) if times else "not reached")
-            lines.append(f"| fast, shortest budget reaching it | | | {' | '.join(best)} |")
-        lines.append("")
-    return "\n".join(lines)
+
+
+def accuracy_lines(result: dict[str, Any]) -> list[str]:
+    """The time-to-accuracy section: a row per run, and for the fast recipe the shortest budget reaching each."""
+    heads = " | ".join(f"{100 * t:.0f}%" for t in THRESHOLDS)
+    lines = [
+        "## Time to accuracy (test top-1; seconds from data in memory to the end of the test)",
+        "",
+        f"| run | time used | test top-1 | {heads} |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in THRESHOLDS) + " |",
+    ]
+    for row in result["accuracy"]:
+        reached = " | ".join(fmt_seconds(row["reached"][f"{t:.2f}"]) for t in THRESHOLDS)
+        lines.append(f"| {row['run']} | {fmt_seconds(row['seconds'])} | {100 * row['test_top1']:.2f}% | {reached} |")
+    fast = [r for r in result["accuracy"] if r["recipe"] == "fast"]
+    if fast:
+        best = []
+        for t in THRESHOLDS:
+            times = [r["reached"][f"{t:.2f}"] for r in fast if r["reached"][f"{t:.2f}"] is not None]
+            best.append(fmt_seconds(min(times)) if times else "not reached")
+        lines.append(f"| fast, shortest budget reaching it | | | {' | '.join(best)} |")
+    lines.append("")
+    return lines
 
 
 def benchmark(
@@ -406,14 +416,9 @@ def benchmark(
     ``image_size`` and ``labels`` choose the images, as ``cifarlab train`` does."""
     from cifarlab.data.loading import load_dataset
     from cifarlab.engine.device import pick_device
-    from cifarlab.models.registry import MODELS
 
     settings = settings or Settings()
-    unknown = [m for m in settings.models if m not in MODELS]
-    if unknown:
-        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(sorted(MODELS))}")
-    if throughput_only and accuracy_only:
-        raise UsageError("--throughput-only and --accuracy-only exclude each other")
+    check_request(settings, throughput_only, accuracy_only)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
@@ -438,14 +443,32 @@ def benchmark(
     if not accuracy_only:
         result["throughput"] = throughput(data, settings, torch_device, log)
     if not throughput_only:
-        runs = out / "runs" / time.strftime("%Y%m%d-%H%M%S")
-        for budget in settings.budgets:
-            result["accuracy"].append(run_fast(data, budget, runs, overrides, log))
-        if settings.seed:
-            result["accuracy"].append(run_seed(data, settings, runs, overrides, torch_device, log))
+        result["accuracy"] = time_to_accuracy(data, settings, out, overrides, torch_device)
     if hasattr(os, "getloadavg"):
         result["machine"]["load_average_at_end"] = round(os.getloadavg()[0], 2)
     write_json(out / "benchmark.json", result)
     (out / "benchmark.md").write_text(markdown(result) + "\n")
     log(f"benchmark written to {out / 'benchmark.md'} and {out / 'benchmark.json'}")
     return result
+
+
+def check_request(settings: Settings, throughput_only: bool, accuracy_only: bool) -> None:
+    """Usage errors for an unknown model, or for asking for only throughput and only accuracy at once."""
+    from cifarlab.models.registry import MODELS
+
+    unknown = [m for m in settings.models if m not in MODELS]
+    if unknown:
+        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(sorted(MODELS))}")
+    if throughput_only and accuracy_only:
+        raise UsageError("--throughput-only and --accuracy-only exclude each other")
+
+
+def time_to_accuracy(
+    data: Any, settings: Settings, out: Path, overrides: dict[str, Any], device: torch.device
+) -> list[dict[str, Any]]:
+    """One fast-recipe run per budget, then (unless left out) the seed recipe, in ``out/runs/<start time>/``."""
+    runs = out / "runs" / time.strftime("%Y%m%d-%H%M%S")
+    accuracy = [run_fast(data, budget, runs, overrides, log) for budget in settings.budgets]
+    if settings.seed:
+        accuracy.append(run_seed(data, settings, runs, overrides, device, log))
+    return accuracy
