@@ -1,4 +1,5 @@
-"""The package's layers, as the folder tree shows them: every import (at module level or inside a function) points
+"""The package's layers, as the folder tree shows them, and its sizes (no module over 500 lines, no function over
+60): every import (at module level or inside a function) points
 down the order below or stays inside its own layer, and no modules import each other in a circle.
 
 A deliberate exception goes into ALLOWED with a comment saying why; it is empty today.
@@ -164,3 +165,23 @@ def test_the_checks_catch_an_upward_import_a_hidden_one_and_a_circle(tmp_path):
     allowed = {("cifarlab.engine.train", "cifarlab.results.plots"): "a test of the allow-list"}
     assert len(layer_violations(graph, root, allowed)) == 1
     assert ["cifarlab.engine.a", "cifarlab.engine.b"] in cycles(graph)
+
+
+LINES_PER_MODULE = 500
+LINES_PER_FUNCTION = 60
+
+
+def test_no_module_is_over_500_lines():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > LINES_PER_MODULE} == {}
+
+
+def test_no_function_is_over_60_lines():
+    long = [
+        f"{p.relative_to(PACKAGE)}:{node.lineno} {node.name}"
+        for p in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (node.end_lineno or node.lineno) - node.lineno + 1 > LINES_PER_FUNCTION
+    ]
+    assert long == []
