@@ -20,6 +20,8 @@ from cifarlab.cli import sweep as sweep_command
 from cifarlab.cli.main import build_parser, main
 from cifarlab.config.train_config import TrainConfig, parse_overrides
 from cifarlab.engine import tracking
+from cifarlab.engine.mlflow_run import TRACKING_FILE, MlflowRun, mlflow_available, mlflow_client, mlflow_experiment
+from cifarlab.runs.folder import RunFolder
 from cifarlab.sweep import SweepOptions, SweepSpec, expand, pack_folder, parse_seeds, unpack_folder
 from cifarlab.sweep import driver as sweep_driver
 from cifarlab.sweep import mlflow_log as sweep_mlflow
@@ -39,7 +41,7 @@ def needs(available: bool, extra: str):
 
 
 needs_tensorboard = needs(tracking.tensorboard_available(), "tensorboard")
-needs_mlflow = needs(tracking.mlflow_available(), "mlflow")
+needs_mlflow = needs(mlflow_available(), "mlflow")
 HUGE_INT = "1" * 400  # a 400-digit integer: Python parses it, and every use of it is a trap
 DEEP = "[" * 5000  # deeper than Python's recursion limit
 
@@ -85,7 +87,16 @@ def test_a_config_file_of_the_wrong_shape_is_one_line(cli_error, tmp_path, text,
     line = cli_error("train", "--config", str(path), "--out", str(tmp_path))
     assert str(path) in line and message in line
     with pytest.raises(UsageError, match=message):
-        TrainConfig.load(tmp_path)  # a run folder means its config.json
+        TrainConfig.load(path)
+    with pytest.raises(UsageError, match=message):
+        _ = RunFolder.open(tmp_path).config  # a run folder's config.json, read through its owner
+
+
+def test_a_config_folder_without_its_config_is_one_line(cli_error, tmp_path):
+    folder = tmp_path / "not-a-run"
+    folder.mkdir()
+    line = cli_error("train", "--config", str(folder), "--out", str(tmp_path))
+    assert "not a run folder (no config.json)" in line
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -491,19 +502,19 @@ def test_a_forged_mlflow_run_id_gives_a_fresh_run_with_a_note(tmp_path, capsys, 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "sweep" / "mine"
     run_dir.mkdir(parents=True)
-    client = tracking.mlflow_client(uri)
+    client = mlflow_client(uri)
     if record["mlflow_run_id"] == "another":  # a real run of the same store, but not this one
-        other = client.create_run(tracking.mlflow_experiment(client, uri, "sweep"), run_name="other")
+        other = client.create_run(mlflow_experiment(client, uri, "sweep"), run_name="other")
         record = {"mlflow_run_id": other.info.run_id}
-    (run_dir / tracking.TRACKING_FILE).write_text(json.dumps({"mlflow_uri": uri, **record}))
-    mlflow_run = tracking.MlflowRun(uri, run_dir, {"model": "mycnn", "seed": 0})
+    (run_dir / TRACKING_FILE).write_text(json.dumps({"mlflow_uri": uri, **record}))
+    mlflow_run = MlflowRun(uri, run_dir, {"model": "mycnn", "seed": 0})
     out = capsys.readouterr().out
     assert "cifarlab: note: " in out and reason in out and "logging to a fresh MLflow run" in out
     assert mlflow_run.run_id != record["mlflow_run_id"]
     assert MlflowClient(tracking_uri=uri).get_run(mlflow_run.run_id).info.run_name == "mine"
-    saved = json.loads((run_dir / tracking.TRACKING_FILE).read_text())
+    saved = json.loads((run_dir / TRACKING_FILE).read_text())
     assert saved == {"mlflow_uri": uri, "mlflow_run_id": mlflow_run.run_id}
-    again = tracking.MlflowRun(uri, run_dir, {"model": "mycnn", "seed": 0})  # its own id reopens it, quietly
+    again = MlflowRun(uri, run_dir, {"model": "mycnn", "seed": 0})  # its own id reopens it, quietly
     assert again.run_id == mlflow_run.run_id and "note" not in capsys.readouterr().out
 
 
@@ -512,10 +523,10 @@ def test_a_tracking_json_that_is_not_a_record_gives_a_fresh_run_with_a_note(tmp_
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "runs" / "r"
     run_dir.mkdir(parents=True)
-    (run_dir / tracking.TRACKING_FILE).write_text("[" * 3000)
-    mlflow_run = tracking.MlflowRun(uri, run_dir, {"model": "mycnn"})
+    (run_dir / TRACKING_FILE).write_text("[" * 3000)
+    mlflow_run = MlflowRun(uri, run_dir, {"model": "mycnn"})
     assert "nested too deeply; logging to a fresh MLflow run" in capsys.readouterr().out
-    assert json.loads((run_dir / tracking.TRACKING_FILE).read_text())["mlflow_run_id"] == mlflow_run.run_id
+    assert json.loads((run_dir / TRACKING_FILE).read_text())["mlflow_run_id"] == mlflow_run.run_id
 
 
 @needs_mlflow

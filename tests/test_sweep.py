@@ -21,6 +21,7 @@ import torch
 from cifarlab.base.errors import UsageError
 from cifarlab.cli.main import main
 from cifarlab.engine import tracking
+from cifarlab.engine.mlflow_run import mlflow_available
 from cifarlab.runs.checkpoint import load_checkpoint
 from cifarlab.runs.layout import read_metrics_csv
 from cifarlab.sweep import SweepSpec, expand, parse_seeds, parse_set, split_values
@@ -309,9 +310,10 @@ def test_a_run_folder_left_by_a_worker_is_classified_for_resuming(tmp_path):
     assert sweep_worker.folder_state(run) == "done"
     log = tmp_path / "x.log"
     log.write_text("epoch 1\ncifarlab: error: training stopped: the loss became nan at epoch 2\n")
-    assert sweep_worker.classify(1, run / "nope", log) == ("failed", "training stopped: the loss became nan at epoch 2")
-    assert sweep_worker.classify(-9, run, log) == ("died", "the worker was killed (SIGKILL)")
-    assert sweep_worker.classify(130, run, log)[0] == "interrupted"
+    nan_stop = "training stopped: the loss became nan at epoch 2"
+    assert sweep_worker.attempt_state(1, run / "nope", log) == ("failed", nan_stop)
+    assert sweep_worker.attempt_state(-9, run, log) == ("died", "the worker was killed (SIGKILL)")
+    assert sweep_worker.attempt_state(130, run, log)[0] == "interrupted"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ RUN_NAMES = ["mycnn-seed-lr=0.001-s0", "mycnn-seed-lr=0.001-s1", "mycnn-seed-lr=
 def pool_sweep(tmp_path_factory, fake_cifar):
     """2 configs x 2 seeds of tiny runs on 2 local workers, with the report and (if installed) MLflow."""
     out = tmp_path_factory.mktemp("pool")
-    mlflow = ["--mlflow", f"sqlite:///{out}/mlflow.db"] if tracking.mlflow_available() else []
+    mlflow = ["--mlflow", f"sqlite:///{out}/mlflow.db"] if mlflow_available() else []
     args = ["--name", "grid", *GRID, *tiny(fake_cifar, out, "--workers", "2"), *mlflow]
     result = run_sweep_cli(*args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -360,7 +362,7 @@ def test_a_sweep_on_the_local_pool_trains_every_run_then_compares_and_reports(po
 
 @pytest.mark.slow
 @pytest.mark.required_in_ci  # the test extra installs mlflow: with CI=true this skip is a failure
-@pytest.mark.skipif(not tracking.mlflow_available(), reason="mlflow not installed")
+@pytest.mark.skipif(not mlflow_available(), reason="mlflow not installed")
 def test_a_sweep_logs_its_runs_and_report_to_mlflow(pool_sweep):
     from mlflow.tracking import MlflowClient
 

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from cifarlab.base.errors import UsageError
 from cifarlab.base.progress import progress
 from cifarlab.cli.main import main
-from cifarlab.config.train_config import RECIPE_HELP, RECIPES, TrainConfig, make_config, parse_overrides
+from cifarlab.config.train_config import RECIPE_HELP, RECIPES, make_config, parse_overrides
 from cifarlab.data.cifar10 import CLASSES, load_cifar10
 from cifarlab.data.split import default_val_size
 from cifarlab.engine.train import train
 from cifarlab.models.registry import build_model
 from cifarlab.runs.checkpoint import load_checkpoint, model_from_checkpoint
+from cifarlab.runs.folder import RunFolder
 from cifarlab.runs.layout import METRICS_COLUMNS, read_metrics_csv
 from cifarlab.tools.evaluate import evaluate
 
@@ -282,8 +283,8 @@ def test_learns_the_generated_data(tiny_run):
 def test_same_seed_same_metrics_and_replay_from_config(fake_cifar, tmp_path, tiny_run):
     run = cli_train(tiny_run / "config.json", tmp_path, "replay", fake_cifar)
     assert not (run / "analysis").exists()  # --no-analysis
-    assert TrainConfig.load(run).to_dict() == {
-        **TrainConfig.load(tiny_run).to_dict(),
+    assert RunFolder(run).config.to_dict() == {
+        **RunFolder(tiny_run).config.to_dict(),
         "out": str(tmp_path),
         "name": "replay",
     }

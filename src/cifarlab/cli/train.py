@@ -81,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.engine.train import train
     from cifarlab.engine.transfer import with_init_model
     from cifarlab.results.analysis import analyze_after_training
+    from cifarlab.runs.folder import RunFolder
 
     resume = None
     if args.resume:
@@ -90,7 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.recipe:
             raise UsageError("--config replays a saved run; give either --config or --recipe, not both")
         # a replay is a new run, on the data folder of this machine (--data-dir, $CIFARLAB_DATA_DIR, ./data)
-        base = {**TrainConfig.load(args.config).to_dict(), "name": None, "data_dir": None}
+        source = Path(args.config)  # a config.json, or the run folder holding it
+        saved = RunFolder.open(source).config if source.is_dir() else TrainConfig.load(source)
+        base = {**saved.to_dict(), "name": None, "data_dir": None}
         if args.model:
             base["model"] = args.model
         config = make_config(base.pop("recipe"), **{**base, **overrides_from(args)})
@@ -112,9 +115,9 @@ def resume_config(args: argparse.Namespace) -> Any:
     The data folder is never the one recorded in the run: it is --data-dir, else $CIFARLAB_DATA_DIR, else ./data.
     """
     from cifarlab.base.progress import log
-    from cifarlab.config.train_config import TrainConfig
     from cifarlab.data.cifar10 import resolve_data_dir
     from cifarlab.runs.checkpoint import load_checkpoint
+    from cifarlab.runs.folder import RunFolder
 
     run = Path(args.resume)
     if not (run / "last.pt").is_file():
@@ -127,7 +130,7 @@ def resume_config(args: argparse.Namespace) -> Any:
             f"--resume continues {run} exactly as it was configured; drop {flags} "
             "(only --data-dir and --device may change)"
         )
-    config = TrainConfig.load(run / "config.json")
+    config = RunFolder(run).config
     check_resumable(load_checkpoint(run, "last.pt"), config.model)
     config = dataclasses.replace(config, data_dir=args.data_dir, device=args.device or config.device)
     log(f"data folder: {resolve_data_dir(args.data_dir).resolve()} (--data-dir, else $CIFARLAB_DATA_DIR, else ./data)")

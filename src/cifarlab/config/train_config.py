@@ -111,12 +111,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """The config saved in ``path`` (a config.json, or a run folder holding one), read through the bounded
+        """The config saved in the file ``path`` (a run folder's is read by RunFolder), read through the bounded
         reader: a list, a 400-digit integer or deep nesting is one UsageError."""
         path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.exists():
+        if not path.is_file():
             raise UsageError(f"config file not found: {path}")
         values = read_json_object(path, UsageError)
         try:

@@ -39,7 +39,7 @@ from cifarlab.engine.transfer import apply_init, check_fits, init_record, load_i
 from cifarlab.models.fastcnn import WHITEN_IMAGES, init_whitening
 from cifarlab.models.registry import build_model, count_macs, count_params
 from cifarlab.runs.checkpoint import load_checkpoint, save_checkpoint, unwrap
-from cifarlab.runs.layout import RunLock, check_writable, new_run_dir
+from cifarlab.runs.layout import CONFIG_JSON, RunLock, check_writable, new_run_dir
 
 Clock = Callable[[], float]
 
@@ -449,7 +449,7 @@ def create_folder(
         folder = new_run_dir(config.out, config.name, config.model)
         cleanup.enter_context(RunLock(folder))
         named = replace(config, name=folder.name)
-        write_json(folder / "config.json", named.to_dict())
+        write_json(folder / CONFIG_JSON, named.to_dict())
         split = {"seed": config.seed, "train": prep.train_idx.tolist(), "val": prep.val_idx.tolist()}
         if "test_files" in data.record:  # a folder whose held-out images cifarlab chose
             split["test_files"] = data.record["test_files"]

@@ -20,6 +20,7 @@ import numpy as np
 
 from cifarlab.base.errors import CifarlabError, UsageError, escape
 from cifarlab.base.files import read_json, write_json
+from cifarlab.runs.layout import CONFIG_JSON, METRICS_CSV, RUN_JSON, TEST_METRICS_JSON
 
 TRACKING_FILE = "tracking.json"
 
@@ -198,7 +199,7 @@ class MlflowRun:
 
     def finish(self, run_dir: Path, test: dict[str, float], step: int, figures: dict[str, np.ndarray]) -> None:
         log_metrics(self.client, self.run_id, {f"test_{k}": v for k, v in test.items()}, step)
-        for name in ("config.json", "run.json", "test_metrics.json", "metrics.csv"):
+        for name in (CONFIG_JSON, RUN_JSON, TEST_METRICS_JSON, METRICS_CSV):
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name))
         for name, image in figures.items():

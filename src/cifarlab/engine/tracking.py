@@ -36,16 +36,6 @@ from cifarlab.base.errors import DataError, UsageError
 from cifarlab.base.files import read_json
 from cifarlab.engine.mlflow_run import SCALAR_TAGS, MlflowRun
 
-# The MLflow part lives in engine.mlflow_run; these names stay importable from here (sweep/ and tests use them).
-from cifarlab.engine.mlflow_run import TRACKING_FILE as TRACKING_FILE
-from cifarlab.engine.mlflow_run import log_metrics as log_metrics
-from cifarlab.engine.mlflow_run import log_params as log_params
-from cifarlab.engine.mlflow_run import mlflow_available as mlflow_available
-from cifarlab.engine.mlflow_run import mlflow_client as mlflow_client
-from cifarlab.engine.mlflow_run import mlflow_experiment as mlflow_experiment
-from cifarlab.engine.mlflow_run import reopen_reason as reopen_reason
-from cifarlab.engine.mlflow_run import require_mlflow as require_mlflow
-
 TB_DIR = "tensorboard"
 MISCLASSIFIED_SHOWN = 16
 TEST_KEYS = ("top1", "top3", "loss")

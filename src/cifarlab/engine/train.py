@@ -40,7 +40,7 @@ from cifarlab.engine.optim import (
 from cifarlab.engine.tracking import open_tracker
 from cifarlab.runs.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from cifarlab.runs.folder import FORMAT_VERSION
-from cifarlab.runs.layout import write_metrics_csv
+from cifarlab.runs.layout import RUN_JSON, write_metrics_csv
 from cifarlab.runs.metrics import write_test_results
 
 
@@ -288,7 +288,7 @@ def finish(run: Run) -> None:
             list(run.data.classes),
             {"checkpoint": tested, "epoch": state["epoch"], "tta": run.config.tta},
         )
-        write_json(run.folder / "run.json", run_summary(run, metrics, tested, test_seconds, seconds_used))
+        write_json(run.folder / RUN_JSON, run_summary(run, metrics, tested, test_seconds, seconds_used))
         run.tracker.finish(run.folder, run.data)
         log(
             f"test ({tested}, epoch {state['epoch']}): top-1 {100 * metrics['top1']:.2f}%  "
@@ -328,7 +328,7 @@ def run_summary(
         "test_loss": metrics["loss"],
         "device": str(run.device),
         "precision": "bf16" if uses_bf16(config.bf16, run.device) else "fp32",  # training and scoring
-        **environment(),
+        **hardware_record(),
         "test_checkpoint": tested,
         "tta": config.tta,
         "train_steps": config.train_steps,
@@ -341,7 +341,7 @@ def run_summary(
     }
 
 
-def environment() -> dict[str, Any]:
+def hardware_record() -> dict[str, Any]:
     """Hardware and versions, for the record (reports show it in their setup section)."""
     return {
         "python": platform.python_version(),

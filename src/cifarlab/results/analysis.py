@@ -35,13 +35,28 @@ from cifarlab.results.analysis_metrics import (
     nanmean,
     row_normalize,
 )
-from cifarlab.runs.folder import Predictions, dataset_of, load_predictions, recorded_dataset, require_run, run_title
-from cifarlab.runs.layout import read_metrics_csv
+from cifarlab.runs.folder import (
+    Predictions,
+    RunFolder,
+    dataset_of,
+    load_predictions,
+    recorded_dataset,
+    require_run,
+    run_title,
+)
+from cifarlab.runs.layout import (
+    ANALYSIS_DIR,
+    CONFIG_JSON,
+    METRICS_CSV,
+    PREDICTIONS_NPZ,
+    SUMMARY_JSON,
+    TEST_METRICS_JSON,
+    read_metrics_csv,
+)
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `cifarlab --help` stays fast
     import torch
 
-ANALYSIS_DIR = "analysis"
 GALLERY_SIZE = 24
 TOP_LOSSES = 16
 GRADCAM_SHOWN = 8
@@ -189,8 +204,8 @@ def draw_metric_figures(
             f"{title}: confusion matrix, share of each true class{note}",
         ).name,
     ]
-    if (run / "metrics.csv").is_file():
-        rows = read_metrics_csv(run / "metrics.csv")
+    if (run / METRICS_CSV).is_file():
+        rows = read_metrics_csv(run / METRICS_CSV)
         if rows:
             files.append(
                 plots.learning_curves(rows, out / "learning_curves.png", f"{title}: learning curves", best_epoch).name
@@ -237,8 +252,8 @@ def gradcam_checkpoint(run: Path, pred: Predictions, size: int) -> dict[str, Any
     from cifarlab.runs.checkpoint import load_checkpoint
 
     checkpoint = "best.pt"
-    if (run / "test_metrics.json").is_file():
-        checkpoint = read_json(run / "test_metrics.json").get("checkpoint", checkpoint)
+    if (run / TEST_METRICS_JSON).is_file():
+        checkpoint = read_json(run / TEST_METRICS_JSON).get("checkpoint", checkpoint)
     state = load_checkpoint(run, checkpoint)
     if len(state["classes"]) != len(pred.classes):
         raise CifarlabError(
@@ -307,7 +322,7 @@ def gradcam_analysis(
 
 def summary_of(run: Path, pred: Predictions, metrics: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers for tools (summary.json)."""
-    run_info = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    run_info = RunFolder(run).info
     per_class = [r for r in metrics["per_class"] if r["f1"] is not None]
     by_f1 = sorted(per_class, key=lambda r: r["f1"])
     cal = metrics["calibration"]
@@ -358,7 +373,7 @@ def analyze(
         (out / name).unlink(missing_ok=True)
     write_metric_files(out, metrics, pred.classes)
     summary = summary_of(run, pred, metrics)
-    config = read_json(run / "config.json") if (run / "config.json").is_file() else {}
+    config = RunFolder(run).config_record if (run / CONFIG_JSON).is_file() else {}
     seed, title = int(config.get("seed", 0)), run_title(run.name, summary["model"])
     files = draw_metric_figures(out, run, metrics, pred.classes, title, summary["best_epoch"])
     skipped: list[str] = []
@@ -376,20 +391,20 @@ def analyze(
         except CifarlabError as exc:
             skipped.append(f"Grad-CAM: {exc}")
     summary.update(gradcam=gradcam, skipped=skipped, figures=files, seconds=time.perf_counter() - t0)
-    write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY_JSON, summary)
     return summary
 
 
 def is_current(run: Path) -> bool:
     """True if ``RUN/analysis/summary.json`` exists and is newer than the test predictions it was made from."""
-    summary, source = run / ANALYSIS_DIR / "summary.json", run / "test_predictions.npz"
+    summary, source = run / ANALYSIS_DIR / SUMMARY_JSON, run / PREDICTIONS_NPZ
     return summary.is_file() and source.is_file() and summary.stat().st_mtime >= source.stat().st_mtime
 
 
 def ensure_analysis(run: Path, data_dir: str | None = None) -> dict[str, Any]:
     """The run's analysis summary, (re)computing the analysis when missing or older than the predictions."""
     if is_current(run):
-        return read_json(run / ANALYSIS_DIR / "summary.json")
+        return read_json(run / ANALYSIS_DIR / SUMMARY_JSON)
     return analyze(run, data_dir=data_dir)
 
 

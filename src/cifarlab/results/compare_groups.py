@@ -19,6 +19,7 @@ import numpy as np
 from cifarlab.base.errors import CifarlabError, UsageError
 from cifarlab.config.train_config import TrainConfig
 from cifarlab.runs.folder import RunFolder
+from cifarlab.runs.layout import CONFIG_JSON, RUN_JSON
 
 GROUP_IGNORES = ("seed", "name", "out")
 
@@ -145,7 +146,7 @@ def load_record(run: str | Path) -> RunRecord:
     from cifarlab.runs.folder import dataset_of, require_run
 
     path = require_run(run)
-    for needed in ("run.json", "config.json"):
+    for needed in (RUN_JSON, CONFIG_JSON):
         if not (path / needed).is_file():
             raise UsageError(f"{path} is not a finished cifarlab run: no {needed} (let `cifarlab train` finish)")
     folder = RunFolder(path)

@@ -95,7 +95,7 @@ def markdown_value(value: Any) -> str:
 
 
 @functools.cache
-def environment(markdown: bool) -> Environment:
+def template_environment(markdown: bool) -> Environment:
     """The Jinja2 environment of the HTML template (autoescaping) or of the Markdown one (its own escaping)."""
     loader = PackageLoader("cifarlab.results", "templates")
     if markdown:
@@ -115,7 +115,7 @@ def environment(markdown: bool) -> Environment:
 
 def render_html(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> str:
     """The whole page."""
-    return environment(False).get_template("report.html").render(html_context(views, comp, comp_dir))
+    return template_environment(False).get_template("report.html").render(html_context(views, comp, comp_dir))
 
 
 def link_target(path: Path, md_path: Path) -> Verbatim:
@@ -160,7 +160,7 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
         "comparison_links": figure_links(comparison, md_path),
         "runs": runs,
     }
-    return environment(True).get_template("report.md").render(context)
+    return template_environment(True).get_template("report.md").render(context)
 
 
 def data_line(v: RunView) -> str:

@@ -23,6 +23,7 @@ from cifarlab.runs.layout import (
     ANALYSIS_DIR,
     CONFIG_JSON,
     METRICS_CSV,
+    PREDICTIONS_NPZ,
     RUN_JSON,
     SUMMARY_JSON,
     TEST_METRICS_JSON,
@@ -193,7 +194,7 @@ def require_run(run: str | Path) -> Path:
 def load_predictions(run: str | Path) -> Predictions:
     """Read and check ``RUN/test_predictions.npz``; class names from ``test_metrics.json``."""
     run = require_run(run)
-    path = run / "test_predictions.npz"
+    path = run / PREDICTIONS_NPZ
     if not path.is_file():
         raise UsageError(
             f"{run} has no test_predictions.npz: the run has not been evaluated on the test set "
@@ -216,12 +217,12 @@ def load_predictions(run: str | Path) -> Predictions:
 
 
 def recorded_dataset(run: Path) -> dict[str, Any]:
-    """The dataset record saved in ``run.json`` ("dataset"); empty for a run made before runs recorded it."""
+    """The dataset record of ``run.json``, migrated (CIFAR-10, marked ``assumed``, for a run from before records);
+    empty while the run trains or when run.json is unreadable."""
     try:
-        info = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+        record = RunFolder(run).info.get("dataset")
     except CifarlabError:
         return {}
-    record = info.get("dataset") if isinstance(info, dict) else None
     return record if isinstance(record, dict) else {}
 
 
@@ -265,7 +266,7 @@ def class_names(run: Path, num_classes: int) -> list[str]:
     record = recorded_dataset(run)
     if is_name_list(record.get("classes"), num_classes):
         return list(record["classes"])
-    metrics = run / "test_metrics.json"
+    metrics = run / TEST_METRICS_JSON
     if metrics.is_file():
         saved = read_json(metrics)
         names = list(saved.get("per_class_accuracy", {})) if isinstance(saved, dict) else []

@@ -387,7 +387,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, data_dir: str | None = Non
     """Train every run of the grid not yet done, then compare and report. Returns the sweep folder."""
     options = resolve_options(options)
     if options.mlflow:
-        from cifarlab.engine.tracking import require_mlflow
+        from cifarlab.engine.mlflow_run import require_mlflow
 
         require_mlflow()
     data_dir = str(resolve_data_dir(data_dir))

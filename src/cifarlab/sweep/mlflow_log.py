@@ -33,7 +33,7 @@ def absolute_mlflow_uri(uri: str) -> str:
 def reopen_mlflow(sweep: TrackedSweep, client: Any) -> bool:
     """Reopen the sweep's MLflow run that sweep.json names; False (with a note) when that id is not this sweep's
     run in this store (forged, deleted, another run's): a fresh one is made instead."""
-    from cifarlab.engine.tracking import reopen_reason
+    from cifarlab.engine.mlflow_run import reopen_reason
 
     run_id = sweep.mlflow["run_id"]
     reason = reopen_reason(client, run_id, f"sweep {sweep.spec.name}")
@@ -49,7 +49,7 @@ def reopen_mlflow(sweep: TrackedSweep, client: Any) -> bool:
 
 def start_mlflow(sweep: TrackedSweep) -> dict[str, str]:
     """The sweep's parent MLflow run (reopened on a rerun), and the environment that nests each run under it."""
-    from cifarlab.engine.tracking import log_params, mlflow_client, mlflow_experiment
+    from cifarlab.engine.mlflow_run import log_params, mlflow_client, mlflow_experiment
 
     uri = absolute_mlflow_uri(sweep.options.mlflow or "")
     client = mlflow_client(uri)
@@ -79,7 +79,7 @@ def start_mlflow(sweep: TrackedSweep) -> dict[str, str]:
 
 def finish_mlflow(sweep: TrackedSweep) -> None:
     """Log the comparison, report and sweep.json to the sweep's MLflow run, and each group's mean test top-1."""
-    from cifarlab.engine.tracking import log_metrics, mlflow_client
+    from cifarlab.engine.mlflow_run import log_metrics, mlflow_client
 
     client = mlflow_client(sweep.mlflow["uri"])
     run_id = sweep.mlflow["run_id"]

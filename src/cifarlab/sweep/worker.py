@@ -25,6 +25,7 @@ from typing import Any, Literal
 from cifarlab.base.errors import CifarlabError, escape
 from cifarlab.base.files import FileLock, write_json
 from cifarlab.runs.folder import RunFolder
+from cifarlab.runs.layout import RUN_JSON
 from cifarlab.sweep.record import HEADLINE_KEYS, LOG_DIR, SWEEP_FILE, ResultState, check_run_name, number_or_none
 
 INTERRUPT_WAIT = 60.0  # seconds a run gets to save and exit after Ctrl-C before it is killed
@@ -55,7 +56,7 @@ class Job:
 
 def folder_state(run_dir: Path) -> FolderState:
     """``done`` (run.json), ``partial`` (a last.pt to resume from), ``empty`` (no checkpoint yet), ``missing``."""
-    if (run_dir / "run.json").is_file():
+    if (run_dir / RUN_JSON).is_file():
         return "done"
     if (run_dir / "last.pt").is_file():
         return "partial"
@@ -148,9 +149,9 @@ def resumed_epoch(run_dir: Path) -> int | None:
         return None
 
 
-def classify(code: int, run_dir: Path, log_path: Path) -> tuple[ResultState, str | None]:
+def attempt_state(code: int, run_dir: Path, log_path: Path) -> tuple[ResultState, str | None]:
     """A training process's exit -> the run's state and message."""
-    if code == 0 and (run_dir / "run.json").is_file():
+    if code == 0 and (run_dir / RUN_JSON).is_file():
         return "done", None
     if code == 0:
         return "failed", "training ended without writing run.json"
@@ -304,7 +305,7 @@ def execute_locked(
             "--no-analysis",
             *data,
         ]
-    state, message = classify(run_process(cmd, job, log_path, cancel, on_start, fd), run_dir, log_path)
+    state, message = attempt_state(run_process(cmd, job, log_path, cancel, on_start, fd), run_dir, log_path)
     if state == "done" and job.analysis != "none":
         cmd = python + ["analyze", str(run_dir), *data] + (["--no-images"] if job.analysis == "numbers" else [])
         code = run_process(cmd, job, log_path, cancel, on_start, fd)

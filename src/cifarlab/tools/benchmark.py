@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarlab.base.errors import UsageError
-from cifarlab.base.files import read_json, write_json
+from cifarlab.base.files import write_json
 from cifarlab.base.progress import log
 from cifarlab.config.train_config import make_config
+from cifarlab.runs.folder import RunFolder
 
 # cli.py imports this module to register the command: torch and the engine are imported inside the functions that
 # run a benchmark, so that `cifarlab --help` stays quick.
@@ -240,7 +241,8 @@ def run_fast(data: Any, budget: float, out: Path, overrides: dict[str, Any], log
 
     config = make_config("fast", time_budget=budget, out=str(out), name=f"fast-{budget:g}s", **overrides)
     run = train(config, data=data)
-    summary, planned = read_json(run / "run.json"), read_json(run / "config.json")  # the config as planned
+    folder = RunFolder(run)
+    summary, planned = folder.info, folder.config_record  # the config as planned
     result = {
         "run": f"fast, --time-budget {budget:g}",
         "recipe": "fast",

@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
-from cifarlab.base.errors import CheckpointError, UsageError, escape
-from cifarlab.data.images import IMAGE_SIZE, image_suffixes, load_image
+from cifarlab.base.errors import UsageError, escape
+from cifarlab.data.images import image_suffixes, load_image
 
 BATCH = 256
-MAX_IMAGE_SIZE = 512  # the largest image size a checkpoint may ask for (as --image-size)
 
 
 @dataclass
@@ -89,12 +88,68 @@ def classify(
     return logits.softmax(1)
 
 
-def checkpoint_image_size(state: dict[str, Any], checkpoint: str | Path) -> int:
-    """The side of the images the checkpoint's model was trained on (32 for checkpoints that do not say)."""
-    size = state.get("image_size", IMAGE_SIZE)
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise CheckpointError(f"{checkpoint}: 'image_size' is not a whole number from 1 to {MAX_IMAGE_SIZE}")
-    return size
+@dataclass
+class Predictor:
+    """A checkpoint loaded once to classify image files: its model, classes, image size and normalisation, and
+    the run's own scoring options (TTA level, precision), so every caller scores an image as ``predict`` does."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    image_size: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    options: dict[str, Any]
+    device: torch.device
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "cpu") -> Predictor:
+        """The checkpoint (a run folder, whose best.pt is used, or a .pt file), checked and ready to classify."""
+        from cifarlab.engine.device import pick_device
+        from cifarlab.engine.infer import inference_model, scoring_options
+        from cifarlab.runs.checkpoint import checkpoint_image_size, load_checkpoint
+
+        state = load_checkpoint(checkpoint)  # checks image_size among the rest
+        image_size = checkpoint_image_size(state)
+        dev = pick_device(device)
+        return cls(
+            inference_model(state, dev),
+            list(state["classes"]),
+            image_size,
+            torch.tensor(state["mean"]),
+            torch.tensor(state["std"]),
+            scoring_options(state["config"]),
+            dev,
+        )
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, C) for uint8 (N, 3, S, S) images at this checkpoint's size."""
+        return classify(self.model, images, self.mean, self.std, self.device, **self.options)
+
+    def predict(self, items: Sequence[tuple[Path, str | None]], top_k: int = 3) -> list[Result]:
+        """Top-k classes for each (file, problem) of :func:`expand_inputs`, decoded and scored :data:`BATCH` at a
+        time; a file that cannot be read gets its error."""
+        if top_k < 1:
+            raise UsageError(f"--top-k must be at least 1 (got {top_k})")
+        k = min(top_k, len(self.classes))
+        results: list[Result] = []
+        for start in range(0, len(items), BATCH):
+            tensors, ok = [], []
+            for item, problem in items[start : start + BATCH]:
+                if problem is not None:
+                    results.append(Result(str(item), error=problem))
+                    continue
+                try:
+                    tensors.append(load_image(item, self.image_size))
+                    ok.append(len(results))
+                    results.append(Result(str(item)))
+                except ValueError as exc:
+                    results.append(Result(str(item), error=str(exc)))
+            if not tensors:
+                continue
+            values, indices = self.probabilities(torch.stack(tensors)).topk(k, dim=1)
+            for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
+                results[i].top = [(self.classes[j], float(v)) for v, j in zip(vs, js, strict=True)]
+        return results
 
 
 def predict_files(
@@ -105,40 +160,7 @@ def predict_files(
     ``top_k`` is capped at the number of classes (the default 3 on a 2-class model gives both classes). Images
     are decoded, scored and let go :data:`BATCH` at a time, so a folder of any number of images takes the memory
     of one batch."""
-    from cifarlab.engine.device import pick_device
-    from cifarlab.engine.infer import inference_model, scoring_options
-    from cifarlab.runs.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint)
-    classes = list(state["classes"])
-    image_size = checkpoint_image_size(state, checkpoint)
-    if top_k < 1:
-        raise UsageError(f"--top-k must be at least 1 (got {top_k})")
-    k = min(top_k, len(classes))
-    dev = pick_device(device)
-    model = inference_model(state, dev)
-    mean, std, options = torch.tensor(state["mean"]), torch.tensor(state["std"]), scoring_options(state["config"])
-    results: list[Result] = []
-    items = expand_inputs(inputs)
-    for start in range(0, len(items), BATCH):
-        tensors, ok = [], []
-        for item, problem in items[start : start + BATCH]:
-            if problem is not None:
-                results.append(Result(str(item), error=problem))
-                continue
-            try:
-                tensors.append(load_image(item, image_size))
-                ok.append(len(results))
-                results.append(Result(str(item)))
-            except ValueError as exc:
-                results.append(Result(str(item), error=str(exc)))
-        if not tensors:
-            continue
-        probs = classify(model, torch.stack(tensors), mean, std, dev, **options)
-        values, indices = probs.topk(k, dim=1)
-        for i, vs, js in zip(ok, values.tolist(), indices.tolist(), strict=True):
-            results[i].top = [(classes[j], float(v)) for v, j in zip(vs, js, strict=True)]
-    return results
+    return Predictor.load(checkpoint, device).predict(expand_inputs(inputs), top_k)
 
 
 def render(results: list[Result], as_json: bool) -> str:
