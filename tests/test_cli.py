@@ -94,6 +94,7 @@ HELP_ORDER = [
     "predict",
     "export",
     "sweep",
+    "serve",
     "benchmark",
     "models",
     "recipes",

@@ -23,6 +23,7 @@ LAYERS = (
     "results",  # analysis, comparison, report
     "tools",  # evaluate, predict, export, benchmark, study
     "sweep",  # many runs
+    "serve",  # the web app over run and sweep folders
     "cli",  # every parser
     "api",  # the Python API
     "__init__",  # the package's index (reads the API lazily)

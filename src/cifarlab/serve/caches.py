@@ -1,0 +1,125 @@
+"""The server's caches, each bounded: an LRU by entry count (runs, datasets, models) and one by bytes (PNGs), both
+thread-safe, and the on-disk cache of Grad-CAM pictures under ``$CIFARLAB_CACHE_DIR/serve`` (never a run folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from cifarlab.base.errors import CifarlabError
+from cifarlab.base.files import atomic_write
+
+V = TypeVar("V")
+
+
+class LRU(Generic[V]):
+    """At most ``size`` values; the least recently used goes first. :meth:`get_or_make` makes a missing value
+    once, under a per-key lock, so 50 requests for one run read its files once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[object, V] = OrderedDict()
+        self.lock = threading.Lock()
+        self.making: dict[object, threading.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, key: object) -> V | None:
+        with self.lock:
+            if key not in self.items:
+                return None
+            self.items.move_to_end(key)
+            return self.items[key]
+
+    def put(self, key: object, value: V) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def get_or_make(self, key: object, make: Callable[[], V]) -> V:
+        found = self.get(key)
+        if found is not None:
+            return found
+        with self.lock:
+            key_lock = self.making.setdefault(key, threading.Lock())
+        with key_lock:
+            found = self.get(key)
+            if found is None:
+                found = make()
+                self.put(key, found)
+        with self.lock:
+            self.making.pop(key, None)
+        return found
+
+
+class ByteCache:
+    """Byte strings up to ``budget`` bytes in all; the least recently used go first."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.items: OrderedDict[object, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: object) -> bytes | None:
+        with self.lock:
+            if key not in self.items:
+                return None
+            self.items.move_to_end(key)
+            return self.items[key]
+
+    def put(self, key: object, value: bytes) -> None:
+        if len(value) > self.budget:
+            return
+        with self.lock:
+            old = self.items.pop(key, None)
+            self.used -= len(old) if old is not None else 0
+            self.items[key] = value
+            self.used += len(value)
+            while self.used > self.budget:
+                _, dropped = self.items.popitem(last=False)
+                self.used -= len(dropped)
+
+    def get_or_make(self, key: object, make: Callable[[], bytes]) -> bytes:
+        found = self.get(key)
+        if found is None:
+            found = make()
+            self.put(key, found)
+        return found
+
+
+def disk_cache_dir() -> Path:
+    """Where the server keeps what outlives it (Grad-CAM pictures): ``$CIFARLAB_CACHE_DIR/serve``."""
+    from cifarlab.data.folder_cache import cache_dir  # here: the data package loads torch
+
+    return cache_dir() / "serve"
+
+
+def disk_key(*parts: object) -> str:
+    """A file name for a cache entry: the SHA-256 of its parts."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def disk_get_or_make(name: str, make: Callable[[], bytes]) -> bytes:
+    """The cached file ``name`` (a :func:`disk_key`), made and stored atomically when missing; a cache that cannot
+    be written is skipped (the answer is still given)."""
+    path = disk_cache_dir() / f"{name}.png"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    data = make()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(data))
+    except (OSError, CifarlabError):
+        pass
+    return data
