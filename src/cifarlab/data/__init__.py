@@ -8,6 +8,7 @@
 - ``folders``: a folder of the user's images, decoded once on every core and cached;
 - ``split``: the stratified validation split, balanced slices, per-channel normalisation;
 - ``batches``: batches cut, augmented and normalised as tensor operations;
+- ``corruptions``: the 15 CIFAR-10-C corruptions at 5 severities (``corrupt``), spatial ones in ``corruptions_spatial``;
 - ``checks``: a dataset record's checks (class names, image size, normalisation), shared with checkpoints;
 - ``loading``: which dataset a run asks for (``load_dataset``) or was trained on (``reload``).
 """
