@@ -337,3 +337,26 @@ def test_starting_the_app_does_not_load_torch(child, tree):
     )
     done = child.run("-c", code)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_run_still_training_shows_each_new_epoch_and_then_its_result(tiny_run, tmp_path):
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    from cifarlab.serve.app import make_app
+
+    run = tmp_path / "runs" / "live"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("run.json", "test_*", "analysis"))
+    lines = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(lines[:2]) + "\n")
+    with TestClient(make_app([tmp_path / "runs"])) as client:
+        first = client.get("/api/runs").json()[0]
+        assert (first["status"], first["epochs_done"], first["epochs"]) == ("training", 1, 2)
+        assert 'id="training"' in client.get("/runs/live").text
+        (run / "metrics.csv").write_text("\n".join(lines[:3]) + "\n")
+        assert client.get("/api/runs").json()[0]["epochs_done"] == 2
+        for name in ("run.json", "test_metrics.json", "test_predictions.npz"):
+            shutil.copy(tiny_run / name, run / name)
+        done = client.get("/api/runs").json()[0]
+        assert done["status"] == "done" and done["test_top1"] is not None

@@ -88,6 +88,11 @@ def test_a_student_clicks_from_the_runs_to_an_image_a_photo_and_a_comparison(
         page.fill("#filter", "sweep1")
         assert page.locator("#runs tbody tr:visible").count() == 2
         page.fill("#filter", "")
+        page.click("#runs th:nth-child(7)")  # test top-1, ascending, then descending
+        page.click("#runs th:nth-child(7)")
+        scores = page.eval_on_selector_all("#runs tbody tr td:nth-child(7)", "cells => cells.map(c => c.dataset.value)")
+        numbers = [float(v) for v in scores if v]
+        assert numbers == sorted(numbers, reverse=True) and len(numbers) >= 6
         shots["runs"] = page.screenshot(full_page=True)
 
         page.click("#runs a[href='/runs/a']")
