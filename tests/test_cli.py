@@ -89,6 +89,7 @@ HELP_ORDER = [
     "evaluate",
     "study",
     "analyze",
+    "robustness",
     "compare",
     "report",
     "predict",

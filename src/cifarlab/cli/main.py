@@ -11,6 +11,7 @@ from typing import NoReturn
 from cifarlab.base.errors import CifarlabError, escape
 from cifarlab.cli.catalog import register_models, register_recipes
 from cifarlab.cli.results import register_analyze, register_compare, register_report
+from cifarlab.cli.robustness import register_robustness
 from cifarlab.cli.serve import register_serve
 from cifarlab.cli.sweep import register_sweep
 from cifarlab.cli.tools import register_benchmark, register_evaluate, register_export, register_predict, register_study
@@ -32,6 +33,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     register_evaluate,
     register_study,
     register_analyze,
+    register_robustness,
     register_compare,
     register_report,
     register_predict,

@@ -20,12 +20,14 @@ def is_loopback(host: str) -> bool:
 
 
 def open_socket(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (port 0: any free one), refused in one line when it cannot be had."""
+    """A listening socket on host:port (port 0: any free one), refused in one line when it cannot be had: the URL
+    printed works as soon as it is printed."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the queue from now on, before uvicorn has started
     except OSError as exc:
         raise UsageError(f"cannot listen on {escape(host)}:{port}: {exc.strerror or exc}") from None
     return sock

@@ -164,6 +164,8 @@ def options_from_args(args: argparse.Namespace, base: dict[str, Any]) -> SweepOp
         "mlflow": args.mlflow,
         "report": False if args.no_report else None,
         "images": True if args.analysis_images else None,
+        "robustness": True if args.robustness else None,
+        "robustness_limit": args.robustness_limit,
     }
     values = {**from_file, **{k: v for k, v in flags.items() if v is not None}}
     try:
@@ -181,7 +183,7 @@ def check_options(options: SweepOptions, source: str | None) -> None:
         raise UsageError(f'{where}ray must be an address, "auto" or "local" (got {short(options.ray)})')
     if not (options.mlflow is None or isinstance(options.mlflow, str)):
         raise UsageError(f"{where}mlflow must be a tracking URI (sqlite:///mlflow.db) (got {short(options.mlflow)})")
-    for key in ("gather", "report", "images"):
+    for key in ("gather", "report", "images", "robustness"):
         if not isinstance(getattr(options, key), bool):
             raise UsageError(f"{where}{key} must be true or false (got {short(getattr(options, key))})")
     for key in ("cpus_per_run", "gpus_per_run"):
@@ -192,6 +194,11 @@ def check_options(options: SweepOptions, source: str | None) -> None:
         value = getattr(options, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UsageError(f"{where}{key} must be a whole number of at least 1 (got {short(value)})")
+    limit = options.robustness_limit
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise UsageError(f"{where}robustness_limit must be a whole number of at least 1 (got {short(limit)})")
+    if limit is not None and not options.robustness:
+        raise UsageError(f"{where}--robustness-limit applies with --robustness only")
     if not isinstance(options.retries, int) or isinstance(options.retries, bool) or options.retries < 0:
         raise UsageError(f"{where}retries must be a whole number of 0 or more (got {short(options.retries)})")
     if options.cpus_per_run <= 0 or options.gpus_per_run < 0:
@@ -310,4 +317,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--analysis-images",
         action="store_true",
         help="each run's analysis also draws galleries and Grad-CAM (slow on a CPU)",
+    )
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="after each run trains, score it on corrupted test images (cifarlab robustness; docs/robustness.md)",
+    )
+    p.add_argument(
+        "--robustness-limit",
+        type=positive_int,
+        metavar="N",
+        help="with --robustness: on the first N test images only (quicker)",
     )

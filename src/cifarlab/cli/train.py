@@ -67,10 +67,14 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "freeze_epochs",
         "body_lr_scale",
         "scale_to_data",
+        "augmix",
+        "augmix_jsd",
     )
     values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "compile_mode", None) is not None:
         values.update(compile=True, compile_mode=args.compile_mode)
+    if values.get("augmix_jsd"):  # the consistency loss is over AugMix views
+        values["augmix"] = True
     return values
 
 
@@ -173,6 +177,7 @@ def register_train(sub: argparse._SubParsersAction) -> None:
         "resnet18-cifar; docs/fast.md)",
     )
     add_transfer_flags(p)
+    add_augmix_flags(p)
     p.add_argument(
         "--no-scale",
         dest="scale_to_data",
@@ -210,6 +215,24 @@ def add_transfer_flags(p: argparse.ArgumentParser) -> None:
         type=positive_float,
         metavar="F",
         help="with --init-from: the LR of everything but the head is F x the LR (recipe default; finetune: 0.3)",
+    )
+
+
+def add_augmix_flags(p: argparse.ArgumentParser) -> None:
+    """``train``'s flags for AugMix training (robustness to corruptions; data/augmix.py)."""
+    p.add_argument(
+        "--augmix",
+        action="store_true",
+        default=None,
+        help="AugMix: train on mixtures of augmentation chains (none of them a CIFAR-10-C corruption); width, "
+        "depth and severity: the config's augmix_* fields",
+    )
+    p.add_argument(
+        "--augmix-jsd",
+        type=positive_float,
+        metavar="WEIGHT",
+        help="with AugMix (implies --augmix), add WEIGHT x the Jensen-Shannon consistency loss over the clean image "
+        "and two AugMix views (the paper: 12; each step then runs 3x the images); without it, off",
     )
 
 

@@ -60,6 +60,14 @@ class TrainConfig:
     augment: str = "none"  # "none" (course: normalisation only), "crop-flip" (pad+random crop, flip), or
     # "translate-altflip" (shift by up to crop_padding px, reflect-filled; each image mirrored every other epoch)
     crop_padding: int = 4  # pixels of padding for the random crop (crop-flip), largest shift (translate-altflip)
+    augmix: bool = False  # AugMix (data/augmix.py) after `augment`: each training image mixed with chains of
+    # operations disjoint from CIFAR-10-C's corruptions (no noise, blur, weather, contrast, brightness, JPEG,
+    # pixelation, elastic); off: the batches and their random numbers exactly as without the option
+    augmix_width: int = 3  # augmix: chains mixed into each image, with Dirichlet(1, ..., 1) weights (1-10)
+    augmix_depth: int = -1  # augmix: operations per chain (1-10); -1 = a random 1 to 3 for each chain
+    augmix_severity: int = 3  # augmix: strength of the operations, 1-10 (the paper's 3)
+    augmix_jsd: float = 0.0  # augmix: weight of the Jensen-Shannon consistency loss over the clean image and two
+    # AugMix views (the paper: 12), added to the clean images' cross-entropy; 0 = off. On, a step runs 3x the images
     val_size: int | None = None  # training images held out for validation, stratified by class; None = 10% (5,000)
     limit_train: int | None = None  # train on a class-balanced slice of this many images (demos, tests)
     eval_batch_size: int = 1000  # batch size for validation and test (no gradients, so larger is cheaper)
@@ -144,6 +152,8 @@ FIELD_KINDS = _field_kinds()
 KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
 MAX_SEED = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
 MAX_CROP_PADDING = 16  # half an image: beyond it a crop or shift is mostly padding
+MAX_AUGMIX = 10  # the largest AugMix width, depth and severity (severity 10: the paper's largest magnitudes)
+MAX_AUGMIX_JSD = 100.0  # the paper weighs its consistency loss 12
 OPTIMIZERS = ("adam", "sgd", "muon")
 SCHEDULERS = ("step", "onecycle", "cosine", "none")
 AUGMENTS = ("none", "crop-flip", "translate-altflip")
@@ -227,6 +237,13 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "freeze_epochs": (lambda v: v >= 0, "must not be negative"),
     "body_lr_scale": (lambda v: 0 < v <= 10, "must be in (0, 10]"),
     "crop_padding": (lambda v: 0 <= v <= MAX_CROP_PADDING, f"must be between 0 and {MAX_CROP_PADDING} pixels"),
+    "augmix_width": (lambda v: 1 <= v <= MAX_AUGMIX, f"must be between 1 and {MAX_AUGMIX}"),
+    "augmix_depth": (
+        lambda v: v == -1 or 1 <= v <= MAX_AUGMIX,
+        f"must be -1 (random 1-3) or between 1 and {MAX_AUGMIX}",
+    ),
+    "augmix_severity": (lambda v: 1 <= v <= MAX_AUGMIX, f"must be between 1 and {MAX_AUGMIX}"),
+    "augmix_jsd": (lambda v: 0 <= v <= MAX_AUGMIX_JSD, f"must be between 0 and {MAX_AUGMIX_JSD}"),
     "val_size": (lambda v: v is None or v >= 1, "must be at least 1"),
     "dataset": (lambda v: v != "", "must be cifar10, cifar100 or the path of an image folder"),
     "labels": (lambda v: v in LABELS, f"must be one of {', '.join(LABELS)}"),
@@ -391,6 +408,8 @@ def validate(config: TrainConfig) -> None:
     if config.recipe not in RECIPES:
         raise UsageError(f"recipe: unknown recipe {config.recipe!r}; choose from: {', '.join(sorted(RECIPES))}")
     validate_fast(config)
+    if config.augmix_jsd > 0 and not config.augmix:
+        raise UsageError("augmix_jsd: the consistency loss compares AugMix views of each image; it needs --augmix")
     if config.init_from is None and (config.freeze_epochs > 0 or config.body_lr_scale != 1.0):
         raise UsageError(
             "freeze_epochs and body_lr_scale apply to a model that starts from a trained one: give --init-from RUN"

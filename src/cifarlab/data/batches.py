@@ -1,4 +1,5 @@
-"""Batches cut from in-memory tensors: random crops, flips and translations as tensor operations, sent to the device."""
+"""Batches cut from in-memory tensors: random crops, flips and translations (and AugMix, augmix.py) as tensor
+operations, sent to the device."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
+from cifarlab.data.augmix import AugMix, augmix_batch
 from cifarlab.data.split import normalize
 
 
@@ -60,7 +62,10 @@ class Batches:
     """Iterate over (normalised float images, labels) batches cut from in-memory uint8 tensors.
 
     Shuffling and augmentation draw from a CPU generator that lives with the object, so a seeded run
-    gives the same batches in the same order, and the generator's state can be checkpointed.
+    gives the same batches in the same order, and the generator's state can be checkpointed. ``augmix`` (None:
+    off, and no random numbers drawn for it) mixes augmentation chains into each batch after the crop, flip or
+    translation; with its ``views`` 2 a batch holds the clean images and two AugMix views of them (3x the images,
+    the labels once).
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class Batches:
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        augmix: AugMix | None = None,
     ) -> None:
         self.images = images.to(device)
         self.labels = labels.to(device)
@@ -89,6 +95,7 @@ class Batches:
         self.generator = torch.Generator().manual_seed(seed)
         self.rank = rank
         self.world_size = world_size
+        self.augmix = augmix
         # translate-altflip: each image gets a random flip in the first epoch and the opposite one in the next,
         # so every pair of epochs sees both orientations (less redundant than independent flips).
         self.epoch = 0  # passes started so far; its parity picks the flip (restored on resume)
@@ -118,4 +125,6 @@ class Batches:
             elif self.augment == "translate-altflip":
                 x = random_translate(x, self.crop_padding, self.generator)
                 x = torch.where((self.flip_first[idx] ^ odd_epoch)[:, None, None, None], x.flip(3), x)
+            if self.augmix is not None:
+                x = augmix_batch(x, self.augmix, self.generator)  # float32 in [0, 255]; normalize takes it
             yield normalize(x, self.mean, self.std), y

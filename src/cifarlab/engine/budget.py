@@ -52,7 +52,7 @@ TEST_FIXED_SECONDS = 1.0  # loading the checkpoint, writing predictions and metr
 SETUP_SECONDS = 1.0  # building the real model and its whitening after planning
 
 Clock = Callable[[], float]
-StepFunction = Callable[..., Any]  # train.train_step(model, optimizer, x, y, label_smoothing, bf16)
+StepFunction = Callable[..., Any]  # train.train_step(model, optimizer, x, y, label_smoothing, bf16, check, jsd)
 
 
 @dataclass
@@ -148,7 +148,8 @@ def time_probe(
 
     def step() -> None:
         x, y = next(stream)
-        train_step(model, optimizer, x, y, config.label_smoothing, config.bf16)
+        # check_finite, then AugMix's consistency weight: a JSD step runs the model on 3x the images
+        train_step(model, optimizer, x, y, config.label_smoothing, config.bf16, True, config.augmix_jsd)
 
     step()  # warm-up: memory allocation and kernel selection make the first step slow
     synchronize(device)

@@ -19,6 +19,7 @@ from cifarlab.base.progress import log
 from cifarlab.config.fast import model_kwargs
 from cifarlab.config.scaling import scale_to_data
 from cifarlab.config.train_config import TrainConfig, validate
+from cifarlab.data.augmix import augmix_from
 from cifarlab.data.batches import Batches
 from cifarlab.data.cifar10 import ImageData
 from cifarlab.data.loading import load_dataset, run_record, validate_dataset
@@ -352,6 +353,7 @@ def probe_batches(data: ImageData, prep: Prepared, config: TrainConfig, device: 
         crop_padding=config.crop_padding,
         seed=config.seed + 1,
         device=device,
+        augmix=augmix_from(config),
     )
 
 
@@ -421,6 +423,7 @@ def make_batches(
         device=device,
         rank=dist.rank,
         world_size=dist.world_size,
+        augmix=augmix_from(config),
     )
     val_shard = prep.val_idx[dist.rank :: dist.world_size]  # every validation image scored once, none dropped
     val = Batches(

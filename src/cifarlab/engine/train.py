@@ -135,7 +135,14 @@ def train_one_epoch(run: Run, epoch: int) -> list[float]:
             break  # a lone last image (see optim.steps_per_epoch), or a run's end part-way into an epoch
         try:
             loss, logits = train_step(
-                model, run.optimizer, x, y, config.label_smoothing, config.bf16, check_finite=not config.timed
+                model,
+                run.optimizer,
+                x,
+                y,
+                config.label_smoothing,
+                config.bf16,
+                check_finite=not config.timed,
+                jsd=config.augmix_jsd,
             )
         except NonFiniteLoss as exc:
             raise stopped(run, f"{exc} at epoch {epoch}, batch {i + 1}") from None
@@ -169,20 +176,36 @@ def train_step(
     label_smoothing: float = 0.0,
     bf16: bool = False,
     check_finite: bool = True,
+    jsd: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch: forward pass, loss, backward pass, update. Returns the loss and the logits.
 
+    With ``jsd`` > 0 (AugMix's consistency loss), ``x`` holds the clean images, then two AugMix views of them
+    (3 x len(y) rows, one forward pass): the loss is the clean images' cross-entropy plus ``jsd`` times the
+    Jensen-Shannon divergence of each image's three predictions, and the logits returned are the clean ones.
     A NaN or infinite loss raises :class:`NonFiniteLoss` before the weights are touched (unless ``check_finite``
     is off: a timed run checks once per epoch)."""
     with autocast(bf16, x.device):  # bf16 when asked for, on CUDA and bf16-capable CPUs; else fp32
         logits = model(x)  # the forward pass
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # the loss
+    clean = logits[: len(y)]
+    loss = F.cross_entropy(clean.float(), y, label_smoothing=label_smoothing)  # the loss
+    if jsd > 0:  # the clean image and its two AugMix views should be predicted alike
+        loss = loss + jsd * jensen_shannon(*logits.float().split(len(y)))
     if check_finite and not torch.isfinite(loss):
         raise NonFiniteLoss(f"the loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # the backward pass: the loss's gradient for every weight
     optimizer.step()  # the optimiser step: move the weights against their gradients
-    return loss.detach(), logits.detach()
+    return loss.detach(), clean.detach()
+
+
+def jensen_shannon(*logits: torch.Tensor) -> torch.Tensor:
+    """The Jensen-Shannon divergence of the predictions that ``logits`` give each image (AugMix's consistency
+    loss): the mean KL divergence of each prediction from their average, averaged over the batch. 0 when they
+    agree."""
+    logp = torch.stack([F.log_softmax(z, dim=1) for z in logits])  # (K, N, classes)
+    log_mean = torch.logsumexp(logp, 0) - math.log(len(logits))  # log of the averaged prediction
+    return torch.stack([F.kl_div(log_mean, lp, reduction="batchmean", log_target=True) for lp in logp]).mean()
 
 
 def stopped(run: Run, what: str) -> NonFiniteLoss:

@@ -5,7 +5,9 @@ experiment repeated with other seeds (a field an older run's config lacks reads 
 row of the table; with n > 1 runs a number reads ``mean ± std`` (sample standard deviation, n - 1 in the
 denominator) and n is shown. Every number comes from the run's files, so nothing is retrained: cost, speed and the
 validation numbers from ``run.json``; test top-1, top-3, ECE and per-class accuracy recomputed from
-``test_predictions.npz`` (the same numbers as the run's analysis); learning curves from ``metrics.csv``. Text from
+``test_predictions.npz`` (the same numbers as the run's analysis); learning curves from ``metrics.csv``; the mean
+corruption top-1 from ``robustness/robustness.json`` (a column of the table when some run has one, blank for runs
+without; always in the CSV files, empty there; a seed group's mean needs every seed's value). Text from
 the runs' files (folder and class names, config values) is escaped in the Markdown output, so it never becomes
 markup, a link or a table cell.
 
@@ -40,6 +42,7 @@ from cifarlab.results.compare_groups import (
     dataset_differences,
     group_runs,
     load_record,
+    shown_columns,
 )
 
 MAX_BAR_CLASSES = 20  # more classes than this: the per-class figure shows the ones where runs differ most
@@ -68,10 +71,11 @@ def stat_cell(group: Group, column: Column) -> str:
 
 def table_cells(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table, as plain text (one row per group)."""
-    header = ["run(s)", "model", "n", "seeds"] + [c.title for c in COLUMNS]
+    columns = shown_columns(groups)
+    header = ["run(s)", "model", "n", "seeds"] + [c.title for c in columns]
     rows = [
         [g.label, str(g.runs[0].config.get("model", "?")), str(g.n), ",".join(map(str, g.seeds))]
-        + [stat_cell(g, c) for c in COLUMNS]
+        + [stat_cell(g, c) for c in columns]
         for g in groups
     ]
     return header, rows
@@ -80,7 +84,10 @@ def table_cells(groups: Sequence[Group]) -> tuple[list[str], list[list[str]]]:
 def markdown_table(groups: Sequence[Group], escape: Callable[[Any], str] = markdown_text) -> str:
     """The side-by-side table, one row per group, as Markdown (every cell passed through ``escape``)."""
     header, rows = table_cells(groups)
-    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * len(COLUMNS)) + "|"]
+    lines = [
+        "| " + " | ".join(map(escape, header)) + " |",
+        "|" + "|".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + "|",
+    ]
     lines += ["| " + " | ".join(map(escape, cells)) + " |" for cells in rows]
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ class Column:
     key: str
     title: str
     fmt: Callable[[float, float | None], str]
+    optional: bool = False  # from a file only some runs have: the tables show it when a run has it (CSV: always)
 
 
 def fmt_int(mean: float, std: float | None) -> str:
@@ -73,7 +74,30 @@ COLUMNS = [
     Column("test_top3", "test top-3", fmt_pct),
     Column("ece", "ECE", fmt_ece),
     Column("train_val_gap", "train-val gap", fmt_points),
+    Column("mean_corruption_top1", "mean corruption top-1", fmt_pct, optional=True),  # robustness/robustness.json
 ]
+
+
+def robustness_value(folder: RunFolder) -> tuple[float, str | None]:
+    """The run's mean corruption top-1 (robustness.json) as a number; NaN when it has none, with the reason to
+    show when the file holds something else or cannot be read."""
+    try:
+        value = folder.robustness.get("mean_corruption_top1")
+    except CifarlabError:
+        return math.nan, "unreadable"
+    number = as_number(value)
+    if number is None:
+        return math.nan, None if value is None else str(value)
+    return number, None
+
+
+def shown_columns(groups: Sequence[Group]) -> list[Column]:
+    """The columns of the side-by-side table: every column, less optional ones no run has a value of."""
+    return [
+        c
+        for c in COLUMNS
+        if not c.optional or any(not math.isnan(r.values[c.key]) or c.key in r.texts for g in groups for r in g.runs)
+    ]
 
 
 @dataclass
@@ -157,6 +181,9 @@ def load_record(run: str | Path) -> RunRecord:
     values.update(
         test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"], ece=metrics["calibration"]["ece"]
     )
+    values["mean_corruption_top1"], text = robustness_value(folder)
+    if text is not None:
+        texts["mean_corruption_top1"] = text
     missing = [c.key for c in COLUMNS if c.key not in values]
     if missing:
         raise UsageError(f"{path}/run.json lacks {', '.join(missing)}; it is not from a finished cifarlab run")

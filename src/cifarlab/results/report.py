@@ -43,6 +43,7 @@ FIGURES = [
 ]
 MD_CLASS_ROWS = 20  # report.md lists at most this many classes per run (the worst); the HTML and CSV have all
 PER_CLASS_HEADER = ["class", "precision", "recall", "F1", "support", "accuracy"]
+WORST_HEADER = ["worst corruption", "mean top-1", "against clean"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,8 +160,37 @@ def render_markdown(views: Sequence[RunView], comp: Any, comp_dir: Path | None, 
         "reading": reading(views, comp),
         "comparison_links": figure_links(comparison, md_path),
         "runs": runs,
+        "robustness": robustness_markdown(views, md_path),
     }
     return template_environment(True).get_template("report.md").render(context)
+
+
+def markdown_rows(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table, every cell escaped; the first column left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(markdown_value(c) for c in row) + " |" for row in [header, *rows]]
+    return "\n".join([lines[0], "|---|" + "---:|" * (len(header) - 1), *lines[1:]])
+
+
+def robustness_markdown(views: Sequence[RunView], md_path: Path) -> list[dict[str, Any]]:
+    """The Robustness section of report.md: for each run with robustness.json, its sentences, top-1 per severity
+    and the worst corruptions, and a link to its heatmap (a note instead when the file cannot be read)."""
+    from cifarlab.results.report_view import robustness_view
+    from cifarlab.runs.layout import ROBUSTNESS_HEATMAP
+
+    out: list[dict[str, Any]] = []
+    for v in views:
+        r = robustness_view(v)
+        if r is None:
+            continue
+        entry: dict[str, Any] = {"title": v.title, "sentences": [r["note"]], "table": Verbatim(""), "links": []}
+        if not r["note"]:
+            tables = [markdown_rows(r["header"], [r["row"]]), markdown_rows(WORST_HEADER, r["worst"])]
+            heatmap = [(v.robustness_dir / ROBUSTNESS_HEATMAP, f"{v.name}: top-1 under corruption")]
+            entry.update(
+                sentences=r["sentences"], table=Verbatim("\n\n".join(tables)), links=figure_links(heatmap, md_path)
+            )
+        out.append(entry)
+    return out
 
 
 def data_line(v: RunView) -> str:

@@ -1,10 +1,11 @@
-"""The runs as the report reads them: :class:`RunView` (a run's folder, run.json, config, analysis summary and CSV
-rows), loaded with an up-to-date analysis (computed now when missing or older than the predictions).
+"""The runs as the report reads them: :class:`RunView` (a run's folder, run.json, config, analysis summary, CSV
+rows and robustness.json when there is one), loaded with an up-to-date analysis (computed now when missing or older
+than the predictions).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ class RunView:
     summary: dict[str, Any]
     per_class: list[dict[str, str]]
     pairs: list[dict[str, str]]
+    robustness: dict[str, Any] = field(default_factory=dict)  # robustness.json ({} without; "unreadable": why)
 
     @property
     def name(self) -> str:
@@ -29,6 +31,12 @@ class RunView:
     @property
     def analysis(self) -> Path:
         return self.path / "analysis"
+
+    @property
+    def robustness_dir(self) -> Path:
+        from cifarlab.runs.layout import ROBUSTNESS_DIR
+
+        return self.path / ROBUSTNESS_DIR
 
     @property
     def title(self) -> str:
@@ -72,4 +80,13 @@ def load_view(run: Path, data_dir: str | None) -> RunView:
         summary,
         read_csv_rows(run / "analysis" / "per_class.csv"),
         read_csv_rows(run / "analysis" / "confused_pairs.csv"),
+        robustness_record(folder),
     )
+
+
+def robustness_record(folder: Any) -> dict[str, Any]:
+    """The run's robustness.json ({} when it has none); one that cannot be read is shown as why, not a failure."""
+    try:
+        return folder.robustness
+    except CifarlabError as exc:
+        return {"unreadable": str(exc)}

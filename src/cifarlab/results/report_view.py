@@ -1,6 +1,6 @@
 """What the report's HTML template shows: the context it is rendered from, built from the runs' views and their
 comparison (the section list, the setup table of data, split, recipe, hardware and versions, each run's figures as
-data URIs, per-class and confused-pair rows, calibration and Grad-CAM values, the generated reading).
+data URIs, per-class and confused-pair rows, calibration, Grad-CAM and robustness values, the generated reading).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from cifarlab.base.files import read_json
-from cifarlab.results.report_format import both, count, csv_number, figure, num, pct, shown
-from cifarlab.results.report_reading import GENERATED_NOTE, reading
+from cifarlab.results.report_format import both, count, csv_number, figure, num, number, pct, shown
+from cifarlab.results.report_reading import GENERATED_NOTE, reading, robustness_reading
 from cifarlab.results.report_runs import RunView
+from cifarlab.results.robustness_files import corruption_means, words, worst_corruptions
 
 SECTIONS = [
     ("setup", "Setup"),
@@ -29,6 +30,14 @@ SECTIONS = [
     ("gradcam", "Grad-CAM"),
     ("reading", "Reading of the numbers"),
 ]
+ROBUSTNESS_SECTION = ("robustness", "Robustness")  # before the reading, when a run has RUN/robustness/robustness.json
+
+
+def sections_of(views: Sequence[RunView]) -> list[tuple[str, str]]:
+    """The page's sections: SECTIONS, with Robustness before the reading when any run has a robustness analysis."""
+    if not any(v.robustness for v in views):
+        return list(SECTIONS)
+    return [*SECTIONS[:-1], ROBUSTNESS_SECTION, SECTIONS[-1]]
 
 
 def versions() -> dict[str, str]:
@@ -206,6 +215,41 @@ def gradcam_view(v: RunView) -> dict[str, Any] | None:
     }
 
 
+def robustness_view(v: RunView) -> dict[str, Any] | None:
+    """The Robustness section's values of one run: the sentences, top-1 per severity, the worst corruptions and the
+    heatmap; a note when robustness.json cannot be read; None when the run has none."""
+    from cifarlab.runs.layout import ROBUSTNESS_HEATMAP
+
+    r = v.robustness
+    if not r:
+        return None
+    if "unreadable" in r:
+        return {"note": f"robustness.json cannot be read: {shown(r['unreadable'])}"}
+    per_severity = r.get("per_severity")
+    levels = [*(per_severity if isinstance(per_severity, list) else [])[:5], *[None] * 5][:5]
+    clean = number(r.get("clean_top1"))
+    return {
+        "note": None,
+        "sentences": robustness_reading(v),
+        "header": ["", "clean", *[f"severity {k}" for k in range(1, 6)], "mean"],
+        "row": [
+            "top-1",
+            pct(clean),
+            *[pct(x) if x is not None else "not run" for x in levels],
+            pct(r.get("mean_corruption_top1")),
+        ],
+        "worst": [
+            [words(name), pct(mean), "n/a" if clean is None else f"{100 * (mean - clean):+.1f} points"]
+            for name, mean in worst_corruptions(r, 3)
+        ],
+        "corruptions": len(corruption_means(r)),
+        "figure": figure(
+            v.robustness_dir / ROBUSTNESS_HEATMAP,
+            f"{v.title}: test top-1 under each corruption (rows) at each severity (columns), and the mean",
+        ),
+    }
+
+
 def skipped_note(summary: dict[str, Any]) -> str:
     """Why the analysis skipped Grad-CAM, as one line."""
     skipped = summary.get("skipped")
@@ -252,6 +296,8 @@ def run_context(v: RunView) -> dict[str, Any]:
         },
         "gradcam": gradcam_view(v),
         "gradcam_note": skipped_note(s),
+        "robustness": robustness_view(v),
+        "name": v.name,
     }
 
 
@@ -277,7 +323,7 @@ def html_context(views: Sequence[RunView], comp: Any, comp_dir: Path | None) -> 
         "title": page_title(views),
         "run_names": [v.name for v in views],
         "generated": time.strftime("%Y-%m-%d %H:%M"),
-        "sections": SECTIONS,
+        "sections": sections_of(views),
         "setup": setup_table(views),
         "results": {"header": header, "rows": rows, "grouped": any(g.n > 1 for g in comp.groups)},
         "comparison": comparison,

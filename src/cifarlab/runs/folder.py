@@ -2,7 +2,7 @@
 
 A run folder holds ``config.json`` (the :class:`~cifarlab.config.TrainConfig`), ``metrics.csv`` (one row per
 epoch), ``run.json`` (what was trained and how it scored; written at the end), ``test_metrics.json`` and
-``test_predictions.npz`` (the test, once), checkpoints, and ``analysis/``. ``run.json`` carries
+``test_predictions.npz`` (the test, once), checkpoints, ``analysis/`` and ``robustness/``. ``run.json`` carries
 ``format_version``; a run written before it existed is brought up to date by :func:`migrate`, the one place that
 knows what older runs lack. Every record is read through the bounded reader (records.py).
 """
@@ -24,6 +24,8 @@ from cifarlab.runs.layout import (
     CONFIG_JSON,
     METRICS_CSV,
     PREDICTIONS_NPZ,
+    ROBUSTNESS_DIR,
+    ROBUSTNESS_JSON,
     RUN_JSON,
     SUMMARY_JSON,
     TEST_METRICS_JSON,
@@ -131,6 +133,12 @@ class RunFolder:
     def summary(self) -> dict[str, Any]:
         """analysis/summary.json ({} before the analysis)."""
         path = self.path / ANALYSIS_DIR / SUMMARY_JSON
+        return read_json(path) if path.is_file() else {}
+
+    @cached_property
+    def robustness(self) -> dict[str, Any]:
+        """robustness/robustness.json ({} before ``cifarlab robustness``), a JSON object read by the bounded reader."""
+        path = self.path / ROBUSTNESS_DIR / ROBUSTNESS_JSON
         return read_json(path) if path.is_file() else {}
 
     @property

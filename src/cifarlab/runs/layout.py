@@ -1,8 +1,9 @@
 """The run folder's layout: the name of each file, the writer's lock, the per-epoch table and new folders.
 
 A run folder ``runs/<name>/`` holds ``config.json``, ``split.json``, ``normalization.json``, ``metrics.csv``,
-``best.pt``, ``last.pt``, ``run.json``, ``test_metrics.json``, ``test_predictions.npz`` and ``analysis/``, and an
-empty ``.lock`` that the process writing the run holds locked (:class:`RunLock`).
+``best.pt``, ``last.pt``, ``run.json``, ``test_metrics.json``, ``test_predictions.npz``, ``analysis/`` and, after
+``cifarlab robustness``, ``robustness/``, and an empty ``.lock`` that the process writing the run holds locked
+(:class:`RunLock`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ TEST_METRICS_JSON = "test_metrics.json"
 PREDICTIONS_NPZ = "test_predictions.npz"
 ANALYSIS_DIR = "analysis"
 SUMMARY_JSON = "summary.json"
+ROBUSTNESS_DIR = "robustness"  # cifarlab robustness RUN: accuracy on corrupted test images
+ROBUSTNESS_JSON = "robustness.json"
+ROBUSTNESS_CSV = "robustness.csv"
+ROBUSTNESS_HEATMAP = "robustness_heatmap.png"
+ROBUSTNESS_GALLERY = "robustness_gallery.png"
 
 METRICS_COLUMNS = [
     "epoch",

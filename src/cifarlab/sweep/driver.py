@@ -176,6 +176,8 @@ def make_job(sweep: Sweep, name: str, env: dict[str, str]) -> Job:
         env=env,
         gather=gather,
         analysis="none" if not options.report else ("full" if options.images else "numbers"),
+        robustness=options.robustness,
+        robustness_limit=options.robustness_limit,
         # a partial run goes to the node, to be resumed there
         blob=pack_folder(sweep.folder / name) if gather and (sweep.folder / name).exists() else None,
     )

@@ -69,6 +69,8 @@ class SweepOptions:
     mlflow: str | None = None
     report: bool = True  # analyse each run (numbers and figures) and end with report.html
     images: bool = False  # also galleries and Grad-CAM in each run's analysis (slow on a CPU)
+    robustness: bool = False  # after each run trains: cifarlab robustness RUN (regenerated corruptions)
+    robustness_limit: int | None = None  # ... on its first N test images only (--limit)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

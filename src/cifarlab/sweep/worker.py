@@ -47,6 +47,8 @@ class Job:
     gather: bool = False  # train in a scratch folder of the node, send the run folder back
     analysis: Analysis = "none"
     blob: bytes | None = None  # with gather: the partial run folder to resume (pack_folder)
+    robustness: bool = False  # after training: cifarlab robustness RUN
+    robustness_limit: int | None = None  # its --limit
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,4 +313,25 @@ def execute_locked(
         code = run_process(cmd, job, log_path, cancel, on_start, fd)
         if code != 0:
             message = f"trained, but its analysis failed ({last_error(log_path)}); the report retries it"
+    if state == "done" and job.robustness:
+        message = robustness_step(job, run_dir, log_path, cancel, on_start, fd, data) or message
     return state, message
+
+
+def robustness_step(
+    job: Job,
+    run_dir: Path,
+    log_path: Path,
+    cancel: threading.Event | None,
+    on_start: Callable[[int], None] | None,
+    fd: int | None,
+    data: list[str],
+) -> str | None:
+    """``cifarlab robustness RUN`` for a run just trained (--robustness); a failure is the run's message, never
+    a failed run."""
+    limit = ["--limit", str(job.robustness_limit)] if job.robustness_limit else []
+    device = ["--device", str(job.config["device"])] if job.config.get("device") else []
+    cmd = [sys.executable, "-m", "cifarlab", "robustness", str(run_dir), *limit, *device, *data]
+    if run_process(cmd, job, log_path, cancel, on_start, fd) != 0:
+        return f"trained, but its robustness analysis failed ({last_error(log_path)})"
+    return None
