@@ -325,3 +325,18 @@ def test_a_sweep_worker_runs_robustness_after_training(robust, fake_cifar, tmp_p
     assert worker.robustness_step(job, run, log, None, None, None, data) is None, log.read_text()
     record = json.loads((run / "robustness" / "robustness.json").read_text())
     assert record["images"] == 20 and len(record["corruptions"]) == 15
+
+
+def test_tta_scores_at_another_level_than_the_runs(tiny_run, fake_cifar, tmp_path, engine):
+    """--tta 1 scores clean and corrupted images with the mirror too: clean top-1 is that of the images scored so."""
+    from cifarlab.data.batches import Batches
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "tiny"))
+    record = robustness_cli(run, fake_cifar, "--corruptions", "contrast", "--severities", "5", "--tta", "1")
+    assert record["tta"] == 1 and record["tta_of_run"] is False
+    state = load_checkpoint(run, "best.pt")
+    data = load_cifar10(fake_cifar, allow_download=False)
+    model = engine("inference_model")(state, torch.device("cpu"))
+    batches = Batches(data.test_images, data.test_labels, 1000, torch.tensor(state["mean"]), torch.tensor(state["std"]))
+    logits, _ = engine("infer")(model, batches, tta=1)
+    assert record["clean_top1"] == int((logits.argmax(1) == data.test_labels).sum()) / len(data.test_labels)
