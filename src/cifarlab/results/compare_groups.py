@@ -164,8 +164,10 @@ def run_values(info: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
     return values, texts
 
 
-def load_record(run: str | Path) -> RunRecord:
-    """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run."""
+def load_record(run: str | Path, folder: RunFolder | None = None, metrics: dict[str, Any] | None = None) -> RunRecord:
+    """Read one run; a usage error (exit 2) if the folder is not a finished cifarlab run. A caller that holds the
+    run's ``folder`` (its files already read) and the ``metrics`` of its predictions passes them, so neither is
+    read or computed again."""
     from cifarlab.results.analysis_metrics import compute_metrics
     from cifarlab.runs.folder import dataset_of, require_run
 
@@ -173,10 +175,10 @@ def load_record(run: str | Path) -> RunRecord:
     for needed in (RUN_JSON, CONFIG_JSON):
         if not (path / needed).is_file():
             raise UsageError(f"{path} is not a finished cifarlab run: no {needed} (let `cifarlab train` finish)")
-    folder = RunFolder(path)
+    folder = RunFolder(path) if folder is None else folder
     info, config = folder.info, folder.config_record
     pred = folder.predictions
-    metrics = compute_metrics(pred)
+    metrics = compute_metrics(pred) if metrics is None else metrics
     values, texts = run_values(info)
     values.update(
         test_top1=metrics["headline"]["top1"], test_top3=metrics["headline"]["top3"], ece=metrics["calibration"]["ece"]

@@ -52,10 +52,8 @@ def overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
 
 
 def dataset_key(data: RunData) -> str:
-    """Which test set a run's images come from: its dataset record as canonical JSON."""
-    from cifarlab.runs.folder import dataset_of
-
-    return json.dumps(dataset_of(data.entry.path), sort_keys=True, default=str)
+    """Which test set a run's images come from: its dataset record (read once with the run) as canonical JSON."""
+    return json.dumps(data.dataset, sort_keys=True, default=str)
 
 
 class TestImages:

@@ -83,6 +83,7 @@ class RunData:
     pred: Any = None  # runs.folder.Predictions
     metrics: dict[str, Any] = field(default_factory=dict)  # analysis_metrics.compute_metrics
     positions: dict[int, int] = field(default_factory=dict)  # test-set index -> row of the predictions
+    dataset: dict[str, Any] = field(default_factory=dict)  # the dataset record (CIFAR-10's for runs without one)
 
     @property
     def id(self) -> str:
@@ -110,6 +111,7 @@ def read_run(entry: Entry) -> RunData:
         data.history = folder.metrics
         if not folder.finished:
             data.status = "training"
+            data.dataset = dataset_of(entry.path)
             return data
         read_finished(data)
     except PROBLEMS as exc:
@@ -123,9 +125,10 @@ def read_finished(data: RunData) -> None:
     from cifarlab.results.compare_groups import load_record
 
     data.info = data.folder.info
-    data.record = load_record(data.entry.path)
     data.pred = data.folder.predictions
     data.metrics = compute_metrics(data.pred)
+    data.record = load_record(data.entry.path, data.folder, data.metrics)
+    data.dataset = data.record.dataset
     index = data.pred.index
     if len(np.unique(index)) != len(index) or index.min() < 0:
         raise CifarlabError(f"{PREDICTIONS_NPZ}: the test-set positions (index) repeat or are negative")
@@ -187,7 +190,7 @@ def summary_row(data: RunData) -> dict[str, Any]:
 def dataset_name(data: RunData) -> str | None:
     """The dataset in a few words ('CIFAR-10, 32 px, 10 classes'); None when the run cannot say."""
     try:
-        return escape(dataset_line(dataset_of(data.entry.path)))[:120]
+        return escape(dataset_line(data.dataset or dataset_of(data.entry.path)))[:120]
     except PROBLEMS:
         return None
 
