@@ -65,6 +65,7 @@ class Probe:
     save_seconds: float
     probe_seconds: float
     timed_steps: int = PROBE_STEPS  # more than PROBE_STEPS when the first steps disagreed
+    threads: int = 1  # torch's CPU compute threads while it was timed
 
 
 @dataclass
@@ -83,6 +84,7 @@ class BudgetPlan:
     predicted_seconds: float  # planned total: elapsed before training + training + validation + test + setup
     reserved_seconds: dict[str, float] = field(default_factory=dict)
     probes: list[dict[str, Any]] = field(default_factory=list)
+    threads: int = 1  # CPU compute threads the run uses (one when other processes made more threads slower)
     replans: list[dict[str, Any]] = field(default_factory=list)  # changes made while training (see ``Pacer``)
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +177,8 @@ def time_probe(
     t0 = clock()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
     save_seconds = 2 * (clock() - t0) + 0.02  # in memory; doubled for the file write and fsync
-    return Probe(width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times))
+    threads = torch.get_num_threads()
+    return Probe(width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times), threads)
 
 
 def scaled(probe: Probe, macs_from: int, macs_to: int) -> Probe:
@@ -218,10 +221,15 @@ def plan_budget(
         test = final_test_seconds(probe, n_test, choose_tta(probe, n_test, config.tta, budget))
         return budget - (clock() - started) - MARGIN * budget - SETUP_SECONDS - test
 
-    if config.model in WIDTH_MODELS and config.model_width is None:
-        probes = choose_width(config, probe, available, n_val, spe, num_classes, int(batches.images.shape[-1]))
+    choosing = config.model in WIDTH_MODELS and config.model_width is None
+    first = choose_threads(probe, PROBE_WIDTH if choosing else config.model_width, device)
+    if choosing:
+        probes = choose_width(
+            config, probe, available, n_val, spe, num_classes, int(batches.images.shape[-1]), first[-1]
+        )
+        probes = first[:-1] + probes
     else:
-        probes = [probe(config.model_width)]
+        probes = first
     last = probes[-1]
     left = available(last)
     steps = fit_steps(left, last.step_seconds, epoch_overhead(last, n_val), spe)
@@ -234,6 +242,25 @@ def plan_budget(
     return make_plan(config, probes, steps, spe, n_val, n_test, clock() - started)
 
 
+def choose_threads(probe: Callable[[int | None], Probe], width: int | None, device: torch.device) -> list[Probe]:
+    """Probe ``width`` with every compute thread, then (on a CPU with several) with one, and keep the faster.
+
+    On an idle machine two threads step about 1.8x faster than one; beside another busy process they step slower
+    than one (each parallel region waits for the thread the OS has paused: docs/benchmarks.md, "A loaded CPU"),
+    and a slow probe would also make the planner choose too narrow a width. Leaves torch at the chosen thread
+    count; returns the probes, the chosen one last."""
+    threads = torch.get_num_threads()
+    every = probe(width)
+    if device.type != "cpu" or threads < 2:
+        return [every]
+    torch.set_num_threads(1)
+    single = probe(width)
+    if single.step_seconds < every.step_seconds:
+        return [every, single]
+    torch.set_num_threads(threads)
+    return [single, every]
+
+
 def choose_width(
     config: TrainConfig,
     probe: Callable[[int | None], Probe],
@@ -242,6 +269,7 @@ def choose_width(
     spe: int,
     num_classes: int,
     image_size: int = 32,
+    first: Probe | None = None,
 ) -> list[Probe]:
     """Probe the cheap width, price every width from it by multiply-accumulates (on images of ``image_size``
     pixels, as trained), take the widest that fits ``budget_epochs`` epochs, and probe that one for real.
@@ -250,7 +278,8 @@ def choose_width(
     the chosen width's own probe (a second reading when it is the cheap width) checks the choice: the width moves
     one step when that reading disagrees by more than WIDTH_TOLERANCE (narrower when the width falls short of the
     epochs, wider when the next width fits them with room to spare), and the new width is probed; within that band
-    the first choice stands. Returns the probes in the order taken, the chosen width's last."""
+    the first choice stands. ``first``: the cheap width's probe when already taken. Returns the probes in the
+    order taken, the chosen width's last."""
 
     def macs(width: int) -> int:
         return count_macs(build_model(config.model, num_classes, width=width), image_size)
@@ -260,7 +289,7 @@ def choose_width(
         estimate = scaled(base, macs(base.width or PROBE_WIDTH), macs(width))
         return fit_steps(available(estimate), estimate.step_seconds, epoch_overhead(estimate, n_val), spe) / spe
 
-    probes = [probe(PROBE_WIDTH)]
+    probes = [first or probe(PROBE_WIDTH)]
     fitting = [w for w in WIDTHS if epochs_at(w, probes[0]) >= config.budget_epochs]
     width = fitting[-1] if fitting else WIDTHS[0]
     probes.append(probe(width))
@@ -300,6 +329,7 @@ def make_plan(
         predicted_seconds=elapsed + SETUP_SECONDS + steps * probe.step_seconds + epochs * overhead + reserved["test"],
         reserved_seconds=reserved,
         probes=[asdict(p) for p in probes],
+        threads=probe.threads,
     )
 
 

@@ -188,6 +188,7 @@ def build_run(
     validate_dataset(data, prep.mean, prep.std, dist.is_main)  # what its checkpoints would be refused for
     plan = None
     if config.time_budget is not None and resume is None:
+        cleanup.callback(torch.set_num_threads, torch.get_num_threads())  # the planner may choose fewer threads
         plan, config = plan_run(config, data, prep, device, dist, budget_start, clock, step)
     model, params, macs, head_kept = make_model(config, data, prep, device, init)
     train_batches, val_batches = make_batches(config, data, prep, device, dist)
@@ -385,6 +386,7 @@ def plan_run(
         f"time budget {plan.budget_seconds:.0f}s: {plan.train_steps} steps "
         f"({plan.train_steps / plan.steps_per_epoch:.2f} epochs) at {plan.step_seconds:.3f}s/step"
         + (f", width {plan.width}" if plan.width else "")
+        + (f", {plan.threads} thread (busy CPU)" if max(p["threads"] for p in plan.probes) > plan.threads else "")
         + f", planned total {plan.predicted_seconds:.0f}s"
     )
     return plan, apply_plan(config, plan)
