@@ -3,7 +3,7 @@ corruption top-1 (``cifarlab robustness``, regenerated CIFAR-10-C corruptions), 
 full robustness evaluation took.
 
     PYTHONPATH=src python benchmarks/robust_recipe.py --data-dir ../shared/data/cifar10 --out /tmp/robust \
-        [--budget 600] [--seeds 0,1,2] [--limit N] [--extra RUN ...]
+        [--budget 600] [--seeds 0,1,2] [--limit N] [--tta LEVEL] [--variants plain,augmix] [--extra RUN ...]
 
 Runs one after the other (nothing else should run: the budget is wall time). Resumable: a run folder that already
 holds robustness/robustness.json is read, not trained again. ``--extra RUN`` adds finished runs (e.g. the study's
@@ -27,10 +27,11 @@ def cifarlab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cifarlab", *args], check=True)
 
 
-def robustness_of(run: Path, data_dir: str, limit: int | None = None) -> dict[str, Any]:
+def robustness_of(run: Path, data_dir: str, limit: int | None = None, tta: int | None = None) -> dict[str, Any]:
     record = run / "robustness" / "robustness.json"
     if not record.is_file():
-        cifarlab("robustness", str(run), "--data-dir", data_dir, *(["--limit", str(limit)] if limit else []))
+        flags = [*(["--limit", str(limit)] if limit else []), *(["--tta", str(tta)] if tta is not None else [])]
+        cifarlab("robustness", str(run), "--data-dir", data_dir, *flags)
     return json.loads(record.read_text())
 
 
@@ -74,17 +75,20 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--extra", nargs="*", default=[], help="finished runs to add to the table")
     parser.add_argument("--limit", type=int, help="score the corruptions on the first N test images only")
+    parser.add_argument("--tta", type=int, help="score at this TTA level (default: each run's own)")
+    parser.add_argument("--variants", default="plain,augmix", help="plain, augmix or both (plain,augmix)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: dict[str, list[dict[str, Any]]] = {}
     for extra in map(Path, args.extra):
-        rows[extra.name] = [robustness_of(extra, args.data_dir, args.limit)]
-    for augmix in (False, True):
+        rows[extra.name] = [robustness_of(extra, args.data_dir, args.limit, args.tta)]
+    variants = args.variants.split(",")
+    for augmix in [v == "augmix" for v in ("plain", "augmix") if v in variants]:
         label = f"fast, {args.budget} s" + (", --augmix" if augmix else "")
         for seed in seeds:
             name = f"fast{'-augmix' if augmix else ''}-{args.budget}-s{seed}"
             run = trained(args.out, name, args.data_dir, args.budget, seed, augmix)
-            rows.setdefault(label, []).append(robustness_of(run, args.data_dir, args.limit))
+            rows.setdefault(label, []).append(robustness_of(run, args.data_dir, args.limit, args.tta))
             done = rows[label][-1]
             test = json.loads((run / "run.json").read_text())["test_top1"]
             print(

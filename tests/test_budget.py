@@ -28,6 +28,7 @@ from cifarlab.engine.budget import (
     final_test_seconds,
     fit_steps,
     plan_budget,
+    scaled,
     time_probe,
 )
 from cifarlab.engine.optim import RunLength
@@ -440,3 +441,30 @@ def test_a_budget_run_on_a_busy_cpu_records_its_one_thread_and_gives_the_threads
     summary = json.loads((run / "run.json").read_text())
     assert summary["threads"] == 1 == summary["budget_plan"]["threads"]
     assert [p["threads"] for p in summary["budget_plan"]["probes"]] == [2, 1]
+
+
+class SlowBatches(Batches):
+    """Batches that take ``seconds`` on ``clock`` to make (AugMix's chains, say), whatever model trains on them."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        images = torch.zeros(100, 3, 32, 32, dtype=torch.uint8)
+        super().__init__(images, torch.zeros(100, dtype=torch.long), 1, torch.zeros(3), torch.ones(3))
+        self.clock, self.seconds = clock, seconds
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.clock.now += self.seconds
+            yield batch
+
+
+def test_a_probe_times_the_batch_apart_and_other_widths_are_priced_on_the_model_alone():
+    """A width probe's step = making the batch + the model's step; only the model's part grows with the MACs (an
+    AugMix batch priced as if it grew with the width made the planner choose far too narrow a net)."""
+    clock = FakeClock()
+    step = scripted_step(clock, [5.0, 0.10, 0.10, 0.10])
+    config = make_config("fast", time_budget=60.0)
+    probe = time_probe(config, 16, SlowBatches(clock, 0.3), 10, torch.device("cpu"), step, clock=clock)
+    assert probe.step_seconds == pytest.approx(0.4) and probe.data_seconds == pytest.approx(0.3)
+    wider = scaled(probe, 1, 8)
+    assert wider.step_seconds == pytest.approx(0.3 + 8 * 0.1) and wider.data_seconds == pytest.approx(0.3)
+    assert wider.eval_image_seconds == pytest.approx(8 * probe.eval_image_seconds)  # the test has no AugMix

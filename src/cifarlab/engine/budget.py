@@ -60,12 +60,13 @@ class Probe:
     """What one width costs, measured: one training step, one forward image, one checkpoint write."""
 
     width: int | None
-    step_seconds: float
+    step_seconds: float  # data and model together
     eval_image_seconds: float
     save_seconds: float
     probe_seconds: float
     timed_steps: int = PROBE_STEPS  # more than PROBE_STEPS when the first steps disagreed
     threads: int = 1  # torch's CPU compute threads while it was timed
+    data_seconds: float = 0.0  # of step_seconds, making the batch (crops, flips, AugMix): the same at any width
 
 
 @dataclass
@@ -148,21 +149,27 @@ def time_probe(
     model.train()
     stream = training_stream(batches)
 
-    def step() -> None:
+    def step() -> float:
+        """One step; returns the seconds its batch took to make."""
+        t0 = clock()
         x, y = next(stream)
+        made = clock() - t0
         # check_finite, then AugMix's consistency weight: a JSD step runs the model on 3x the images
         train_step(model, optimizer, x, y, config.label_smoothing, config.bf16, True, config.augmix_jsd)
+        return made
 
     step()  # warm-up: memory allocation and kernel selection make the first step slow
     synchronize(device)
     times: list[float] = []
+    data: list[float] = []
     while not times or (len(times) < max(steps, PROBE_MAX_STEPS) and max(times) > PROBE_SPREAD * min(times)):
         for _ in range(steps):
             t0 = clock()
-            step()
+            data.append(step())
             synchronize(device)
             times.append(clock() - t0)
     step_seconds = statistics.median(times)  # the median shrugs off steps slowed by another process
+    data_seconds = min(statistics.median(data), step_seconds)
 
     model.eval()
     x = next(stream)[0][: config.eval_batch_size]  # the batch size and precision validation and the test will use
@@ -178,13 +185,25 @@ def time_probe(
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, io.BytesIO())
     save_seconds = 2 * (clock() - t0) + 0.02  # in memory; doubled for the file write and fsync
     threads = torch.get_num_threads()
-    return Probe(width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times), threads)
+    return Probe(
+        width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times), threads, data_seconds
+    )
 
 
 def scaled(probe: Probe, macs_from: int, macs_to: int) -> Probe:
-    """A probe's costs carried to another width in proportion to its multiply-accumulates (an estimate)."""
+    """A probe's costs carried to another width: the model's part in proportion to its multiply-accumulates (an
+    estimate), the batch's making as it was (AugMix's chains cost the same at every width)."""
     ratio = macs_to / macs_from
-    return Probe(None, probe.step_seconds * ratio, probe.eval_image_seconds * ratio, probe.save_seconds, 0.0)
+    model_seconds = (probe.step_seconds - probe.data_seconds) * ratio
+    return Probe(
+        None,
+        probe.data_seconds + model_seconds,
+        probe.eval_image_seconds * ratio,
+        probe.save_seconds,
+        0.0,
+        threads=probe.threads,
+        data_seconds=probe.data_seconds,
+    )
 
 
 def budget_seconds(config: TrainConfig) -> float:
