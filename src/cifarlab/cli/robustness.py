@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from cifarlab.base.errors import UsageError
 from cifarlab.cli.flags import positive_int, seed_int
 
 
-def severities_flag(text: str) -> str:
-    """--severities: checked now (one argparse line), parsed again by the command."""
-    from cifarlab.results.robustness import parse_severities
+def checked_now(flag: str, parse_name: str) -> Callable[[str], str]:
+    """An argparse type for ``flag`` that checks its value with results.robustness's ``parse_name`` (one argparse
+    line for a bad value) and passes the text on: the command parses it again."""
 
-    try:
-        parse_severities(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--severities: ")) from None
-    return text
+    def check(text: str) -> str:
+        from cifarlab.results import robustness
+
+        try:
+            getattr(robustness, parse_name)(text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag}: ")) from None
+        return text
+
+    return check
 
 
-def corruptions_flag(text: str) -> str:
-    """--corruptions: checked now (one argparse line), parsed again by the command."""
-    from cifarlab.results.robustness import parse_corruptions
-
-    try:
-        parse_corruptions(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--corruptions: ")) from None
-    return text
+severities_flag = checked_now("--severities", "parse_severities")
+corruptions_flag = checked_now("--corruptions", "parse_corruptions")
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
