@@ -158,16 +158,7 @@ def time_probe(
         train_step(model, optimizer, x, y, config.label_smoothing, config.bf16, True, config.augmix_jsd)
         return made
 
-    step()  # warm-up: memory allocation and kernel selection make the first step slow
-    synchronize(device)
-    times: list[float] = []
-    data: list[float] = []
-    while not times or (len(times) < max(steps, PROBE_MAX_STEPS) and max(times) > PROBE_SPREAD * min(times)):
-        for _ in range(steps):
-            t0 = clock()
-            data.append(step())
-            synchronize(device)
-            times.append(clock() - t0)
+    times, data = timed_steps(step, steps, device, clock)
     step_seconds = statistics.median(times)  # the median shrugs off steps slowed by another process
     data_seconds = min(statistics.median(data), step_seconds)
 
@@ -188,6 +179,25 @@ def time_probe(
     return Probe(
         width, step_seconds, eval_image_seconds, save_seconds, clock() - t_start, len(times), threads, data_seconds
     )
+
+
+def timed_steps(
+    step: Callable[[], float], steps: int, device: torch.device, clock: Clock
+) -> tuple[list[float], list[float]]:
+    """Each timed step's seconds, and of them the seconds ``step()`` says its batch took, after one warm-up step:
+    ``steps`` of them, and ``steps`` more (up to PROBE_MAX_STEPS) while the slowest is over PROBE_SPREAD times the
+    fastest."""
+    step()  # warm-up: memory allocation and kernel selection make the first step slow
+    synchronize(device)
+    times: list[float] = []
+    data: list[float] = []
+    while not times or (len(times) < max(steps, PROBE_MAX_STEPS) and max(times) > PROBE_SPREAD * min(times)):
+        for _ in range(steps):
+            t0 = clock()
+            data.append(step())
+            synchronize(device)
+            times.append(clock() - t0)
+    return times, data
 
 
 def scaled(probe: Probe, macs_from: int, macs_to: int) -> Probe:
