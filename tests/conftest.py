@@ -569,13 +569,26 @@ def engine_patch(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, Any], None]:
     return lambda name, value: monkeypatch.setattr(engine_module(name), name, value)
 
 
+def torch_threads(count: int) -> Any:
+    """Torch at ``count`` threads for one test; the count before it is set back afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread() -> Any:
     """One torch thread for this test (the suite already runs with one; kept for tests that ask for it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from torch_threads(1)
+
+
+@pytest.fixture
+def two_threads() -> Any:
+    """Two torch threads for this test (what the planner's thread choice starts from on a 2-core CPU)."""
+    yield from torch_threads(2)
 
 
 # ----------------------------------------------------------------------------------------------------------

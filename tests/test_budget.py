@@ -398,46 +398,36 @@ def thread_probe(seconds: dict[int, float], probed: list[tuple[int | None, int]]
 
 
 @pytest.mark.parametrize(("seconds", "chosen"), [({1: 0.2, 2: 0.3}, 1), ({1: 0.19, 2: 0.1}, 2)])
-def test_the_planner_keeps_one_thread_where_two_step_slower(monkeypatch, seconds, chosen):
+def test_the_planner_keeps_one_thread_where_two_step_slower(monkeypatch, two_threads, seconds, chosen):
     """Beside another busy process two threads step slower than one (docs/benchmarks.md, "A loaded CPU"): the
     planner probes both, keeps the faster for the whole run, prices the widths at it and records it."""
     probed: list[tuple[int | None, int]] = []
     monkeypatch.setattr(budget_module, "time_probe", thread_probe(seconds, probed))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        plan = plan_budget(
-            make_config("fast", time_budget=60.0),
-            tiny_batches(),
-            n_val=100,
-            n_test=1000,
-            num_classes=10,
-            device=torch.device("cpu"),
-            started=0.0,
-            train_step=train_step,
-            clock=FakeClock(1.0),
-        )
-        assert torch.get_num_threads() == chosen == plan.threads
-    finally:
-        torch.set_num_threads(threads)
+    plan = plan_budget(
+        make_config("fast", time_budget=60.0),
+        tiny_batches(),
+        n_val=100,
+        n_test=1000,
+        num_classes=10,
+        device=torch.device("cpu"),
+        started=0.0,
+        train_step=train_step,
+        clock=FakeClock(1.0),
+    )
+    assert torch.get_num_threads() == chosen == plan.threads
     assert probed[:2] == [(16, 2), (16, 1)]  # every thread, then one, at the cheap width
     assert all(t == chosen for _, t in probed[2:])  # the width's own probes run as the run will
     assert [p["threads"] for p in plan.probes][-1] == chosen and len(plan.probes) == len(probed)
 
 
 def test_a_budget_run_on_a_busy_cpu_records_its_one_thread_and_gives_the_threads_back(
-    fake_cifar, tmp_path, monkeypatch
+    fake_cifar, tmp_path, monkeypatch, two_threads
 ):
     """The run trains at the thread count its planner chose (run.json says so) and leaves torch's count as it was."""
     monkeypatch.setattr(budget_module, "time_probe", thread_probe({1: 0.2, 2: 0.5}, []))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        config = budget_config(fake_cifar, tmp_path, "busy", time_budget=20.0, model_width=16)
-        run = train(config, clock=TickingClock(0.2))
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    config = budget_config(fake_cifar, tmp_path, "busy", time_budget=20.0, model_width=16)
+    run = train(config, clock=TickingClock(0.2))
+    assert torch.get_num_threads() == 2
     summary = json.loads((run / "run.json").read_text())
     assert summary["threads"] == 1 == summary["budget_plan"]["threads"]
     assert [p["threads"] for p in summary["budget_plan"]["probes"]] == [2, 1]
