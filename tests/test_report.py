@@ -172,9 +172,9 @@ def test_cli_report_errors_exit_2(tmp_path, two_runs, cli_error, fake_cifar):
 def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
     two_runs, page, fake_cifar, tmp_path, monkeypatch
 ):
-    """`cifarlab study --quick`: both models get one config (seed, split, recipe) but the model, and one loaded
-    data set; --quick is a 5,000-image slice (class-balanced: see test_train) for 3 epochs. Training itself is
-    replaced by copies of analysed runs; what is tested is what the study asks for and how it ends."""
+    """`cifarlab study --quick --sequential`: both models get one config (seed, split, recipe) but the model, and
+    one loaded data set; --quick is a 5,000-image slice (class-balanced: see test_train) for 3 epochs. Training
+    itself is replaced by copies of analysed runs; what is tested is what the study asks for and how it ends."""
     import cifarlab.tools.study as study_module
 
     calls = []
@@ -190,6 +190,7 @@ def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
             [
                 "study",
                 "--quick",
+                "--sequential",
                 "--out",
                 str(tmp_path),
                 "--name",
@@ -218,6 +219,38 @@ def test_study_trains_both_models_alike_and_ends_with_comparison_and_report(
     assert {"comparison.csv", "per_class_accuracy.png"} <= {p.name for p in (folder / "comparison").iterdir()}
     text = (folder / "report.html").read_text()
     assert "mycnn" in text and "resnet18" in text
+
+
+def test_a_study_on_a_cpu_trains_its_models_side_by_side_one_core_each(fake_cifar, tmp_path, monkeypatch, capfd):
+    """With a core per model, each model trains (and is analysed) in its own process on one thread, at once; their
+    lines reach the terminal prefixed with the model's name, and the study ends with its comparison and report."""
+    import cifarlab.tools.study as study_module
+
+    monkeypatch.setattr(study_module, "usable_cores", lambda hyperthreads=True: 2)  # as on this project's CPUs
+    argv = ["study", "--quick", "--epochs", "1", "--out", str(tmp_path), "--name", "s"]
+    assert main([*argv, "--data-dir", str(fake_cifar), "--device", "cpu"]) == 0
+    out = capfd.readouterr().out
+    folder = tmp_path / "s"
+    assert json.loads((folder / "study.json").read_text())["side_by_side"] is True
+    assert "mycnn, resnet18 side by side, 1 thread each" in out
+    for model in ("mycnn", "resnet18"):
+        assert json.loads((folder / model / "run.json").read_text())["threads"] == 1
+        assert (folder / model / "analysis").is_dir() and (folder / model / "test_metrics.json").is_file()
+        assert f"[{model}] test (best.pt, epoch 1): top-1" in out
+    assert (folder / "report.html").is_file() and (folder / "comparison.md").is_file()
+
+
+def test_prefixed_lines_start_with_the_prefix_however_they_are_written():
+    from cifarlab.tools.study import Prefixed
+
+    stream = io.StringIO()
+    lines = Prefixed(stream, "[m] ")
+    lines.write("epoch 1")
+    lines.write(" done\nepoch 2\n\nend")
+    lines.flush()
+    assert stream.getvalue() == "[m] epoch 1 done\n[m] epoch 2\n[m] \n" and not lines.isatty()
+    lines.write("\n")
+    assert stream.getvalue().endswith("[m] end\n")
 
 
 # ----------------------------------------------------------------------------------------------------------

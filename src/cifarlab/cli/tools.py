@@ -40,6 +40,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     study(
         recipe=args.recipe or "seed",
         quick=args.quick,
+        sequential=args.sequential,
         out=overrides.pop("out", "runs"),
         name=overrides.pop("name", None),
         **overrides,
@@ -67,6 +68,12 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     """Add ``cifarlab study`` to the command line."""
     p = sub.add_parser("study", help="the whole study: mycnn vs resnet18, same setup, compared")
     p.add_argument("--quick", action="store_true", help="a 5,000-image slice and 3 epochs: minutes on a CPU")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the models one after the other, each on every core (default on a CPU with a core per model: "
+        "side by side, one process each on its share of the cores)",
+    )
     add_common_run_flags(p)
     p.set_defaults(func=cmd_study)
 

@@ -42,6 +42,14 @@ def add_common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run folder name (default: a timestamp and the model)")
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="train on a class-balanced slice of N images")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--fp32",
+        dest="bf16",
+        action="store_false",
+        default=None,
+        help="train and score in fp32 where the recipe asks for bf16 (recipes seed, fast...: bf16 only on CUDA and "
+        "CPUs with bf16 in hardware; run.json's precision says which ran)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -69,6 +77,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         "scale_to_data",
         "augmix",
         "augmix_jsd",
+        "bf16",
     )
     values = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     if getattr(args, "compile_mode", None) is not None:

@@ -287,12 +287,14 @@ SEED_RECIPE: dict[str, Any] = dict(
     gamma=0.1,
     augment="none",
     label_smoothing=0.0,
+    bf16=True,  # on CPUs with bf16 in hardware (and CUDA): the study in half the time (docs/benchmarks.md)
 )
 
 # Each recipe is a set of overrides of the TrainConfig defaults above.
 RECIPES: dict[str, dict[str, Any]] = {
     # The course project: Adam 1e-3, StepLR (x0.1 after epoch 10), 20 epochs, normalisation only. The course fixed
-    # neither the batch size nor the step: docs/benchmarks.md, "Choosing the seed recipe".
+    # neither the batch size nor the step: docs/benchmarks.md, "Choosing the seed recipe". bf16 where the hardware
+    # has it (--fp32 for the course's precision): docs/benchmarks.md, "The study in 35 minutes".
     "seed": SEED_RECIPE,
     # The course setup plus the two standard augmentations (random crop, horizontal flip): less overfitting.
     "augment": {**SEED_RECIPE, "augment": "crop-flip"},
@@ -356,7 +358,7 @@ RECIPES["finetune"] = {
 } | dict(epochs=16, warmup_epochs=2.0, freeze_epochs=0, body_lr_scale=0.3)
 
 RECIPE_HELP: dict[str, str] = {
-    "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, no augmentation",
+    "seed": "the course project: Adam 1e-3, StepLR(10, 0.1), 20 epochs, batch 64, no augmentation, bf16 if fast",
     "augment": "the course project plus random crop and horizontal flip",
     "fast": "fastcnn, airbench-style: whitening, lookahead, Nesterov SGD, TTA; 10 epochs, or --time-budget",
     "resnet18-cifar": "ResNet-18 (CIFAR stem), Nesterov SGD one-cycle, crop+flip, label smoothing; 30 epochs",

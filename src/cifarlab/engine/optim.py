@@ -94,7 +94,8 @@ def make_optimizer(model: nn.Module, config: Any) -> torch.optim.Optimizer:
     """Adam, Nesterov SGD, or Muon for the conv weights and Nesterov SGD for the rest, over :func:`param_groups`."""
     groups = param_groups(model, config)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])  # one kernel, not ~10
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "muon":
         return MuonSGD(
             muon_groups(groups, config), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay

@@ -3,18 +3,33 @@
 Trains ``mycnn`` and ``resnet18`` with the same recipe, seed and split, evaluates both once on the test set
 and writes each run's error analysis, then ends with ``cifarlab compare`` (``comparison/`` and ``comparison.md``) and
 ``cifarlab report`` (``report.html``, self-contained, and ``report.md``) in the study folder.
+
+On a CPU with a physical core for each model the models train side by side, each in its own process on its share
+of the cores (one each on 2 cores): ResNet-18's small steps gain little from a second thread, so this halves the
+study's time where one model after the other on every core would not (docs/benchmarks.md, "The study in 35
+minutes"). ``sequential=True`` trains them one after the other instead.
 """
 
 from __future__ import annotations
 
+import io
+import multiprocessing
+import os
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import torch
+
+from cifarlab.base.cores import usable_cores
 from cifarlab.base.files import atomic_write, write_json
 from cifarlab.base.progress import log
-from cifarlab.config.train_config import make_config
+from cifarlab.config.train_config import TrainConfig, make_config
+from cifarlab.data.cifar10 import ImageData
 from cifarlab.data.loading import load_dataset
+from cifarlab.engine.device import pick_device
 from cifarlab.engine.distributed import is_main_process
 from cifarlab.engine.train import train
 from cifarlab.results.analysis import analyze_after_training
@@ -32,9 +47,11 @@ def study(
     out: str = "runs",
     name: str | None = None,
     models: tuple[str, ...] = STUDY_MODELS,
+    sequential: bool = False,
     **overrides: Any,
 ) -> Path:
-    """Train every study model with one shared config, then compare them. Returns the study folder."""
+    """Train every study model with one shared config (side by side where :func:`side_by_side` says so, else one
+    after the other), then compare them. Returns the study folder."""
     explicit = {k: v for k, v in overrides.items() if v is not None}
     overrides = {**(QUICK if quick else {}), **explicit}
     name = name or time.strftime("study-%Y%m%d-%H%M%S") + ("-quick" if quick else "")
@@ -45,22 +62,86 @@ def study(
         overrides.pop("limit_train")  # a small folder: --quick trains on all of it
     configs = [make_config(recipe, model=m, out=str(study_dir), name=m, **overrides) for m in models]
     t0 = time.perf_counter()
-    run_dirs = []
-    for config in configs:
-        log(f"== study: training {config.model} ({config.epochs} epochs, recipe {recipe}) ==")
-        run_dirs.append(train(config, data=data))
-        if is_main_process():  # once, under torchrun too
-            analyze_after_training(run_dirs[-1], data)
+    parallel = not sequential and side_by_side(configs)
+    if parallel:
+        run_dirs = train_side_by_side(configs)
+    else:
+        run_dirs = []
+        for config in configs:
+            log(f"== study: training {config.model} ({config.epochs} epochs, recipe {recipe}) ==")
+            run_dirs.append(train(config, data=data))
+            if is_main_process():  # once, under torchrun too
+                analyze_after_training(run_dirs[-1], data)
     comp = compare(run_dirs, out=study_dir / "comparison")
     text = comparison_markdown(comp)
     atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)
     html = report(run_dirs, out=study_dir / "report.html")
     write_json(
         study_dir / "study.json",
-        {"recipe": recipe, "quick": quick, "runs": [d.name for d in run_dirs], "seconds": time.perf_counter() - t0},
+        {
+            "recipe": recipe,
+            "quick": quick,
+            "runs": [d.name for d in run_dirs],
+            "side_by_side": parallel,
+            "seconds": time.perf_counter() - t0,
+        },
     )
     log(
         "\n" + text + f"\nstudy written to {study_dir}\nreport: {html} (open it in a browser) and "
         f"{html.with_suffix('.md')}"
     )
     return study_dir
+
+
+def side_by_side(configs: list[TrainConfig]) -> bool:
+    """Whether the models train at once, one process each: on a CPU with a physical core for every model, and
+    not under torchrun (whose processes already share one run)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or len(configs) < 2:
+        return False
+    on_cpu = all(pick_device(c.device).type == "cpu" for c in configs)
+    return on_cpu and usable_cores(hyperthreads=False) >= len(configs)
+
+
+def train_side_by_side(configs: list[TrainConfig]) -> list[Path]:
+    """Train and analyse each model in its own process, at once, each on an equal share of the cores; returns
+    the run folders in the configs' order. A run that fails raises its error once the others have finished."""
+    threads = max(1, usable_cores(hyperthreads=False) // len(configs))
+    names = ", ".join(c.model for c in configs)
+    log(f"== study: training {names} side by side, {threads} thread{'s' * (threads > 1)} each ==")
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    with ProcessPoolExecutor(len(configs), mp_context=spawn) as pool:
+        futures = [pool.submit(train_and_analyze, config, threads) for config in configs]
+        return [future.result() for future in futures]
+
+
+def train_and_analyze(config: TrainConfig, threads: int) -> Path:
+    """One model of a side-by-side study, in its own process: ``threads`` torch threads, the data read again,
+    training, then the error analysis; every line it prints starts with the model's name."""
+    torch.set_num_threads(threads)
+    sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
+    log(f"== study: training {config.model} ({config.epochs} epochs, recipe {config.recipe}) ==")
+    data: ImageData = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
+    run_dir = train(config, data=data)
+    analyze_after_training(run_dir, data)
+    sys.stdout.flush()
+    return run_dir
+
+
+class Prefixed(io.TextIOBase):
+    """A text stream that starts each line with ``prefix`` (two models' lines in one terminal or log); not a
+    terminal, so progress prints plain lines rather than two bars fighting over one."""
+
+    def __init__(self, stream: TextIO, prefix: str) -> None:
+        self.stream, self.prefix, self.pending = stream, prefix, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            self.stream.write(f"{self.prefix}{line}\n")
+        return len(text)
+
+    def flush(self) -> None:  # a line is written once it ends: print(..., flush=True) ends it first
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
