@@ -126,3 +126,10 @@ def test_bad_benchmark_flags_are_usage_errors(cli_error, fake_cifar, tmp_path):
     assert "unknown model 'nosuchnet'" in cli_error("benchmark", "--models", "nosuchnet", "--throughput-only", *flags)
     assert "abc" in cli_error("benchmark", "--budgets", "abc", *flags, one_line=False)  # argparse's own refusal
     assert not (tmp_path / "bench").exists()
+
+
+def test_the_study_step_benchmark_trains_the_seed_recipe_step_it_times(benchmark_script):
+    """benchmarks/study_step.py runs the seed recipe's step it times; an epoch is 704 such steps."""
+    bench = benchmark_script("study_step")
+    assert bench.step_ms("mycnn", bf16=True, fused=True, threads=1, steps=1) > 0
+    assert bench.STEPS_PER_EPOCH == 45_000 // 64 + 1
