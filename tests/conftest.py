@@ -351,7 +351,7 @@ def real_cifar(offline_and_clean_environment: str | None) -> Path:
 
 @dataclass(frozen=True)
 class SmallConfig:
-    """The one small training config of the suite: mycnn, 2 epochs, batch 50, 100 validation images, CPU."""
+    """The one small training config of the suite: mycnn, 2 epochs, batch 50, 100 validation images, CPU, fp32."""
 
     data_dir: Path
     defaults: tuple[tuple[str, Any], ...] = (
@@ -360,6 +360,7 @@ class SmallConfig:
         ("batch_size", 50),
         ("val_size", 100),
         ("device", "cpu"),
+        ("bf16", False),  # fp32: the suite compares scores across batch shapes exactly (bf16: tests/test_precision.py)
     )
 
     def values(self, **values: Any) -> dict[str, Any]:

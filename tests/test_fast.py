@@ -252,7 +252,6 @@ def test_seed_recipe_leaves_every_fast_switch_off():
         "test_checkpoint",
         "channels_last",
         "compile",
-        "bf16",
         "time_budget",
         "train_steps",
         "model_width",

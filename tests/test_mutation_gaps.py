@@ -952,7 +952,8 @@ def test_the_seed_recipe_trains_in_bf16_on_a_bf16_cpu_and_in_fp32_with_the_fp32_
     from cifarlab.engine.train import train
 
     engine_patch("cpu_has_fast_bf16", lambda: True)  # as on this project's CPUs, whatever runs the test
-    config = small_config(out=tmp_path, epochs=1, limit_train=100)
+    config = small_config(out=tmp_path, epochs=1, limit_train=100, bf16=None)  # None: the recipe's own precision
+    assert config.bf16 is True
     assert json.loads((train(config) / "run.json").read_text())["precision"] == "bf16"
     old = {k: v for k, v in config.to_dict().items() if k != "bf16"}  # a config.json without the key
     assert TrainConfig.from_dict(old).bf16 is False

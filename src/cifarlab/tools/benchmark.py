@@ -292,7 +292,7 @@ def run_seed(
     def on_epoch(epoch: int, model: nn.Module) -> None:
         nonlocal scoring
         t0 = time.perf_counter()
-        logits, y = infer(model, test)
+        logits, y = infer(model, test, config.tta, config.bf16)  # as the run's own test scores
         model.train()
         curve.append((t0 - start - scoring, (logits.argmax(1) == y).float().mean().item()))
         scoring += time.perf_counter() - t0
