@@ -66,12 +66,7 @@ def study(
     if parallel:
         run_dirs = train_side_by_side(configs)
     else:
-        run_dirs = []
-        for config in configs:
-            log(f"== study: training {config.model} ({config.epochs} epochs, recipe {recipe}) ==")
-            run_dirs.append(train(config, data=data))
-            if is_main_process():  # once, under torchrun too
-                analyze_after_training(run_dirs[-1], data)
+        run_dirs = [train_and_analyze(config, data) for config in configs]
     comp = compare(run_dirs, out=study_dir / "comparison")
     text = comparison_markdown(comp)
     atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)
@@ -110,19 +105,26 @@ def train_side_by_side(configs: list[TrainConfig]) -> list[Path]:
     log(f"== study: training {names} side by side, {threads} thread{'s' * (threads > 1)} each ==")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with ProcessPoolExecutor(len(configs), mp_context=spawn) as pool:
-        futures = [pool.submit(train_and_analyze, config, threads) for config in configs]
+        futures = [pool.submit(train_in_own_process, config, threads) for config in configs]
         return [future.result() for future in futures]
 
 
-def train_and_analyze(config: TrainConfig, threads: int) -> Path:
-    """One model of a side-by-side study, in its own process: ``threads`` torch threads, the data read again,
-    training, then the error analysis; every line it prints starts with the model's name."""
+def train_and_analyze(config: TrainConfig, data: ImageData) -> Path:
+    """One study model: train it, then write its error analysis (once, under torchrun too); its run folder."""
+    log(f"== study: training {config.model} ({config.epochs} epochs, recipe {config.recipe}) ==")
+    run_dir = train(config, data=data)
+    if is_main_process():
+        analyze_after_training(run_dir, data)
+    return run_dir
+
+
+def train_in_own_process(config: TrainConfig, threads: int) -> Path:
+    """One model of a side-by-side study, in its own process: ``threads`` torch threads, the data read again, then
+    :func:`train_and_analyze`; every line it prints starts with the model's name."""
     torch.set_num_threads(threads)
     sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
-    log(f"== study: training {config.model} ({config.epochs} epochs, recipe {config.recipe}) ==")
-    data: ImageData = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
-    run_dir = train(config, data=data)
-    analyze_after_training(run_dir, data)
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
+    run_dir = train_and_analyze(config, data)
     sys.stdout.flush()
     return run_dir
 
