@@ -6,7 +6,7 @@ and writes each run's error analysis, then ends with ``cifarlab compare`` (``com
 
 On a CPU with a physical core for each model the models train side by side, each in its own process on its share
 of the cores (one each on 2 cores): ResNet-18's small steps gain little from a second thread (1.3x), so the study
-took 34.5 minutes on 2 cores against 42 one model after the other (docs/benchmarks.md, "The study in 35 minutes").
+took 34.5 and 37 minutes (two seeds) on 2 cores against 42 one model after the other (docs/benchmarks.md, "The study in 35 minutes").
 ``sequential=True`` trains them one after the other instead.
 """
 
