@@ -9,7 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -251,6 +254,42 @@ def test_prefixed_lines_start_with_the_prefix_however_they_are_written():
     assert stream.getvalue() == "[m] epoch 1 done\n[m] epoch 2\n[m] \n" and not lines.isatty()
     lines.write("\n")
     assert stream.getvalue().endswith("[m] end\n")
+
+
+ORPHAN = """
+import multiprocessing, os, signal, sys, time
+from cifarlab.tools.study import exit_with_parent
+
+def worker(parent, pid_file):
+    exit_with_parent(parent, every=0.1)
+    open(pid_file, "w").write(str(os.getpid()))
+    time.sleep(60)
+
+child = multiprocessing.get_context("fork").Process(target=worker, args=(os.getpid(), sys.argv[1]))
+child.start()
+while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
+    time.sleep(0.05)
+os.kill(os.getpid(), signal.SIGKILL)  # the study's process killed alone, as a SIGTERM to its pid would
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_a_side_by_side_worker_ends_when_the_study_process_is_killed(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    killed = subprocess.run([sys.executable, "-c", ORPHAN, str(pid_file)], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(worker)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ and writes each run's error analysis, then ends with ``cifarlab compare`` (``com
 
 On a CPU with a physical core for each model the models train side by side, each in its own process on its share
 of the cores (one each on 2 cores): ResNet-18's small steps gain little from a second thread (1.3x), so the study
-took 34.5 and 37 minutes (two seeds) on 2 cores against 42 one model after the other (docs/benchmarks.md, "The study in 35 minutes").
+took 34.5 and 37 minutes (two seeds) on 2 cores against 42 one model after the other (docs/benchmarks.md, "The
+study in 35 minutes").
 ``sequential=True`` trains them one after the other instead.
 """
 
@@ -16,6 +17,7 @@ import io
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -105,7 +107,7 @@ def train_side_by_side(configs: list[TrainConfig]) -> list[Path]:
     log(f"== study: training {names} side by side, {threads} thread{'s' * (threads > 1)} each ==")
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
     with ProcessPoolExecutor(len(configs), mp_context=spawn) as pool:
-        futures = [pool.submit(train_in_own_process, config, threads) for config in configs]
+        futures = [pool.submit(train_in_own_process, config, threads, os.getpid()) for config in configs]
         return [future.result() for future in futures]
 
 
@@ -118,15 +120,29 @@ def train_and_analyze(config: TrainConfig, data: ImageData) -> Path:
     return run_dir
 
 
-def train_in_own_process(config: TrainConfig, threads: int) -> Path:
+def train_in_own_process(config: TrainConfig, threads: int, parent: int) -> Path:
     """One model of a side-by-side study, in its own process: ``threads`` torch threads, the data read again, then
-    :func:`train_and_analyze`; every line it prints starts with the model's name."""
+    :func:`train_and_analyze`; every line it prints starts with the model's name. It ends if the study's process
+    (``parent``) dies."""
+    exit_with_parent(parent)
     torch.set_num_threads(threads)
     sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
     run_dir = train_and_analyze(config, data)
     sys.stdout.flush()
     return run_dir
+
+
+def exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this process within ``every`` seconds of ``parent`` dying (killed alone, its pool's workers would live
+    on, idle, holding memory); the run keeps the last epoch's checkpoint, so ``--resume`` goes on from it."""
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a dead parent's children are handed to another process
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class Prefixed(io.TextIOBase):
