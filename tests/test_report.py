@@ -26,6 +26,7 @@ from cifarlab.results import analysis
 from cifarlab.results.report import report
 from cifarlab.results.report_format import data_uri, esc
 from cifarlab.results.report_view import SECTIONS
+from processes import alive
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -271,13 +272,6 @@ while not os.path.exists(sys.argv[1]) or not open(sys.argv[1]).read():
     time.sleep(0.05)
 os.kill(os.getpid(), signal.SIGKILL)  # the study's process killed alone, as a SIGTERM to its pid would
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")

@@ -29,6 +29,7 @@ from cifarlab.sweep import driver as sweep_driver
 from cifarlab.sweep import grid as sweep_grid
 from cifarlab.sweep import progress as sweep_progress
 from cifarlab.sweep import worker as sweep_worker
+from processes import alive, descendants
 
 TIMING_COLUMNS = ("epoch_seconds", "images_per_second")
 
@@ -568,30 +569,6 @@ def test_a_sweep_started_in_the_background_stops_its_runs_cleanly_on_sigterm(fak
 # ---------------------------------------------------------------------------------------------------------
 # Ray: a real cluster on 127.0.0.1, started and stopped by the test
 # ---------------------------------------------------------------------------------------------------------
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (from /proc), to check that none is left behind."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
