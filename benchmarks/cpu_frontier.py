@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+from fast_runs import fast_train_command  # noqa: E402  (the shared train command)
+
 # The table: the airbench sizes that fit 2 to 10 minutes on a 2-core CPU.
 DEFAULT_VARIANTS = ["32,64,128:2", "16,32,64:6", "32,64,128:4", "32,64,128:6", "32,64,128:14"]
 RESULT = re.compile(r"^RESULT airbench94 (\S+) run \d+: TTA test top-1 ([\d.]+)%\s+([\d.]+)s on its clock", re.M)
@@ -50,8 +53,7 @@ def run_cifarlab(budget: int, seed: int, data_dir: str, out: Path) -> dict[str, 
         print(f"{name}: cut off before its end last time; trained again from scratch", flush=True)
         shutil.rmtree(folder)
     if not folder.exists():
-        command = [sys.executable, "-m", "cifarlab", "train", "--recipe", "fast", "--time-budget", str(budget)]
-        command += ["--seed", str(seed), "--data-dir", data_dir, "--out", str(out), "--name", name, "--no-analysis"]
+        command = fast_train_command(budget, seed, data_dir, out, name)
         if subprocess.run(command).returncode != 0:
             raise SystemExit(f"cpu_frontier: {' '.join(command)} failed")
     summary = json.loads((folder / "run.json").read_text())

@@ -20,15 +20,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_runs import fast_train_command  # noqa: E402  (the shared train command)
+
 
 def trained(out: Path, name: str, data_dir: str, budget: int, seed: int, loaded: bool) -> dict[str, Any]:
     run = out / name
     if not (run / "run.json").is_file():
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if loaded else None
         try:
-            flags = ["--recipe", "fast", "--time-budget", str(budget), "--seed", str(seed), "--no-analysis"]
-            flags += ["--data-dir", data_dir, "--out", str(out), "--name", name, "--device", "cpu"]
-            subprocess.run([sys.executable, "-m", "cifarlab", "train", *flags], check=True)
+            subprocess.run(fast_train_command(budget, seed, data_dir, out, name), check=True)
         finally:
             if hog is not None:
                 hog.kill()

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_runs import fast_train_command  # noqa: E402  (the shared train command)
+
 
 def cifarlab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cifarlab", *args], check=True)
@@ -38,9 +41,9 @@ def robustness_of(run: Path, data_dir: str, limit: int | None = None, tta: int |
 def trained(out: Path, name: str, data_dir: str, budget: int, seed: int, augmix: bool) -> Path:
     run = out / name
     if not (run / "run.json").is_file():
-        flags = ["--recipe", "fast", "--time-budget", str(budget), "--seed", str(seed), "--no-analysis"]
-        flags += ["--data-dir", data_dir, "--out", str(out), "--name", name, "--device", "cpu"]
-        cifarlab("train", *flags, *(["--augmix"] if augmix else []))
+        subprocess.run(
+            fast_train_command(budget, seed, data_dir, out, name, *(["--augmix"] if augmix else [])), check=True
+        )
     return run
 
 

@@ -271,6 +271,9 @@ def test_caches_are_bounded():
     for k in range(10):
         cache.put(k, bytes(30))
     assert cache.used <= 100 and cache.get(9) is not None and cache.get(0) is None
+    cache.put(9, bytes(200))  # more than the whole budget: not kept, the old value stays
+    cache.put(8, bytes(60))  # a new value for a kept key: its old bytes are given back
+    assert cache.get(9) == bytes(30) and cache.get(8) == bytes(60) and cache.used == 90 and len(cache) == 2
     lru: LRU[int] = LRU(3)
     for k in range(5):
         lru.get_or_make(k, lambda k=k: k * k)

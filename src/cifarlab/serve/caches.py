@@ -1,4 +1,4 @@
-"""The server's caches, each bounded: an LRU by entry count (runs, datasets, models) and one by bytes (PNGs), both
+"""The server's caches, each bounded: one LRU, by entry count (runs, datasets, models) or by bytes (PNGs), always
 thread-safe, and the on-disk cache of Grad-CAM pictures under ``$CIFARLAB_CACHE_DIR/serve`` (never a run folder).
 """
 
@@ -18,11 +18,14 @@ V = TypeVar("V")
 
 
 class LRU(Generic[V]):
-    """At most ``size`` values; the least recently used goes first. :meth:`get_or_make` makes a missing value
-    once, under a per-key lock, so 50 requests for one run read its files once."""
+    """Values whose costs add up to at most ``budget`` (by default each costs 1: a count); the least recently used
+    go first, and a value that alone costs more than the budget is not kept. :meth:`get_or_make` makes a missing
+    value once, under a per-key lock, so 50 requests for one run read its files once."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def __init__(self, budget: int, cost: Callable[[V], int] = lambda _: 1) -> None:
+        self.budget = budget
+        self.cost = cost
+        self.used = 0
         self.items: OrderedDict[object, V] = OrderedDict()
         self.lock = threading.Lock()
         self.making: dict[object, threading.Lock] = {}
@@ -38,11 +41,16 @@ class LRU(Generic[V]):
             return self.items[key]
 
     def put(self, key: object, value: V) -> None:
+        if self.cost(value) > self.budget:
+            return
         with self.lock:
+            if key in self.items:
+                self.used -= self.cost(self.items.pop(key))
             self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+            self.used += self.cost(value)
+            while self.used > self.budget:
+                _, dropped = self.items.popitem(last=False)
+                self.used -= self.cost(dropped)
 
     def get_or_make(self, key: object, make: Callable[[], V]) -> V:
         found = self.get(key)
@@ -60,40 +68,11 @@ class LRU(Generic[V]):
         return found
 
 
-class ByteCache:
-    """Byte strings up to ``budget`` bytes in all; the least recently used go first."""
+class ByteCache(LRU[bytes]):
+    """Byte strings up to ``budget`` bytes in all (an :class:`LRU` whose cost is the length)."""
 
     def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.used = 0
-        self.items: OrderedDict[object, bytes] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: object) -> bytes | None:
-        with self.lock:
-            if key not in self.items:
-                return None
-            self.items.move_to_end(key)
-            return self.items[key]
-
-    def put(self, key: object, value: bytes) -> None:
-        if len(value) > self.budget:
-            return
-        with self.lock:
-            old = self.items.pop(key, None)
-            self.used -= len(old) if old is not None else 0
-            self.items[key] = value
-            self.used += len(value)
-            while self.used > self.budget:
-                _, dropped = self.items.popitem(last=False)
-                self.used -= len(dropped)
-
-    def get_or_make(self, key: object, make: Callable[[], bytes]) -> bytes:
-        found = self.get(key)
-        if found is None:
-            found = make()
-            self.put(key, found)
-        return found
+        super().__init__(budget, cost=len)
 
 
 def disk_cache_dir() -> Path:
