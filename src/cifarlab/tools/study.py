@@ -66,6 +66,7 @@ def study(
     t0 = time.perf_counter()
     parallel = not sequential and side_by_side(configs)
     if parallel:
+        del data  # each worker reads its own copy: the parent need not hold a third (CIFAR-10: ~180 MB)
         run_dirs = train_side_by_side(configs)
     else:
         run_dirs = [train_and_analyze(config, data) for config in configs]
