@@ -302,8 +302,8 @@ def test_fifty_concurrent_requests_are_all_answered_and_memory_stays_bounded(tre
             codes = list(pool.map(get, urls))
     assert codes == [200] * 50
     lab = app.state.lab
-    assert lab.images.pngs.used <= lab.images.pngs.budget and len(lab.explainer.models) <= lab.explainer.models.size
-    assert len(lab.store.cache) <= lab.store.cache.size
+    assert lab.images.pngs.used <= lab.images.pngs.budget and len(lab.explainer.models) <= lab.explainer.models.budget
+    assert len(lab.store.cache) <= lab.store.cache.budget
 
 
 def test_serve_prints_its_url_answers_and_warns_off_loopback(child, tree, tmp_path):
