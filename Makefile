@@ -1,5 +1,5 @@
-# Two entry points: `make demo` (install, run the quick study) and `make test` (install, run the tests).
-# Both create .venv and install everything they need into it.
+# Two entry points: `make demo` (install the package, run the quick study) and `make test` (install it with the
+# test extras, run the tests). Both create .venv and install what they need into it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,19 +9,25 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: install demo test study clean
 
-$(BIN)/cifarlab: pyproject.toml
+# Two stamps: the base install is all `make demo` and `make study` need; the test extras (Ray, MLflow, ONNX, the
+# web app, the linters) come on top for `make test`. Each is redone when pyproject.toml changes. PyTorch's many
+# modules are not byte-compiled at install (--no-compile): Python compiles the few a run imports, once.
+$(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet --no-compile $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
 	$(BIN)/pip install --quiet -e ".[test]"
-	touch $(BIN)/cifarlab
+	touch $@
 
-install: $(BIN)/cifarlab
+install: $(VENV)/.test
 
-demo: install
+demo: $(VENV)/.base
 	$(BIN)/cifarlab study --quick
 
-study: install
+study: $(VENV)/.base
 	$(BIN)/cifarlab study
 
 # Lint, format check and type check first (settings in pyproject.toml), then the tests.

@@ -22,6 +22,7 @@ from PIL import Image
 
 from cifarlab.base import figures
 from cifarlab.cli.main import main
+from cifarlab.config.train_config import make_config
 from cifarlab.results import analysis
 from cifarlab.results.report import report
 from cifarlab.results.report_format import data_uri, esc
@@ -237,11 +238,68 @@ def test_a_study_on_a_cpu_trains_its_models_side_by_side_one_core_each(fake_cifa
     folder = tmp_path / "s"
     assert json.loads((folder / "study.json").read_text())["side_by_side"] is True
     assert "mycnn, resnet18 side by side, 1 thread each" in out
+    threads = json.loads((folder / "study.json").read_text())["threads_from_epoch"]
     for model in ("mycnn", "resnet18"):
-        assert json.loads((folder / model / "run.json").read_text())["threads"] == 1
+        assert threads[model]["1"] == 1  # each starts on its own core
         assert (folder / model / "analysis").is_dir() and (folder / model / "test_metrics.json").is_file()
         assert f"[{model}] test (best.pt, epoch 1): top-1" in out
     assert (folder / "report.html").is_file() and (folder / "comparison.md").is_file()
+
+
+def test_a_side_by_side_model_takes_the_cores_of_the_models_that_are_done():
+    """The core share of a side-by-side study: 2 cores, 2 models -> 1 thread each; once one model is done (in any
+    process: the count is shared memory) the other gets both; 4 cores and 3 models -> 1 each, then 2, then 4."""
+    import multiprocessing
+
+    from cifarlab.tools.study import CoreShare
+
+    two = CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+    assert two.threads() == 1
+    two.finished()
+    assert two.threads() == 2
+    three = CoreShare(4, 3, multiprocessing.get_context("spawn").Value("i", 0))
+    seen = [three.threads()]
+    for _ in range(3):
+        three.finished()
+        seen.append(three.threads())
+    assert seen == [1, 2, 4, 4]
+
+
+def test_a_side_by_side_worker_changes_its_threads_when_a_core_comes_free(fake_cifar, tmp_path, monkeypatch):
+    """In the worker, the epoch hook raises torch's thread count as soon as another model is done, from the next
+    epoch on, and returns where it changed (study.json records it)."""
+    import multiprocessing
+
+    import torch
+
+    import cifarlab.tools.study as study_module
+
+    share = study_module.CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+    hooked = []
+
+    def fake_train(config, data, on_epoch):  # epoch 1 beside the other model, which is done before epoch 2 ends
+        on_epoch(1, None)
+        hooked.append(torch.get_num_threads())
+        share.finished()
+        on_epoch(2, None)
+        hooked.append(torch.get_num_threads())
+        return tmp_path / config.model
+
+    monkeypatch.setattr(study_module, "train_and_analyze", fake_train)
+    monkeypatch.setattr(study_module, "exit_with_parent", lambda parent: None)
+    monkeypatch.setattr(study_module, "Prefixed", lambda stream, prefix: stream)
+    monkeypatch.setattr(study_module, "load_dataset", lambda *args: None)
+    monkeypatch.setattr(study_module.sys, "stdout", io.StringIO())
+    config = make_config("seed", model="mycnn", epochs=3, data_dir=str(fake_cifar), out=str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        study_module.join_share(share)
+        run_dir, changes = study_module.train_in_own_process(config, parent=os.getpid())
+    finally:
+        torch.set_num_threads(before)
+        study_module.join_share(None)
+    assert hooked == [1, 2] and changes == {1: 1, 3: 2} and run_dir == tmp_path / "mycnn"
+    assert share.done.value == 2  # this model's own end counted too
 
 
 def test_prefixed_lines_start_with_the_prefix_however_they_are_written():

@@ -7,8 +7,9 @@ and writes each run's error analysis, then ends with ``cifarlab compare`` (``com
 On a CPU with a physical core for each model the models train side by side, each in its own process on its share
 of the cores (one each on 2 cores): ResNet-18's small steps gain little from a second thread (1.3x), so the study
 took 34.5 and 37 minutes (two seeds) on 2 cores against 42 one model after the other (docs/benchmarks.md, "The
-study in 35 minutes").
-``sequential=True`` trains them one after the other instead.
+study in 35 minutes"). When one model is done (trained, tested, analysed) its core goes to the others from their
+next epoch on (:class:`CoreShare`): their bits then depend on when that happens, their scores do not beyond the
+seeds' spread. ``sequential=True`` trains them one after the other instead, the same bits on every rerun.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,6 +43,7 @@ from cifarlab.results.report import report
 STUDY_MODELS = ("mycnn", "resnet18")
 # --quick: a class-balanced slice and a few epochs, so the whole study runs in minutes on 2 CPU cores.
 QUICK = dict(limit_train=5000, epochs=3)
+OnEpoch = Callable[[int, Any], None]  # train()'s per-epoch hook
 
 
 def study(
@@ -67,9 +70,9 @@ def study(
     parallel = not sequential and side_by_side(configs)
     if parallel:
         del data  # each worker reads its own copy: the parent need not hold a third (CIFAR-10: ~180 MB)
-        run_dirs = train_side_by_side(configs)
+        run_dirs, threads = train_side_by_side(configs)
     else:
-        run_dirs = [train_and_analyze(config, data) for config in configs]
+        run_dirs, threads = [train_and_analyze(config, data) for config in configs], {}
     comp = compare(run_dirs, out=study_dir / "comparison")
     text = comparison_markdown(comp)
     atomic_write(study_dir / "comparison.md", lambda f: f.write(text), binary=False)
@@ -81,6 +84,7 @@ def study(
             "quick": quick,
             "runs": [d.name for d in run_dirs],
             "side_by_side": parallel,
+            "threads_from_epoch": threads,  # side by side: each model's threads from each epoch on, where changed
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -100,38 +104,82 @@ def side_by_side(configs: list[TrainConfig]) -> bool:
     return on_cpu and usable_cores(hyperthreads=False) >= len(configs)
 
 
-def train_side_by_side(configs: list[TrainConfig]) -> list[Path]:
+def train_side_by_side(configs: list[TrainConfig]) -> tuple[list[Path], dict[str, dict[int, int]]]:
     """Train and analyse each model in its own process, at once, each on an equal share of the cores; returns
-    the run folders in the configs' order. A run that fails raises its error once the others have finished."""
-    threads = max(1, usable_cores(hyperthreads=False) // len(configs))
+    the run folders in the configs' order and, per model, its thread count from each epoch on where it changed
+    (``{1: 1, 15: 2}``). A run that fails raises its error once the others have finished."""
+    cores = max(len(configs), usable_cores(hyperthreads=False))
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    share = CoreShare(cores, len(configs), spawn.Value("i", 0))
+    threads = share.threads()
     names = ", ".join(c.model for c in configs)
     log(f"== study: training {names} side by side, {threads} thread{'s' * (threads > 1)} each ==")
-    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
-    with ProcessPoolExecutor(len(configs), mp_context=spawn) as pool:
-        futures = [pool.submit(train_in_own_process, config, threads, os.getpid()) for config in configs]
-        return [future.result() for future in futures]
+    with ProcessPoolExecutor(len(configs), mp_context=spawn, initializer=join_share, initargs=(share,)) as pool:
+        futures = [pool.submit(train_in_own_process, config, os.getpid()) for config in configs]
+        results = [future.result() for future in futures]
+    return [run_dir for run_dir, _ in results], {
+        c.model: changes for c, (_, changes) in zip(configs, results, strict=True)
+    }
 
 
-def train_and_analyze(config: TrainConfig, data: ImageData) -> Path:
+class CoreShare:
+    """The cores of a side-by-side study, shared out again as its models finish: each running model gets
+    ``cores // running`` threads. ``done`` counts the finished models across the processes."""
+
+    def __init__(self, cores: int, models: int, done: Any) -> None:
+        self.cores, self.models, self.done = cores, models, done
+
+    def threads(self) -> int:
+        return max(1, self.cores // max(1, self.models - self.done.value))
+
+    def finished(self) -> None:
+        with self.done.get_lock():
+            self.done.value += 1
+
+
+SHARE: CoreShare | None = None  # a side-by-side worker's view of the study's cores (set by join_share)
+
+
+def join_share(share: CoreShare | None) -> None:
+    """The pool initializer of a side-by-side study's workers (None lets go of it)."""
+    global SHARE
+    SHARE = share
+
+
+def train_and_analyze(config: TrainConfig, data: ImageData, on_epoch: OnEpoch | None = None) -> Path:
     """One study model: train it, then write its error analysis (once, under torchrun too); its run folder."""
     log(f"== study: training {config.model} ({config.epochs} epochs, recipe {config.recipe}) ==")
-    run_dir = train(config, data=data)
+    run_dir = train(config, data=data, on_epoch=on_epoch)
     if is_main_process():
         analyze_after_training(run_dir, data)
     return run_dir
 
 
-def train_in_own_process(config: TrainConfig, threads: int, parent: int) -> Path:
-    """One model of a side-by-side study, in its own process: ``threads`` torch threads, the data read again, then
-    :func:`train_and_analyze`; every line it prints starts with the model's name. It ends if the study's process
-    (``parent``) dies."""
+def train_in_own_process(config: TrainConfig, parent: int) -> tuple[Path, dict[int, int]]:
+    """One model of a side-by-side study, in its own process: its share of the cores as torch threads (more from
+    the next epoch on once another model is done), the data read again, then :func:`train_and_analyze`; every
+    line it prints starts with the model's name. It ends if the study's process (``parent``) dies. Returns the
+    run folder and the thread count from each epoch on where it changed."""
+    assert SHARE is not None, "the pool's initializer sets the share"
+    share = SHARE
     exit_with_parent(parent)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(share.threads())
+    changes = {1: share.threads()}
+
+    def take_freed_cores(epoch: int, model: object) -> None:
+        if share.threads() > torch.get_num_threads():
+            torch.set_num_threads(share.threads())
+            changes[epoch + 1] = share.threads()
+            log(f"a core came free: {share.threads()} threads from epoch {epoch + 1}")
+
     sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
-    run_dir = train_and_analyze(config, data)
+    try:
+        run_dir = train_and_analyze(config, data, take_freed_cores)
+    finally:
+        share.finished()  # done or failed, its core is free
     sys.stdout.flush()
-    return run_dir
+    return run_dir, changes
 
 
 def exit_with_parent(parent: int, every: float = 1.0) -> None:
