@@ -71,8 +71,9 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sequential",
         action="store_true",
-        help="train the models one after the other, each on every core (default on a CPU with a core per model: "
-        "side by side, one process each on its share of the cores)",
+        help="train the models one after the other, each on every core, the same bits on every rerun (default on "
+        "a CPU with a core per model: side by side, one process each on its share of the cores, and a model that "
+        "is done hands its cores on to the others from their next epoch)",
     )
     add_common_run_flags(p)
     p.set_defaults(func=cmd_study)
