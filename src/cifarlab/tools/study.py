@@ -6,9 +6,10 @@ and writes each run's error analysis, then ends with ``cifarlab compare`` (``com
 
 On a CPU with a physical core for each model the models train side by side, each in its own process on its share
 of the cores (one each on 2 cores): two small models each on one core finish sooner than one after the other on
-both (docs/benchmarks.md, "The study in 35 minutes"). When one model is done (trained, tested, analysed) its core goes to the others from their
-next epoch on (:class:`CoreShare`): their bits then depend on when that happens, their scores do not beyond the
-seeds' spread. ``sequential=True`` trains them one after the other instead, the same bits on every rerun.
+both (docs/benchmarks.md, "The study in 35 minutes"). When one model is done (trained, tested, analysed) its core
+goes to the others from their next epoch on (:class:`CoreShare`): their bits then depend on when that happens,
+their scores do not beyond the seeds' spread. ``sequential=True`` trains them one after the other instead, the
+same bits on every rerun.
 """
 
 from __future__ import annotations
