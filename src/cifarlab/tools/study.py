@@ -163,14 +163,15 @@ def train_in_own_process(config: TrainConfig, parent: int) -> tuple[Path, dict[i
     assert SHARE is not None, "the pool's initializer sets the share"
     share = SHARE
     exit_with_parent(parent)
-    torch.set_num_threads(share.threads())
     changes = {1: share.threads()}
+    torch.set_num_threads(changes[1])
 
     def take_freed_cores(epoch: int, model: object) -> None:
-        if share.threads() > torch.get_num_threads():
-            torch.set_num_threads(share.threads())
-            changes[epoch + 1] = share.threads()
-            log(f"a core came free: {share.threads()} threads from epoch {epoch + 1}")
+        threads = share.threads()  # read once: another model may finish meanwhile
+        if threads > torch.get_num_threads():
+            torch.set_num_threads(threads)
+            changes[epoch + 1] = threads
+            log(f"a core came free: {threads} threads from epoch {epoch + 1}")
 
     sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
