@@ -18,6 +18,7 @@ $(VENV)/.base: pyproject.toml
 	if $(BIN)/pip install --quiet uv; then \
 		$(BIN)/uv pip install --quiet --python $(BIN)/python $(TORCH_PINS) -e .; \
 	else \
+		echo "uv could not be installed: pip installs the base instead"; \
 		$(BIN)/pip install --quiet --no-compile $(TORCH_PINS) && $(BIN)/pip install --quiet -e .; \
 	fi
 	touch $@
