@@ -300,6 +300,41 @@ def test_a_side_by_side_worker_changes_its_threads_when_a_core_comes_free(fake_c
         study_module.join_share(None)
     assert hooked == [1, 2] and changes == {1: 1, 3: 2} and run_dir == tmp_path / "mycnn"
     assert share.done.value == 2  # this model's own end counted too
+    assert "a core came free: 2 threads from epoch 3" in study_module.sys.stdout.getvalue()
+
+
+def test_a_core_freed_after_the_last_epoch_goes_to_the_test(fake_cifar, tmp_path, monkeypatch):
+    """The hook also runs after the last epoch: a core freed then serves the test and the analysis, and the log
+    says so rather than naming an epoch that never runs."""
+    import multiprocessing
+
+    import torch
+
+    import cifarlab.tools.study as study_module
+
+    share = study_module.CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+
+    def fake_train(config, data, on_epoch):
+        on_epoch(1, None)
+        share.finished()  # the other model ends during this model's last epoch
+        on_epoch(2, None)
+        return tmp_path / config.model
+
+    monkeypatch.setattr(study_module, "train_and_analyze", fake_train)
+    monkeypatch.setattr(study_module, "exit_with_parent", lambda parent: None)
+    monkeypatch.setattr(study_module, "Prefixed", lambda stream, prefix: stream)
+    monkeypatch.setattr(study_module, "load_dataset", lambda *args: None)
+    monkeypatch.setattr(study_module.sys, "stdout", io.StringIO())
+    config = make_config("seed", model="mycnn", epochs=2, data_dir=str(fake_cifar), out=str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        study_module.join_share(share)
+        _, changes = study_module.train_in_own_process(config, parent=os.getpid())
+    finally:
+        torch.set_num_threads(before)
+        study_module.join_share(None)
+    printed = study_module.sys.stdout.getvalue()
+    assert changes == {1: 1, 3: 2} and "2 threads for the test and the analysis" in printed and "epoch 3" not in printed
 
 
 def test_prefixed_lines_start_with_the_prefix_however_they_are_written():

@@ -84,7 +84,8 @@ def study(
             "quick": quick,
             "runs": [d.name for d in run_dirs],
             "side_by_side": parallel,
-            "threads_from_epoch": threads,  # side by side: each model's threads from each epoch on, where changed
+            # side by side: each model's threads from each epoch on, where changed (epochs + 1: the test on)
+            "threads_from_epoch": threads,
             "seconds": time.perf_counter() - t0,
         },
     )
@@ -170,8 +171,9 @@ def train_in_own_process(config: TrainConfig, parent: int) -> tuple[Path, dict[i
         threads = share.threads()  # read once: another model may finish meanwhile
         if threads > torch.get_num_threads():
             torch.set_num_threads(threads)
-            changes[epoch + 1] = threads
-            log(f"a core came free: {threads} threads from epoch {epoch + 1}")
+            changes[epoch + 1] = threads  # past the last epoch: the test and the analysis
+            when = f"from epoch {epoch + 1}" if epoch < config.epochs else "for the test and the analysis"
+            log(f"a core came free: {threads} threads {when}")
 
     sys.stdout = Prefixed(sys.stdout, f"[{config.model}] ")
     data = load_dataset(config.dataset, config.data_dir, config.image_size, config.labels, config.strict)
