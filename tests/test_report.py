@@ -253,7 +253,7 @@ def test_a_side_by_side_model_takes_the_cores_of_the_models_that_are_done():
 
     from cifarlab.tools.study import CoreShare
 
-    two = CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+    two = two_model_share()
     assert two.threads() == 1
     two.finished()
     assert two.threads() == 2
@@ -265,16 +265,44 @@ def test_a_side_by_side_model_takes_the_cores_of_the_models_that_are_done():
     assert seen == [1, 2, 4, 4]
 
 
-def test_a_side_by_side_worker_changes_its_threads_when_a_core_comes_free(fake_cifar, tmp_path, monkeypatch):
-    """In the worker, the epoch hook raises torch's thread count as soon as another model is done, from the next
-    epoch on, and returns where it changed (study.json records it)."""
+def two_model_share():
+    """The core share of a two-model study on 2 cores, neither model done yet."""
     import multiprocessing
 
+    from cifarlab.tools.study import CoreShare
+
+    return CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+
+
+def run_worker(share, fake_train, epochs, fake_cifar, tmp_path, monkeypatch):
+    """One side-by-side worker (``train_in_own_process``) of ``mycnn`` with ``fake_train`` for its training, torch's
+    thread count put back after; returns its run folder, its thread changes and what it printed."""
     import torch
 
     import cifarlab.tools.study as study_module
 
-    share = study_module.CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+    monkeypatch.setattr(study_module, "train_and_analyze", fake_train)
+    monkeypatch.setattr(study_module, "exit_with_parent", lambda parent: None)
+    monkeypatch.setattr(study_module, "Prefixed", lambda stream, prefix: stream)
+    monkeypatch.setattr(study_module, "load_dataset", lambda *args: None)
+    monkeypatch.setattr(study_module.sys, "stdout", io.StringIO())
+    config = make_config("seed", model="mycnn", epochs=epochs, data_dir=str(fake_cifar), out=str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        study_module.join_share(share)
+        run_dir, changes = study_module.train_in_own_process(config, parent=os.getpid())
+    finally:
+        torch.set_num_threads(before)
+        study_module.join_share(None)
+    return run_dir, changes, study_module.sys.stdout.getvalue()
+
+
+def test_a_side_by_side_worker_changes_its_threads_when_a_core_comes_free(fake_cifar, tmp_path, monkeypatch):
+    """In the worker, the epoch hook raises torch's thread count as soon as another model is done, from the next
+    epoch on, and returns where it changed (study.json records it)."""
+    import torch
+
+    share = two_model_share()
     hooked = []
 
     def fake_train(config, data, on_epoch):  # epoch 1 beside the other model, which is done before epoch 2 ends
@@ -285,34 +313,16 @@ def test_a_side_by_side_worker_changes_its_threads_when_a_core_comes_free(fake_c
         hooked.append(torch.get_num_threads())
         return tmp_path / config.model
 
-    monkeypatch.setattr(study_module, "train_and_analyze", fake_train)
-    monkeypatch.setattr(study_module, "exit_with_parent", lambda parent: None)
-    monkeypatch.setattr(study_module, "Prefixed", lambda stream, prefix: stream)
-    monkeypatch.setattr(study_module, "load_dataset", lambda *args: None)
-    monkeypatch.setattr(study_module.sys, "stdout", io.StringIO())
-    config = make_config("seed", model="mycnn", epochs=3, data_dir=str(fake_cifar), out=str(tmp_path))
-    before = torch.get_num_threads()
-    try:
-        study_module.join_share(share)
-        run_dir, changes = study_module.train_in_own_process(config, parent=os.getpid())
-    finally:
-        torch.set_num_threads(before)
-        study_module.join_share(None)
+    run_dir, changes, printed = run_worker(share, fake_train, 3, fake_cifar, tmp_path, monkeypatch)
     assert hooked == [1, 2] and changes == {1: 1, 3: 2} and run_dir == tmp_path / "mycnn"
     assert share.done.value == 2  # this model's own end counted too
-    assert "a core came free: 2 threads from epoch 3" in study_module.sys.stdout.getvalue()
+    assert "a core came free: 2 threads from epoch 3" in printed
 
 
 def test_a_core_freed_after_the_last_epoch_goes_to_the_test(fake_cifar, tmp_path, monkeypatch):
     """The hook also runs after the last epoch: a core freed then serves the test and the analysis, and the log
     says so rather than naming an epoch that never runs."""
-    import multiprocessing
-
-    import torch
-
-    import cifarlab.tools.study as study_module
-
-    share = study_module.CoreShare(2, 2, multiprocessing.get_context("spawn").Value("i", 0))
+    share = two_model_share()
 
     def fake_train(config, data, on_epoch):
         on_epoch(1, None)
@@ -320,20 +330,7 @@ def test_a_core_freed_after_the_last_epoch_goes_to_the_test(fake_cifar, tmp_path
         on_epoch(2, None)
         return tmp_path / config.model
 
-    monkeypatch.setattr(study_module, "train_and_analyze", fake_train)
-    monkeypatch.setattr(study_module, "exit_with_parent", lambda parent: None)
-    monkeypatch.setattr(study_module, "Prefixed", lambda stream, prefix: stream)
-    monkeypatch.setattr(study_module, "load_dataset", lambda *args: None)
-    monkeypatch.setattr(study_module.sys, "stdout", io.StringIO())
-    config = make_config("seed", model="mycnn", epochs=2, data_dir=str(fake_cifar), out=str(tmp_path))
-    before = torch.get_num_threads()
-    try:
-        study_module.join_share(share)
-        _, changes = study_module.train_in_own_process(config, parent=os.getpid())
-    finally:
-        torch.set_num_threads(before)
-        study_module.join_share(None)
-    printed = study_module.sys.stdout.getvalue()
+    _, changes, printed = run_worker(share, fake_train, 2, fake_cifar, tmp_path, monkeypatch)
     assert changes == {1: 1, 3: 2} and "2 threads for the test and the analysis" in printed and "epoch 3" not in printed
 
 
